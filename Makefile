@@ -1,0 +1,27 @@
+# Two commands a new user needs (README): `make demo` and `make test`.
+# Both create .venv on first use. torch is pinned to the CPU wheel this machine image carries;
+# GPU users install their own CUDA build of torch (>= 2.4) before `make setup`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test clean
+
+$(BIN)/engram-planner: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/engram-planner
+
+demo: setup
+	$(BIN)/engram-planner params engram-27b
+
+test: setup
+	$(BIN)/python -m pytest -n 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,34 @@
+"""``engram-planner schema``: export the JSON schemas of the YAML formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from planner.cli.common import HELP_FORMATTER, print_json
+from planner.schema import json_schemas
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "schema",
+        help="export JSON schemas of the model, hardware and scenario YAML formats",
+        description="Print the JSON schemas, or write NAME.schema.json files into --out.",
+        epilog="example:\n  engram-planner schema --out schema",
+        formatter_class=HELP_FORMATTER,
+    )
+    p.add_argument("--out", help="directory to write model/hardware/scenario .schema.json into")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    schemas = json_schemas()
+    if not args.out:
+        print_json(schemas)
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas.items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {out / f'{name}.schema.json'}")
+    return 0

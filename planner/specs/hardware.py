@@ -1,0 +1,172 @@
+"""The hardware spec: one node type (and how many of them) as the simulator sees it.
+
+A preset built from datasheets holds ceilings, not predictions: ``efficiency`` states the
+fractions of those ceilings the cost model assumes until a calibration run replaces them with
+fitted curves (``source: calibrated``). Every profile cites where its numbers come from.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from planner.specs.base import Spec
+from planner.specs.model import DType
+from planner.units import Bytes, BytesPerSecond, FlopPerSecond, Seconds
+
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class DeviceSpec(Spec):
+    """The accelerator that runs the model. ``kind: cpu`` means the host CPU itself computes:
+    then the "link" is a memory copy and gathers compete with compute for the same cores."""
+
+    name: str
+    kind: Literal["cuda", "cpu"] = "cuda"
+    count: Annotated[int, Field(gt=0)] = Field(default=1, description="devices per node")
+    flops: dict[DType, Annotated[FlopPerSecond, Field(gt=0)]] = Field(
+        description="dense (not 2:4-sparse) peak per dtype"
+    )
+    memory: Annotated[Bytes, Field(gt=0)]
+    memory_bandwidth: Annotated[BytesPerSecond, Field(gt=0)]
+    copy_engines: Annotated[int, Field(gt=0)] = Field(
+        default=2, description="DMA engines: concurrent host<->device copies (one per direction)"
+    )
+    kernel_launch_overhead: Seconds = Field(default=5e-6, description="fixed cost per kernel")
+
+    @model_validator(mode="after")
+    def _has_bf16_or_fp32(self) -> "DeviceSpec":
+        if not self.flops:
+            raise ValueError("flops must list at least one dtype, e.g. {bf16: '989 TFLOP/s'}")
+        return self
+
+    def flops_for(self, dtype: str) -> float:
+        """Peak dense FLOP/s for ``dtype``, falling back to the nearest wider dtype listed."""
+        for candidate in (dtype, "bf16", "fp16", "fp32"):
+            if candidate in self.flops:
+                return self.flops[candidate]
+        return next(iter(self.flops.values()))
+
+
+class LinkSpec(Spec):
+    """The host<->device link (per device, per direction)."""
+
+    kind: Literal["pcie3", "pcie4", "pcie5", "pcie6", "nvlink_c2c", "memcpy"]
+    h2d_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] = Field(
+        description="host-to-device, pinned source, large transfers"
+    )
+    d2h_bandwidth: Annotated[BytesPerSecond, Field(gt=0)]
+    latency: Seconds = Field(default=10e-6, description="fixed cost of one transfer")
+    pageable_h2d_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] | None = Field(
+        default=None,
+        description="pageable (unpinned) source: staged through a bounce buffer and synchronous",
+    )
+    uva_read_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] | None = Field(
+        default=None,
+        description="GPU kernels reading rows straight from mapped pinned host memory",
+    )
+    devices_per_link: Annotated[int, Field(gt=0)] = Field(
+        default=1, description="devices sharing one upstream link (a PCIe switch), 1 = dedicated"
+    )
+
+
+class HostSpec(Spec):
+    """The host CPU and its DRAM, shared by all devices of the node."""
+
+    cpu: str
+    sockets: Annotated[int, Field(gt=0)] = 1
+    cores: Annotated[int, Field(gt=0)] = Field(description="physical cores per node")
+    memory: Annotated[Bytes, Field(gt=0)]
+    memory_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] = Field(
+        description="peak DRAM bandwidth of the whole node"
+    )
+    gather_bandwidth_per_core: Annotated[BytesPerSecond, Field(gt=0)] = Field(
+        default=4e9,
+        description="rate one core copies scattered table rows into a staging buffer "
+        "(no public figure: an assumption until calibrated)",
+    )
+    hash_tokens_per_s_per_core: Positive = Field(
+        default=2e7, description="n-gram hashing rate of one core, all layers' ids of one token"
+    )
+    engine_cores: Annotated[int, Field(ge=0)] = Field(
+        default=1, description="cores the serving engine's own Python/CPU work occupies per device"
+    )
+    numa_nodes: Annotated[int, Field(gt=0)] = 1
+    remote_numa_factor: Fraction = Field(
+        default=1.0, description="fraction of link bandwidth left when the source is on a remote socket"
+    )
+
+
+class NVMeSpec(Spec):
+    """Local SSDs for the coldest table rows (the ``disk`` tier)."""
+
+    capacity: Annotated[Bytes, Field(gt=0)]
+    read_bandwidth: Annotated[BytesPerSecond, Field(gt=0)]
+    read_latency: Seconds = 80e-6
+    read_iops: Positive = Field(default=1e6, description="random 4 KiB reads per second")
+    page_size: Annotated[Bytes, Field(gt=0)] = Field(default=4096.0, description="smallest read")
+
+
+class NetworkSpec(Spec):
+    """Between nodes (tables sharded across nodes are gathered over it)."""
+
+    bandwidth: Annotated[BytesPerSecond, Field(gt=0)] = Field(description="per node, per direction")
+    latency: Seconds = 5e-6
+
+
+class EfficiencySpec(Spec):
+    """Fractions of the datasheet ceilings that real kernels reach. Assumptions for presets;
+    a calibrated profile fits them from measurements."""
+
+    matmul: Fraction = Field(default=0.6, description="large GEMMs vs dense peak")
+    memory: Fraction = Field(default=0.8, description="streaming kernels vs HBM peak")
+    link: Fraction = Field(default=0.9, description="large pinned copies vs link rate")
+    host_memory: Fraction = Field(default=0.7, description="achievable vs theoretical DRAM bandwidth")
+
+
+class PriceSpec(Spec):
+    """Prices for the planner's cost objective (USD)."""
+
+    device_per_hour: Annotated[float, Field(ge=0)] = Field(description="one device, one hour")
+    host_dram_per_gb_hour: Annotated[float, Field(ge=0)] = 0.0
+    nvme_per_gb_hour: Annotated[float, Field(ge=0)] = 0.0
+    source: str = ""
+
+
+class HardwareSpec(Spec):
+    """A node type: devices, their host link, the host, optional NVMe and network."""
+
+    name: str
+    description: str = ""
+    source: Literal["datasheet", "calibrated"] = "datasheet"
+    sources: list[str] = Field(min_length=1, description="where each number comes from")
+    nodes: Annotated[int, Field(gt=0)] = 1
+    device: DeviceSpec
+    link: LinkSpec
+    host: HostSpec
+    nvme: NVMeSpec | None = None
+    network: NetworkSpec | None = None
+    efficiency: EfficiencySpec = EfficiencySpec()
+    price: PriceSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HardwareSpec":
+        if self.device.kind == "cpu" and self.link.kind != "memcpy":
+            raise ValueError(
+                f"device.kind is 'cpu' but link.kind is {self.link.kind!r}: a CPU computes on "
+                "host memory, so its 'link' is a memory copy (link.kind: memcpy)"
+            )
+        if self.nodes > 1 and self.network is None:
+            raise ValueError(f"nodes = {self.nodes} but no network is described")
+        if self.device.count % self.link.devices_per_link:
+            raise ValueError(
+                f"link.devices_per_link = {self.link.devices_per_link} does not divide "
+                f"device.count = {self.device.count}"
+            )
+        return self
+
+    @property
+    def devices_total(self) -> int:
+        return self.nodes * self.device.count

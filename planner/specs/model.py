@@ -1,0 +1,237 @@
+"""The model spec: one description that builds the torch model and feeds the cost model.
+
+Shapes follow DeepSeek-V3 (MLA attention, DeepSeekMoE FFN) and Llama-style dense backbones
+(GQA attention, SwiGLU FFN), plus Engram (ENGRAM.md) and hyper-connections (``hc_mult``
+residual branches, Zhu et al. 2024, "Hyper-Connections"). Parameter and byte counts derived
+from this spec live in :mod:`planner.accounting` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from planner.specs.base import Spec
+
+DType = Literal["fp32", "bf16", "fp16", "fp8"]
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class GQAAttention(Spec):
+    """Grouped-query attention (Llama 3, Qwen): ``n_kv_heads`` key/value heads shared by groups
+    of query heads. ``n_kv_heads == n_heads`` is multi-head attention."""
+
+    kind: Literal["gqa"] = "gqa"
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt
+    head_dim: PositiveInt | None = Field(
+        default=None, description="per-head width; default d_model / n_heads"
+    )
+    qkv_bias: bool = False
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> "GQAAttention":
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads = {self.n_heads} is not a multiple of n_kv_heads = {self.n_kv_heads}: "
+                "each key/value head must serve a whole group of query heads"
+            )
+        return self
+
+
+class MLAAttention(Spec):
+    """Multi-head latent attention as in DeepSeek-V2/V3: keys and values are compressed into a
+    ``kv_lora_rank`` latent (the only thing cached, with the shared RoPE key), queries
+    optionally through a ``q_lora_rank`` latent (0 = no query compression)."""
+
+    kind: Literal["mla"] = "mla"
+    n_heads: PositiveInt
+    q_lora_rank: int = Field(default=0, ge=0)
+    kv_lora_rank: PositiveInt
+    qk_nope_head_dim: PositiveInt
+    qk_rope_head_dim: PositiveInt
+    v_head_dim: PositiveInt
+
+
+Attention = Annotated[Union[GQAAttention, MLAAttention], Field(discriminator="kind")]
+
+
+class MoESpec(Spec):
+    """DeepSeekMoE: ``n_shared_experts`` always-on experts plus top-k of ``n_routed_experts``,
+    each a SwiGLU MLP of width ``expert_width``; routing is auxiliary-loss-free (a per-expert
+    bias adjusted by ``bias_update_rate`` steers load, DeepSeek-V3 section 2.1.2)."""
+
+    n_routed_experts: PositiveInt
+    n_shared_experts: int = Field(default=1, ge=0)
+    top_k: PositiveInt
+    expert_width: PositiveInt
+    n_leading_dense_layers: int = Field(default=1, ge=0)
+    bias_update_rate: float = Field(default=1e-3, ge=0)
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> "MoESpec":
+        if self.top_k > self.n_routed_experts:
+            raise ValueError(
+                f"top_k = {self.top_k} is larger than n_routed_experts = {self.n_routed_experts}"
+            )
+        return self
+
+
+class FFNSpec(Spec):
+    """SwiGLU feed-forward. Dense layers use ``dense_width``; with ``moe`` set, every layer after
+    the first ``moe.n_leading_dense_layers`` is a MoE layer."""
+
+    dense_width: PositiveInt
+    moe: MoESpec | None = None
+
+
+class EngramSpec(Spec):
+    """Engram conditional memory (ENGRAM.md): hashed n-gram tables read by token ids alone.
+
+    ``table_size_per_head[i]`` is the configured size of order ``i + 2``; each head takes a
+    distinct prime at or above it (see :mod:`planner.primes`). A row is
+    ``embed_dim_per_ngram / n_heads`` wide and the memory vector of a token is
+    ``d_mem = (max_ngram - 1) * embed_dim_per_ngram`` wide (the paper's ``d_mem``).
+    """
+
+    layer_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    max_ngram: int = Field(default=3, ge=2, description="orders 2..max_ngram are hashed")
+    n_heads: PositiveInt = Field(default=8, description="hash heads per n-gram order")
+    table_size_per_head: list[Annotated[int, Field(gt=1)]] = Field(
+        description="rows per head before rounding up to primes, one per order 2..N "
+        "(one integer means the same size for every order)"
+    )
+    embed_dim_per_ngram: PositiveInt = Field(description="width of one order's concatenated heads")
+    dtype: DType = "bf16"
+    seed: int = 0
+    pad_id: int = Field(default=2, ge=0, description="raw tokenizer id used before sequence start")
+    kernel_size: PositiveInt = 4
+    gate: Literal["signed_sqrt", "paper"] = Field(
+        default="signed_sqrt",
+        description="signed_sqrt: sigmoid(sign(s) sqrt|s|) as in the public demo; "
+        "paper: sigmoid(s) as in the paper's equations",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broadcast_size(cls, data):
+        # One integer means "the same size for every order".
+        if isinstance(data, dict) and isinstance(data.get("table_size_per_head"), int):
+            orders = int(data.get("max_ngram", 3)) - 1 if str(data.get("max_ngram", 3)).isdigit() else 1
+            data = {**data, "table_size_per_head": [data["table_size_per_head"]] * max(orders, 1)}
+        return data
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "EngramSpec":
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"layer_ids = {self.layer_ids} lists a layer twice")
+        if len(self.table_size_per_head) != self.max_ngram - 1:
+            raise ValueError(
+                f"table_size_per_head has {len(self.table_size_per_head)} entries but "
+                f"max_ngram = {self.max_ngram} needs one per order 2..{self.max_ngram} "
+                f"({self.max_ngram - 1})"
+            )
+        if self.embed_dim_per_ngram % self.n_heads:
+            raise ValueError(
+                f"embed_dim_per_ngram = {self.embed_dim_per_ngram} does not split into "
+                f"n_heads = {self.n_heads} equal rows (a row would be "
+                f"{self.embed_dim_per_ngram / self.n_heads:g} wide)"
+            )
+        return self
+
+    @property
+    def orders(self) -> list[int]:
+        return list(range(2, self.max_ngram + 1))
+
+    @property
+    def d_head(self) -> int:
+        """Width of one table row."""
+        return self.embed_dim_per_ngram // self.n_heads
+
+    @property
+    def d_mem(self) -> int:
+        """Width of a token's concatenated memory vector e_t."""
+        return (self.max_ngram - 1) * self.embed_dim_per_ngram
+
+    @property
+    def rows_per_token(self) -> int:
+        """Table rows one token reads in one Engram layer."""
+        return (self.max_ngram - 1) * self.n_heads
+
+
+class ModelSpec(Spec):
+    """A decoder-only transformer: embedding, ``n_layers`` blocks, final norm, LM head.
+
+    A block is ``h += Engram(h, ids)`` (Engram layers only), ``h += Attn(norm(h))``,
+    ``h += FFN(norm(h))``; with ``hc_mult > 1`` the residual stream has that many branches
+    mixed by hyper-connections around attention and FFN.
+    """
+
+    name: str
+    description: str = ""
+    vocab_size: PositiveInt
+    n_layers: PositiveInt
+    d_model: PositiveInt
+    max_seq_len: PositiveInt = 4096
+    attention: Attention
+    ffn: FFNSpec
+    hc_mult: PositiveInt = Field(default=1, description="hyper-connection branches; 1 = plain")
+    engram: EngramSpec | None = None
+    dtype: DType = "bf16"
+    tie_embeddings: bool = False
+    norm_eps: float = Field(default=1e-6, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        att = self.attention
+        if isinstance(att, GQAAttention) and att.head_dim is None and self.d_model % att.n_heads:
+            raise ValueError(
+                f"attention.n_heads = {att.n_heads} does not divide d_model = {self.d_model}; "
+                "set attention.head_dim explicitly"
+            )
+        if self.engram is not None:
+            for i, layer in enumerate(self.engram.layer_ids):
+                if layer >= self.n_layers:
+                    raise ValueError(
+                        f"engram.layer_ids[{i}] = {layer} is past the last layer: ids are 0-based "
+                        f"and n_layers = {self.n_layers}, so the last block is {self.n_layers - 1}"
+                    )
+        moe = self.ffn.moe
+        if moe is not None and moe.n_leading_dense_layers > self.n_layers:
+            raise ValueError(
+                f"ffn.moe.n_leading_dense_layers = {moe.n_leading_dense_layers} exceeds "
+                f"n_layers = {self.n_layers}"
+            )
+        return self
+
+    # ---- derived shapes used by the torch model and the cost model alike
+
+    @property
+    def head_dim(self) -> int:
+        att = self.attention
+        if isinstance(att, GQAAttention):
+            return att.head_dim or self.d_model // att.n_heads
+        return att.qk_nope_head_dim + att.qk_rope_head_dim
+
+    def is_moe_layer(self, layer_id: int) -> bool:
+        moe = self.ffn.moe
+        return moe is not None and layer_id >= moe.n_leading_dense_layers
+
+    @property
+    def engram_layer_ids(self) -> list[int]:
+        return list(self.engram.layer_ids) if self.engram else []
+
+    def without_engram(self) -> "ModelSpec":
+        """The same backbone with no Engram: the baseline every comparison is made against."""
+        return self.model_copy(update={"engram": None, "name": f"{self.name} (no Engram)"})
