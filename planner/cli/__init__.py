@@ -19,6 +19,7 @@ COMMANDS = [
     "params",
     "profiles",
     "schema",
+    "bench",
 ]
 
 DESCRIPTION = """\
