@@ -1,0 +1,45 @@
+"""Every bundled preset and model loads; presets cite sources and stay physically sane."""
+
+import pytest
+
+from planner.loading import bundled_models, bundled_profiles, load_hardware, load_model
+
+PRESETS = ["h100-sxm", "h100-pcie", "h800", "h200", "a100-80gb", "l40s", "rtx-4090", "gh200", "cpu-workstation"]
+
+
+def test_required_presets_exist():
+    assert set(PRESETS) <= set(bundled_profiles())
+
+
+@pytest.mark.parametrize("name", sorted(bundled_profiles()))
+def test_preset_loads_and_is_sane(name):
+    hw = load_hardware(name)
+    assert hw.sources and all(s.strip() for s in hw.sources)
+    d = hw.device
+    # Dense peaks, not the 2:4-sparse ones (HARDWARE.md): nothing here exceeds 1 PFLOP/s bf16.
+    assert 1e12 <= d.flops_for("bf16") < 1.0e15
+    assert hw.link.h2d_bandwidth * hw.efficiency.link <= hw.host.memory_bandwidth
+    if d.kind == "cuda":
+        # A host link never outruns device memory.
+        assert hw.link.h2d_bandwidth < d.memory_bandwidth
+    assert hw.host.memory >= 16 * 2**30
+
+
+def test_h100_numbers_from_hardware_md():
+    hw = load_hardware("h100-sxm")
+    assert hw.device.flops["bf16"] == 989e12
+    assert hw.device.memory_bandwidth == 3.35e12
+    assert load_hardware("h200").device.memory == 141e9
+    assert load_hardware("a100-80gb").device.flops["bf16"] == 312e12
+    assert load_hardware("gh200").link.kind == "nvlink_c2c"
+
+
+@pytest.mark.parametrize("name", sorted(bundled_models()))
+def test_bundled_model_loads(name):
+    assert load_model(name).n_layers > 0
+
+
+def test_load_by_path(tmp_path):
+    from planner.loading import PROFILES_DIR
+
+    assert load_hardware(PROFILES_DIR / "h800.yaml").name.startswith("H800")

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+from hypothesis import given, strategies as st
+
+from planner.units import (
+    format_bytes,
+    parse_bandwidth,
+    parse_bytes,
+    parse_count,
+    parse_flops,
+    parse_seconds,
+)
+from planner.specs import LinkSpec
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("80 GiB", 80 * 2**30),
+        ("80 GB", 80e9),
+        ("80GB", 80e9),
+        ("1.5 TiB", 1.5 * 2**40),
+        ("512 B", 512.0),
+        ("4 KiB", 4096.0),
+        (1234, 1234.0),
+        ("1e3 MB", 1e9),
+    ],
+)
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+def test_parse_rates_and_times():
+    assert parse_bandwidth("64 GB/s") == 64e9
+    assert parse_bandwidth("3.35 TB/s") == pytest.approx(3.35e12)
+    assert parse_bandwidth("25 GiB/s") == 25 * 2**30
+    assert parse_flops("989 TFLOP/s") == pytest.approx(989e12)
+    assert parse_flops("4.6 TFLOPs/s") == pytest.approx(4.6e12)
+    assert parse_seconds("2 us") == pytest.approx(2e-6)
+    assert parse_seconds("1.5 ms") == pytest.approx(1.5e-3)
+    assert parse_seconds("10 ns") == pytest.approx(1e-8)
+    assert parse_seconds(0.25) == 0.25
+    assert parse_count("18.5B") == pytest.approx(18.5e9)
+
+
+@pytest.mark.parametrize(
+    "parser, text, fragment",
+    [
+        (parse_bandwidth, "-5 GB/s", "cannot be negative"),
+        (parse_bandwidth, "64 GB", "unknown unit"),
+        (parse_bytes, "80 GB/s", "unknown unit"),
+        (parse_seconds, "3 parsecs", "unknown unit"),
+        (parse_flops, "fast", "cannot read"),
+        (parse_bytes, True, "boolean"),
+        (parse_bytes, float("inf"), "finite"),
+    ],
+)
+def test_bad_quantities_name_the_text(parser, text, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        parser(text)
+
+
+@given(st.floats(min_value=1e-3, max_value=1e15, allow_nan=False, allow_infinity=False))
+def test_json_serialisation_round_trips_exactly(value):
+    link = LinkSpec(kind="pcie5", h2d_bandwidth=value, d2h_bandwidth=value, latency=value * 1e-12)
+    again = LinkSpec.model_validate(link.to_yaml_dict())
+    assert again == link
+
+
+def test_round_values_serialise_with_units():
+    link = LinkSpec(kind="pcie5", h2d_bandwidth="63 GB/s", d2h_bandwidth=63e9, latency="10 us")
+    dumped = link.to_yaml_dict()
+    assert dumped["h2d_bandwidth"] == "63 GB/s"
+    assert dumped["latency"] == "10 us"
+
+
+def test_format_bytes_keeps_binary_round_values():
+    assert format_bytes(2 * 2**40) == "2 TiB"
+    assert format_bytes(80e9) == "80 GB"
+    assert format_bytes(5.792e9) == "5.79 GB"
+    assert not math.isnan(parse_bytes(format_bytes(123456789).replace(" ", "")))
