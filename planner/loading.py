@@ -35,7 +35,7 @@ def _path_text(loc: tuple) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out or "(top level)"
+    return out
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -51,7 +51,8 @@ def format_validation_error(exc: ValidationError, prefix: tuple = ()) -> str:
         loc = tuple(p for p in loc if p not in {"gqa", "mla", "fixed", "uniform", "lognormal",
                                                  "inference", "training"})
         msg = err["msg"].removeprefix("Value error, ")
-        line = f"  {_path_text(loc)}: {msg}"
+        # Cross-field checks run on a whole spec and name their fields in the message.
+        line = f"  {_path_text(loc)}: {msg}" if loc else f"  {msg}"
         if err["type"] not in ("missing",) and not isinstance(err.get("input"), dict):
             line += f" (got {_short(err.get('input'))})"
         lines.append(line)
