@@ -1,0 +1,339 @@
+"""The cost model: how long one op, copy, gather, hash or disk read takes. Durations only.
+
+The simulator owns time (it decides *when* work runs and what it contends with); this module
+answers *how long* a piece of work takes when it runs alone at the rates it is given. Every
+function is plain arithmetic that accepts Python floats or numpy arrays (broadcasting), so the
+analytic estimator evaluates the very same formulas over thousands of configurations at once.
+
+Legend (names carry units): T = tokens in a step, S = sequences in a step, C = keys attended,
+P = pairs (query token, key) in attention, d = d_model, w = FFN width, E = routed experts,
+k = top-k, M = hyper-connection branches, r = Engram rows per token.
+
+Approximations, stated once:
+
+* Roofline per op: ``max(flops / (peak * eff.matmul), bytes / (hbm * eff.memory))`` plus a fixed
+  launch overhead per kernel (Williams et al. 2009, "Roofline"). Compute and memory of one op
+  overlap perfectly; ops of a block run back to back on one stream.
+* Bytes are the compulsory HBM traffic: weights read once per step (they are shared by every
+  token of the batch), KV cache read and written, activations in and out. L2 reuse is ignored.
+* MoE routing is uniform over experts (DeepSeek-V3's auxiliary-loss-free balancing steers it
+  there), so ``E * (1 - (1 - k/E)^T)`` distinct experts are touched by T tokens and only their
+  weights are read.
+* MLA FLOPs use the non-absorbed form for both prefill and decode; its bytes use the cached
+  latent (``kv_lora_rank + rope``) as DeepSeek-V3 inference stores it.
+* Links: ``latency + bytes / rate``. ``efficiency.link`` scales the line-rate figures (h2d,
+  d2h); the pageable and UVA figures in a profile are already achieved rates and are used as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from planner.accounting import (
+    attention_params,
+    engram_dense_params,
+    engram_row_bytes,
+    hyper_connection_params,
+    kv_cache_bytes_per_token,
+    swiglu_params,
+)
+from planner.specs import DTYPE_BYTES, EfficiencySpec, GQAAttention, HardwareSpec, ModelSpec
+
+Number = Union[float, np.ndarray]
+
+# Kernels launched per op (forward). Counted from a typical eager implementation; CUDA graphs
+# (vLLM decode) hide most launch cost, which calibration captures as a smaller overhead.
+KERNELS = {"attention": 6, "ffn": 3, "moe": 10, "engram": 8, "embed": 1, "head": 2}
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+
+class Efficiency:
+    """Fractions of the datasheet ceilings that real work reaches.
+
+    Models: a constant fraction per resource (the profile's ``efficiency`` section).
+    Simplifies: no dependence on op size. Calibration (issue 5) subclasses this and overrides
+    the methods with fitted curves, e.g. a small GEMM reaching less of the peak than a large one;
+    every cost function asks these methods, never the spec directly.
+    """
+
+    def __init__(self, spec: EfficiencySpec):
+        self.spec = spec
+
+    def matmul(self, flops: Number, bytes_: Number) -> Number:
+        return self.spec.matmul
+
+    def memory(self, bytes_: Number) -> Number:
+        return self.spec.memory
+
+    def link(self, bytes_: Number) -> Number:
+        return self.spec.link
+
+    def host_memory(self, bytes_: Number) -> Number:
+        return self.spec.host_memory
+
+
+# ----------------------------------------------------------------------------- work and shapes
+
+
+@dataclass(frozen=True)
+class Work:
+    """FLOPs, HBM bytes and kernel launches of one op (floats or arrays); adds up."""
+
+    flops: Number
+    bytes: Number
+    kernels: Number
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels)
+
+    def scaled(self, factor: float) -> "Work":
+        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one engine step computes, as the cost model needs it.
+
+    ``tokens``: query tokens (decode tokens + prefill chunk tokens); ``seqs``: sequences in the
+    step (each gets one logit row); ``attn_pairs``: sum over query tokens of keys attended
+    (causal); ``kv_read``: keys read from the cache, summed over sequences.
+    """
+
+    tokens: Number
+    seqs: Number
+    attn_pairs: Number
+    kv_read: Number
+
+    @staticmethod
+    def decode(batch: Number, context: Number) -> "BatchShape":
+        """``batch`` sequences each decoding one token against ``context`` cached keys."""
+        return BatchShape(tokens=batch, seqs=batch, attn_pairs=batch * (context + 1), kv_read=batch * context)
+
+    @staticmethod
+    def prefill(chunk: Number, prior: Number = 0) -> "BatchShape":
+        """One sequence prefilling ``chunk`` tokens after ``prior`` already-cached ones."""
+        return BatchShape(
+            tokens=chunk, seqs=1, attn_pairs=chunk * prior + chunk * (chunk + 1) / 2, kv_read=prior
+        )
+
+    def __add__(self, other: "BatchShape") -> "BatchShape":
+        return BatchShape(
+            self.tokens + other.tokens,
+            self.seqs + other.seqs,
+            self.attn_pairs + other.attn_pairs,
+            self.kv_read + other.kv_read,
+        )
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class CostModel:
+    """Durations of compute, copies, gathers, hashing and disk reads for one model on one
+    hardware profile. Stateless; every method says what it models and what it leaves out."""
+
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, efficiency: Efficiency | None = None):
+        self.model = model
+        self.hardware = hardware
+        self.eff = efficiency or Efficiency(hardware.efficiency)
+        self.width = DTYPE_BYTES[model.dtype]
+        self.peak_flops = hardware.device.flops_for(model.dtype)
+        self.hbm_bandwidth = hardware.device.memory_bandwidth
+        self.launch_s = hardware.device.kernel_launch_overhead
+        # Per-layer constants (parameter counts come from planner.accounting only).
+        self._attn_params = attention_params(model)
+        self._hc_params = hyper_connection_params(model)
+        self._kv_bytes_layer = kv_cache_bytes_per_token(model) / model.n_layers
+        self._dense_ffn_params = swiglu_params(model.d_model, model.ffn.dense_width)
+        moe = model.ffn.moe
+        self._expert_params = swiglu_params(model.d_model, moe.expert_width) if moe else 0
+        self._engram_params = engram_dense_params(model)
+
+    # ---- roofline
+
+    def seconds(self, work: Work) -> Number:
+        """Roofline time of one op: compute and HBM traffic overlap, launches do not."""
+        compute = work.flops / (self.peak_flops * self.eff.matmul(work.flops, work.bytes))
+        memory = work.bytes / (self.hbm_bandwidth * self.eff.memory(work.bytes))
+        return np.maximum(compute, memory) + work.kernels * self.launch_s
+
+    def bound(self, work: Work) -> str:
+        """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
+        compute = work.flops / (self.peak_flops * self.eff.matmul(work.flops, work.bytes))
+        memory = work.bytes / (self.hbm_bandwidth * self.eff.memory(work.bytes))
+        launch = work.kernels * self.launch_s
+        return max((compute, "compute"), (memory, "hbm"), (launch, "launch"))[1]
+
+    # ---- per-block work
+
+    def attention(self, b: BatchShape) -> Work:
+        """Attention of one block, with its hyper-connection wrapper.
+
+        FLOPs: projections (2 per weight per token) plus QK^T and PV per (query, key) pair.
+        Bytes: weights once, KV cache read (``kv_read``) and written (``tokens``), activations.
+        Simplifies: FlashAttention-style fused core (no score matrix in HBM), no paging overhead.
+        """
+        m, att = self.model, self.model.attention
+        if isinstance(att, GQAAttention):
+            pair_flops = 4 * att.n_heads * m.head_dim
+        else:
+            pair_flops = 2 * att.n_heads * (att.qk_nope_head_dim + att.qk_rope_head_dim + att.v_head_dim)
+        flops = 2 * b.tokens * (self._attn_params + self._hc_params) + b.attn_pairs * pair_flops
+        bytes_ = (
+            (self._attn_params + self._hc_params) * self.width
+            + (b.kv_read + b.tokens) * self._kv_bytes_layer
+            + b.tokens * m.d_model * self.width * 2 * m.hc_mult
+        )
+        return Work(flops, bytes_, KERNELS["attention"])
+
+    def ffn(self, layer_id: int, b: BatchShape) -> Work:
+        """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
+
+        MoE bytes are the weights of the experts actually touched (uniform routing); FLOPs count
+        every token's k routed and all shared experts plus the router. Simplifies: no token
+        dropping, no all-to-all (experts are local to the device).
+        """
+        m = self.model
+        d, act = m.d_model, b.tokens * m.d_model * self.width * 2 * m.hc_mult
+        hc = 2 * b.tokens * self._hc_params
+        if not m.is_moe_layer(layer_id):
+            flops = 2 * b.tokens * self._dense_ffn_params + hc
+            bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
+            return Work(flops, bytes_, KERNELS["ffn"])
+        moe = m.ffn.moe
+        e = moe.n_routed_experts
+        touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
+        flops = 2 * b.tokens * ((moe.top_k + moe.n_shared_experts) * self._expert_params + d * e) + hc
+        bytes_ = (
+            ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
+            + act * (1 + moe.top_k)
+        )
+        return Work(flops, bytes_, KERNELS["moe"])
+
+    def engram(self, b: BatchShape) -> Work:
+        """Engram module compute of one block (ENGRAM.md section 3): value and M key
+        projections (d_mem -> d), the gate's norms and dot products, the depthwise conv.
+        Bytes: its dense weights, the rows it reads (already on the device), activations.
+        Simplifies: the fetch of the rows is not here (see link / gather costs)."""
+        m, e = self.model, self.model.engram
+        assert e is not None
+        mult, d = m.hc_mult, m.d_model
+        flops = b.tokens * (2 * (mult + 1) * e.d_mem * d + mult * d * (2 * e.kernel_size + 12))
+        bytes_ = (
+            self._engram_params * self.width
+            + b.tokens * e.rows_per_token * engram_row_bytes(m)
+            + b.tokens * (e.d_mem + 4 * mult * d) * self.width
+        )
+        return Work(flops, bytes_, KERNELS["engram"])
+
+    def embed(self, b: BatchShape) -> Work:
+        """Input embedding: one row read and written per token."""
+        return Work(0.0 * b.tokens, b.tokens * self.model.d_model * self.width * 2, KERNELS["embed"])
+
+    def head(self, b: BatchShape) -> Work:
+        """Final norm and LM head for one logit row per sequence (vLLM computes logits only
+        for each sequence's last scheduled token)."""
+        m = self.model
+        return Work(2 * b.seqs * m.d_model * m.vocab_size,
+                    m.d_model * m.vocab_size * self.width + b.seqs * m.vocab_size * 4, KERNELS["head"])
+
+    # ---- links
+
+    def link_rate(self, direction: str = "h2d", mode: str = "pinned", bytes_: Number = 0.0) -> Number:
+        """Sustained bytes/s of one host<->device stream.
+
+        ``mode``: ``pinned`` (DMA from page-locked memory; line rate x efficiency.link),
+        ``pageable`` (staged through a driver bounce buffer; the profile's achieved figure, or
+        half the pinned rate when it gives none, cf. HARDWARE.md's RTX 4090 numbers), ``uva``
+        (GPU kernels reading rows from mapped host memory; the profile's achieved figure, or
+        half the pinned rate)."""
+        link = self.hardware.link
+        line = link.h2d_bandwidth if direction == "h2d" else link.d2h_bandwidth
+        pinned = line * self.eff.link(bytes_)
+        if mode == "pinned":
+            return pinned
+        if mode == "pageable":
+            return link.pageable_h2d_bandwidth or 0.5 * pinned
+        if mode == "uva":
+            return link.uva_read_bandwidth or 0.5 * pinned
+        raise ValueError(f"unknown link mode {mode!r} (pinned, pageable, uva)")
+
+    def transfer(self, bytes_: Number, direction: str = "h2d", mode: str = "pinned") -> Number:
+        """One copy alone on its link: ``latency + bytes / rate``. Simplifies: no chunking,
+        no NUMA penalty (``host.remote_numa_factor`` is applied by the caller that knows the
+        socket), zero bytes still pay the latency only when a copy is issued at all."""
+        rate = self.link_rate(direction, mode, bytes_)
+        return np.where(bytes_ > 0, self.hardware.link.latency + bytes_ / rate, 0.0)
+
+    # ---- host CPU and DRAM
+
+    def host_dram_rate(self, bytes_: Number = 0.0) -> Number:
+        """Achievable DRAM bandwidth of the whole node (shared by every host-side stream)."""
+        host = self.hardware.host
+        return host.memory_bandwidth * self.eff.host_memory(bytes_)
+
+    def gather_rate(self, cores: Number, bytes_: Number = 0.0) -> Number:
+        """Bytes/s that ``cores`` cores achieve copying scattered rows into a staging buffer,
+        alone on the node: per-core rate x cores, bounded by DRAM. Simplifies: row size does not
+        change the per-core rate (rows of 64 B-4 KiB are all cache-line granular)."""
+        return np.minimum(cores * self.hardware.host.gather_bandwidth_per_core, self.host_dram_rate(bytes_))
+
+    def gather(self, bytes_: Number, cores: Number) -> Number:
+        """Time to gather ``bytes_`` of rows with ``cores`` cores, alone on the node."""
+        return bytes_ / self.gather_rate(cores, bytes_)
+
+    def hash(self, tokens: Number, cores: Number) -> Number:
+        """N-gram hashing of ``tokens`` tokens (all Engram layers' ids) on ``cores`` cores.
+        Simplifies: perfectly parallel over cores; compression lookup included in the rate."""
+        return tokens / (cores * self.hardware.host.hash_tokens_per_s_per_core)
+
+    def optimizer_bytes(self, rows: Number, optimizer: str = "adam") -> Number:
+        """DRAM bytes of a sparse update of ``rows`` table rows: read the gradient, read and
+        write the row; Adam also reads and writes two fp32 moments per element."""
+        e = self.model.engram
+        assert e is not None
+        row = engram_row_bytes(self.model)
+        moments = 2 * 2 * e.d_head * 4 if optimizer == "adam" else 0
+        return rows * (3 * row + moments)
+
+    # ---- NVMe and network
+
+    def nvme_pages(self, rows: Number, row_bytes: float) -> Number:
+        """Pages read for ``rows`` random rows: a row smaller than a page costs a whole page
+        (a 160 B row costs a 4 KiB read); rows never share a page (hashing scatters them)."""
+        nvme = self.hardware.nvme
+        assert nvme is not None
+        return rows * np.ceil(row_bytes / nvme.page_size)
+
+    def nvme_page_rate(self) -> float:
+        """Pages/s the drives sustain: the smaller of the IOPS and bandwidth bounds."""
+        nvme = self.hardware.nvme
+        assert nvme is not None
+        return min(nvme.read_iops, nvme.read_bandwidth / nvme.page_size)
+
+    def nvme_read(self, rows: Number, row_bytes: float) -> Number:
+        """Time to read ``rows`` random rows alone: latency + pages / page rate. Simplifies:
+        queue depth deep enough to reach the IOPS bound; no page cache (the caller splits it)."""
+        pages = self.nvme_pages(rows, row_bytes)
+        return np.where(pages > 0, self.hardware.nvme.read_latency + pages / self.nvme_page_rate(), 0.0)
+
+    def network(self, bytes_: Number) -> Number:
+        """One message between nodes: latency + bytes / (bandwidth x efficiency.link)."""
+        net = self.hardware.network
+        assert net is not None
+        return net.latency + bytes_ / (net.bandwidth * self.eff.link(bytes_))
+
+    # ---- host core budget
+
+    def engram_cores_per_device(self) -> int:
+        """Host cores one device's Engram workers get: the node's cores minus the serving
+        engine's own (``engine_cores`` per device), split evenly across devices (at least 1).
+        On a CPU "device" the compute itself uses these cores (the simulator serialises)."""
+        host, count = self.hardware.host, self.hardware.device.count
+        free = host.cores - host.engine_cores * count
+        return max(1, free // count)
