@@ -1,0 +1,1 @@
+"""Bundled data of the reference model: the BPE tokenizer file and a small English corpus."""

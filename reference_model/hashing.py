@@ -1,0 +1,216 @@
+"""Engram's multiplicative-XOR n-gram hash (ENGRAM.md sections 2.2-2.5), bit-exact with the
+public demo ``engram_demo_v1.py`` (``NgramHashMapping``) and vectorised over all layers.
+
+Legend: B = batch, T = new positions, P = past positions, L = Engram layers, N = max n-gram
+size, O = N - 1 orders (2..N), H = heads per order, K = O * H rows per token per layer.
+
+The recipe, per Engram layer ``L``, order ``n`` and head ``k``::
+
+    m = 2 * rng(seed + 10007 * L).integers(0, half_bound, N) + 1
+    mix_n[t] = (x[t] * m[0]) ^ (x[t-1] * m[1]) ^ ... ^ (x[t-n+1] * m[n-1])    (int64)
+    index[t, n, k] = mix_n[t] mod p(L, n, k)
+
+``half_bound = (2**63 - 1) // V' // 2`` keeps every product below 2**63, so the int64
+arithmetic never wraps and ``mix >= 0``.
+
+Speed. The demo computes ``mix % p`` with int64 division, 13-16 ns per value on a 2017-era
+x86 core (no SIMD integer divide). Here the modulus runs in float64 SIMD arithmetic, exactly:
+
+1. split ``mix = hi * 2**50 + lo`` with ``hi < 2**13`` and ``lo < 2**50`` (both exact in float64);
+2. ``y = hi * (2**50 mod p) + lo`` is congruent to ``mix`` mod p and below ``2**13 * p + 2**50``,
+   which is under ``2**51`` for every ``p <= 2**37``, so float64 holds it exactly;
+3. ``q = floor(y / p + 0.5 / p)`` computed as ``floor(y * (1/p) + 0.5 * (1/p))``: the true value
+   is ``y/p + 1/(2p)``, at least ``1/(2p)`` away from any integer, and the rounding error is at
+   most ``3 * 2**-53 * y / p < 2**-1.4 / p`` for ``y < 2**51``, so the floor is exactly
+   ``y // p``;
+4. ``r = y - q * p`` is exact (all terms are integers below 2**53), and ``r + offset`` is
+   turned into an int64 through the ``2**52`` exponent trick (add ``2**52``, reinterpret the
+   bits, subtract the bits of ``2**52``), which AVX2 does in SIMD where a float->int64
+   conversion does not exist.
+
+Primes above ``2**37`` (1.4e11 rows per head) fall back to int64 ``%``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from planner.primes import engram_table_primes
+from planner.specs.model import EngramSpec
+
+# The recipe's layer stride for seeding (the demo's PRIME_1).
+SEED_LAYER_STRIDE = 10007
+_SPLIT_BITS = 50
+_FLOAT_PATH_MAX_PRIME = 1 << 37
+_MAGIC_F = float(1 << 52)
+_MAGIC_BITS = 0x4330000000000000  # the IEEE-754 bits of 2.0**52
+# Positions per inner step: keeps the float64 temporaries ([L, O, H, chunk] values) inside L2.
+_CHUNK = 8192
+
+
+def layer_multipliers(engram: EngramSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
+    """``{layer_id: int64[N]}``: odd multipliers of ENGRAM.md 2.3 (the demo's ``layer_multipliers``)."""
+    max_long = np.iinfo(np.int64).max
+    half_bound = max(1, max_long // compressed_vocab_size // 2)
+    out = {}
+    for layer in engram.layer_ids:
+        rng = np.random.default_rng(engram.seed + SEED_LAYER_STRIDE * layer)
+        r = rng.integers(0, half_bound, size=engram.max_ngram, dtype=np.int64)
+        out[layer] = r * 2 + 1
+    return out
+
+
+class NgramHasher:
+    """Maps compressed token ids to per-head table indices (and global row ids) for every
+    Engram layer at once.
+
+    Models ENGRAM.md 2.2-2.5 exactly. ``pad_id`` is the *compressed* pad id, read for positions
+    before the start of a sequence when no past ids are given. Inputs are compressed ids in
+    ``[0, compressed_vocab_size)``; negative padding markers are rejected here (the demo would
+    hash them, but no model input contains them).
+    """
+
+    def __init__(self, engram_config: EngramSpec, compressed_vocab_size: int, pad_id: int):
+        if compressed_vocab_size < 1:
+            raise ValueError(f"compressed_vocab_size must be >= 1, got {compressed_vocab_size}")
+        if not 0 <= pad_id < compressed_vocab_size:
+            raise ValueError(
+                f"pad_id = {pad_id} (compressed) is outside [0, {compressed_vocab_size}): pass the "
+                "compression of the raw pad id"
+            )
+        e = engram_config
+        self.config = e
+        self.compressed_vocab_size = int(compressed_vocab_size)
+        self.pad_id = int(pad_id)
+        self.layer_ids = list(e.layer_ids)
+        self.max_ngram = e.max_ngram
+        self.n_heads = e.n_heads
+        self.multipliers = layer_multipliers(e, compressed_vocab_size)
+        self.table_sizes = engram_table_primes(e.layer_ids, e.table_size_per_head, e.n_heads)
+        self.offsets: dict[int, np.ndarray] = {}
+        for layer in self.layer_ids:
+            flat = np.array([p for order in self.table_sizes[layer] for p in order], dtype=np.int64)
+            self.offsets[layer] = np.concatenate([[0], np.cumsum(flat)[:-1]]).astype(np.int64)
+        self.table_rows = {
+            layer: int(sum(sum(order) for order in self.table_sizes[layer])) for layer in self.layer_ids
+        }
+
+        # Stacked constants, [L, N] and [L, O, H], so one pass serves every layer.
+        n_layers, n_orders, n_heads = len(self.layer_ids), self.max_ngram - 1, self.n_heads
+        self._mult_LN = torch.from_numpy(np.stack([self.multipliers[l] for l in self.layer_ids]))
+        primes_LOH = np.array([self.table_sizes[l] for l in self.layer_ids], dtype=np.int64)
+        offsets_LOH = np.stack([self.offsets[l] for l in self.layer_ids]).reshape(primes_LOH.shape)
+        self._primes_LOH = torch.from_numpy(primes_LOH)
+        self._offsets_LOH = torch.from_numpy(offsets_LOH)
+        self._float_path = bool(primes_LOH.max() <= _FLOAT_PATH_MAX_PRIME)
+        p = primes_LOH.astype(np.float64)
+        split = np.array([[[pow(2, _SPLIT_BITS, int(q)) for q in heads] for heads in orders]
+                          for orders in primes_LOH], dtype=np.float64)
+        self._split_LOH = torch.from_numpy(split)
+        self._inv_p_LOH = torch.from_numpy(1.0 / p)
+        self._half_inv_p_LOH = torch.from_numpy(0.5 / p)
+        self._neg_p_LOH = torch.from_numpy(-p)
+        self._bias_LOH1 = (torch.from_numpy(offsets_LOH.astype(np.float64)) + _MAGIC_F).unsqueeze(-1)
+        self._shape = (n_layers, n_orders, n_heads)
+
+    @property
+    def rows_per_token(self) -> int:
+        """K = (N - 1) * heads indices per token per layer."""
+        return (self.max_ngram - 1) * self.n_heads
+
+    # ------------------------------------------------------------------ public entry points
+
+    def hash(self, compressed_ids_BT, past_ids_BP=None) -> dict[int, np.ndarray]:
+        """``{layer: int64[B, T, K]}``: per-head indices ``mix mod p`` (order-major, then head),
+        equal to the demo's ``NgramHashMapping.hash`` after compression.
+
+        The arrays are [B, T, K] views of head-major memory (``a.transpose(2, 0, 1)`` is
+        contiguous), the layout the computation and a per-head gather want; call
+        ``np.ascontiguousarray`` where token-major memory matters.
+
+        ``past_ids_BP`` (compressed) are the ids just before ``compressed_ids_BT``; only the
+        last ``N - 1`` are read, and fewer than that means the sequence started there (pads
+        before). This is how incremental decoding hashes only its newest position(s)."""
+        return self._run(compressed_ids_BT, past_ids_BP, with_offsets=False)
+
+    def row_ids(self, compressed_ids_BT, past_ids_BP=None) -> dict[int, np.ndarray]:
+        """Like :meth:`hash` but each index plus its head's offset: global rows of the fused table."""
+        return self._run(compressed_ids_BT, past_ids_BP, with_offsets=True)
+
+    # ------------------------------------------------------------------ implementation
+
+    def _context(self, ids_BT: np.ndarray, past_BP) -> np.ndarray:
+        """[B, N-1+T]: the N-1 ids before each sequence (past ids, else pads), then the ids."""
+        n_ctx = self.max_ngram - 1
+        B = ids_BT.shape[0]
+        ctx = np.full((B, n_ctx + ids_BT.shape[1]), self.pad_id, dtype=np.int64)
+        ctx[:, n_ctx:] = ids_BT
+        if past_BP is not None:
+            past = self._check_ids(past_BP, "past_ids_BP")
+            if past.shape[0] != B:
+                raise ValueError(f"past_ids_BP has batch {past.shape[0]} but the ids have batch {B}")
+            keep = min(n_ctx, past.shape[1])
+            if keep:
+                ctx[:, n_ctx - keep:n_ctx] = past[:, past.shape[1] - keep:]
+        return ctx
+
+    def _check_ids(self, ids, name: str) -> np.ndarray:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu().numpy()
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"{name} must be 2-D [batch, positions], got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integers, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.compressed_vocab_size):
+            raise ValueError(
+                f"{name} holds ids outside [0, {self.compressed_vocab_size}) (min {ids.min()}, "
+                f"max {ids.max()}): the hasher reads compressed ids"
+            )
+        return ids.astype(np.int64, copy=False)
+
+    def _run(self, ids_BT, past_BP, with_offsets: bool) -> dict[int, np.ndarray]:
+        ids = self._check_ids(ids_BT, "compressed_ids_BT")
+        B, T = ids.shape
+        ctx_BX = torch.from_numpy(self._context(ids, past_BP))
+        n_ctx = self.max_ngram - 1
+        # shifts[k] = x[t - k]: the ids k positions back, computed once for every layer.
+        shifts_NS = torch.stack(
+            [ctx_BX[:, n_ctx - k:n_ctx - k + T].reshape(-1) for k in range(self.max_ngram)]
+        )
+        n_layers, n_orders, n_heads = self._shape
+        # Head-major work layout: every float op below runs over contiguous positions S = B*T.
+        out_LOHS = torch.empty((n_layers, n_orders, n_heads, B * T), dtype=torch.int64)
+        for start in range(0, B * T, _CHUNK):
+            stop = min(B * T, start + _CHUNK)
+            out_LOHS[..., start:stop] = self._chunk(shifts_NS[:, start:stop], with_offsets)
+        out_LKBT = out_LOHS.reshape(n_layers, n_orders * n_heads, B, T)
+        return {layer: out_LKBT[i].permute(1, 2, 0).numpy() for i, layer in enumerate(self.layer_ids)}
+
+    def _chunk(self, shifts_NC: torch.Tensor, with_offsets: bool) -> torch.Tensor:
+        """[L, O, H, C] indices for C positions whose shifted ids are ``shifts_NC``."""
+        # products[l, k, c] = x[c - k] * m_l[k]; no overflow by the half_bound construction.
+        prod_LNC = shifts_NC.unsqueeze(0) * self._mult_LN.unsqueeze(-1)
+        mixes = [prod_LNC[:, 0]]
+        for k in range(1, self.max_ngram):
+            mixes.append(torch.bitwise_xor(mixes[-1], prod_LNC[:, k]))
+        mix_LO1C = torch.stack(mixes[1:], dim=1).unsqueeze(2)  # orders 2..N
+        if not self._float_path:
+            rows = torch.remainder(mix_LO1C, self._primes_LOH.unsqueeze(-1))
+            return rows + self._offsets_LOH.unsqueeze(-1) if with_offsets else rows
+
+        # Step 1: hi, lo as exact float64 (lo through the 2**52 exponent trick).
+        hi_LO1C = (mix_LO1C >> _SPLIT_BITS).to(torch.float64)
+        lo_bits = torch.bitwise_or(mix_LO1C & ((1 << _SPLIT_BITS) - 1), _MAGIC_BITS)
+        lo_LO1C = lo_bits.view(torch.float64) - _MAGIC_F
+        # Step 2: y = hi * (2**50 mod p) + lo, exact, < 2**51.
+        y_LOHC = torch.addcmul(lo_LO1C, hi_LO1C, self._split_LOH.unsqueeze(-1))
+        # Step 3: q = floor(y / p), exact (see the module docstring).
+        q_LOHC = torch.addcmul(
+            self._half_inv_p_LOH.unsqueeze(-1), y_LOHC, self._inv_p_LOH.unsqueeze(-1)
+        ).floor_()
+        # Step 4: r = y - q p, then (r + offset) to int64 via the exponent trick.
+        y_LOHC.addcmul_(q_LOHC, self._neg_p_LOH.unsqueeze(-1))
+        y_LOHC.add_(self._bias_LOH1 if with_offsets else _MAGIC_F)
+        return y_LOHC.view(torch.int64).sub_(_MAGIC_BITS)
