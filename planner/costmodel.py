@@ -142,8 +142,12 @@ class CostModel:
         self.hardware = hardware
         self.eff = efficiency or Efficiency(hardware.efficiency)
         self.width = DTYPE_BYTES[model.dtype]
-        self.peak_flops = hardware.device.flops_for(model.dtype)
-        self.hbm_bandwidth = hardware.device.memory_bandwidth
+        # Rates the analytic estimator may replace by arrays (see :meth:`with_rates`).
+        self.peak_flops: Number = hardware.device.flops_for(model.dtype)
+        self.hbm_bandwidth: Number = hardware.device.memory_bandwidth
+        self.h2d_bandwidth: Number = hardware.link.h2d_bandwidth
+        self.d2h_bandwidth: Number = hardware.link.d2h_bandwidth
+        self.host_memory_bandwidth: Number = hardware.host.memory_bandwidth
         self.launch_s = hardware.device.kernel_launch_overhead
         # Per-layer constants (parameter counts come from planner.accounting only).
         self._attn_params = attention_params(model)
@@ -153,6 +157,17 @@ class CostModel:
         moe = model.ffn.moe
         self._expert_params = swiglu_params(model.d_model, moe.expert_width) if moe else 0
         self._engram_params = engram_dense_params(model)
+
+    def with_rates(self, **rates: Number) -> "CostModel":
+        """A copy with some rates replaced (scalars or arrays): ``peak_flops``,
+        ``hbm_bandwidth``, ``h2d_bandwidth``, ``d2h_bandwidth``, ``host_memory_bandwidth``."""
+        clone = object.__new__(CostModel)
+        clone.__dict__.update(self.__dict__)
+        for name, value in rates.items():
+            if not hasattr(self, name) or name.startswith("_"):
+                raise ValueError(f"unknown rate {name!r}")
+            setattr(clone, name, value)
+        return clone
 
     # ---- roofline
 
@@ -253,7 +268,7 @@ class CostModel:
         (GPU kernels reading rows from mapped host memory; the profile's achieved figure, or
         half the pinned rate)."""
         link = self.hardware.link
-        line = link.h2d_bandwidth if direction == "h2d" else link.d2h_bandwidth
+        line = self.h2d_bandwidth if direction == "h2d" else self.d2h_bandwidth
         pinned = line * self.eff.link(bytes_)
         if mode == "pinned":
             return pinned
@@ -274,8 +289,7 @@ class CostModel:
 
     def host_dram_rate(self, bytes_: Number = 0.0) -> Number:
         """Achievable DRAM bandwidth of the whole node (shared by every host-side stream)."""
-        host = self.hardware.host
-        return host.memory_bandwidth * self.eff.host_memory(bytes_)
+        return self.host_memory_bandwidth * self.eff.host_memory(bytes_)
 
     def gather_rate(self, cores: Number, bytes_: Number = 0.0) -> Number:
         """Bytes/s that ``cores`` cores achieve copying scattered rows into a staging buffer,

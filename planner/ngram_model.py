@@ -107,15 +107,14 @@ def zipf_hit_rate(cache_fraction: Number, rows_per_head: Number, s: float) -> np
 
 
 def zipf_unique_rows(draws: Number, rows_per_head: Number, s: float, skip_top: Number = 0.0) -> np.ndarray:
-    """Expected distinct rows among ``draws`` Zipf draws over ``P`` rows, counting only ranks
-    past ``skip_top`` (the cached ones): ``sum_i 1 - exp(-draws p_i)`` (Poisson approximation
-    of ``1 - (1 - p_i)^draws``, exact to O(p_i^2))."""
+    """Expected distinct rows among ``draws`` independent Zipf draws over ``P`` rows, counting
+    only ranks past ``skip_top`` (the cached ones): ``sum_i 1 - (1 - p_i)^draws``."""
     t = np.asarray(draws, float)
     p = np.asarray(rows_per_head, float)
     t, p, skip = np.broadcast_arrays(t, p, np.asarray(skip_top, float))
     norm = zipf_harmonic(p, s)
-    scale = (t / norm)[..., None]
-    return _rank_sum(lambda i: -np.expm1(-scale * i ** -s), skip, p)
+    draws_, norm_ = t[..., None], norm[..., None]
+    return _rank_sum(lambda i: -np.expm1(draws_ * np.log1p(-(i ** -s) / norm_)), skip, p)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""Closed-form checks of the cost model."""
+
+import numpy as np
+import pytest
+
+from planner.accounting import attention_params, engram_row_bytes, swiglu_params
+from planner.costmodel import BatchShape, CostModel, Efficiency
+from planner.loading import load_hardware, load_model
+from planner.specs import NVMeSpec
+
+
+@pytest.fixture(scope="module")
+def cost():
+    return CostModel(load_model("dense-8b-engram-100b"), load_hardware("h800"))
+
+
+def test_one_transfer_is_latency_plus_bytes_over_bandwidth(cost):
+    link, eff = cost.hardware.link, cost.hardware.efficiency.link
+    assert cost.transfer(1e9) == pytest.approx(link.latency + 1e9 / (link.h2d_bandwidth * eff))
+    assert cost.transfer(0.0) == 0.0
+    assert cost.transfer(1e9, mode="pageable") == pytest.approx(link.latency + 1e9 / link.pageable_h2d_bandwidth)
+    assert cost.transfer(1e9, mode="uva") == pytest.approx(link.latency + 1e9 / link.uva_read_bandwidth)
+
+
+def test_roofline_takes_the_larger_term_plus_launches(cost):
+    peak = cost.peak_flops * cost.hardware.efficiency.matmul
+    hbm = cost.hbm_bandwidth * cost.hardware.efficiency.memory
+    decode, prefill = BatchShape.decode(8, 512), BatchShape.prefill(8192)
+    w = cost.ffn(0, decode)
+    assert cost.seconds(w) == pytest.approx(max(w.flops / peak, w.bytes / hbm) + 3 * cost.launch_s)
+    assert cost.bound(cost.ffn(0, decode)) == "hbm"
+    assert cost.bound(cost.ffn(0, prefill)) == "compute"
+    # Weights are read once per step whatever the batch: FLOPs count per token.
+    assert w.flops == pytest.approx(2 * 8 * swiglu_params(4096, 14336))
+    assert cost.attention(decode).flops > 2 * 8 * attention_params(cost.model)
+
+
+def test_efficiency_is_a_replaceable_strategy(cost):
+    class Half(Efficiency):
+        def matmul(self, flops, bytes_):
+            return 0.5 * super().matmul(flops, bytes_)
+
+    slow = CostModel(cost.model, cost.hardware, Half(cost.hardware.efficiency))
+    w = cost.ffn(0, BatchShape.prefill(8192))
+    launch = w.kernels * cost.launch_s
+    assert slow.seconds(w) - launch == pytest.approx(2 * (cost.seconds(w) - launch))
+
+
+def test_moe_decode_reads_only_touched_experts():
+    c = CostModel(load_model("engram-27b"), load_hardware("h100-sxm"))
+    one, many = c.ffn(5, BatchShape.decode(1, 100)), c.ffn(5, BatchShape.decode(4096, 100))
+    expert_bytes = swiglu_params(2560, 1536) * 2
+    assert one.bytes < (6 + 2 + 1) * expert_bytes  # top-6 + 2 shared (+ router, activations)
+    assert many.bytes > 55 * expert_bytes  # every routed expert touched
+
+
+def test_host_gather_is_bounded_by_cores_then_dram(cost):
+    host = cost.hardware.host
+    assert cost.gather_rate(1) == pytest.approx(host.gather_bandwidth_per_core)
+    assert cost.gather_rate(10_000) == pytest.approx(host.memory_bandwidth * cost.hardware.efficiency.host_memory)
+    assert cost.gather(4e9, 1) == pytest.approx(1.0)
+
+
+def test_nvme_reads_whole_pages():
+    hw = load_hardware("h100-sxm")
+    hw = hw.model_copy(update={"nvme": NVMeSpec(capacity=8e12, read_bandwidth=8e9, read_iops=1e6)})
+    c = CostModel(load_model("dense-8b-engram-100b"), hw)
+    row = engram_row_bytes(c.model)
+    assert row == 160
+    assert c.nvme_pages(1000, row) == 1000  # a 160 B row costs a 4 KiB page
+    # IOPS bound: 1e6 pages/s < 8e9 / 4096 = 1.95e6 pages/s.
+    assert c.nvme_read(1e6, row) == pytest.approx(80e-6 + 1.0)
+
+
+def test_array_inputs_broadcast(cost):
+    t = cost.transfer(np.array([1e6, 1e9]))
+    assert t.shape == (2,) and t[1] > t[0]
+    w = cost.attention(BatchShape.decode(np.array([1.0, 64.0]), 1024.0))
+    assert np.shape(cost.seconds(w)) == (2,)

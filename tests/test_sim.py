@@ -1,0 +1,136 @@
+"""The discrete-event simulator: closed-form timelines and behaviour."""
+
+import pytest
+
+from planner.accounting import engram_row_bytes, engram_table_rows
+from planner.costmodel import BatchShape, CostModel
+from planner.ngram_model import ZipfTraffic
+from planner.sim import simulate
+from planner.trace import SPAN_NAMES, chrome_trace
+from tests.sim_helpers import hardware, scenario, training
+
+
+def one_step(**kw):
+    """One prefill step of one 16-token prompt on one device (output_len 1)."""
+    return scenario(seqs=1, prompt=16, output=1, **kw)
+
+
+def fetch_and_window(s):
+    """The closed form of one step: rows hashed, gathered, copied vs the blocks before L1."""
+    cost = CostModel(s.model, s.hardware)
+    shape = BatchShape(tokens=16, seqs=1, attn_pairs=16 * 17 / 2, kv_read=0)
+    rows = ZipfTraffic(engram_table_rows(s.model)[1] / 16, 16).rows_fetched(16, 0.0)
+    nbytes = rows * engram_row_bytes(s.model)
+    cores = cost.engram_cores_per_device()
+    fetch = cost.hash(16, cores) + cost.gather(nbytes, cores) + cost.transfer(nbytes)
+    window = sum(float(cost.seconds(w)) for w in (cost.embed(shape), cost.attention(shape), cost.ffn(0, shape)))
+    return float(fetch), window
+
+
+def test_fetch_shorter_than_window_adds_no_stall():
+    host = simulate(one_step(), baseline=False)
+    device = simulate(one_step(placement={"tier": "device"}), baseline=False)
+    fetch, window = fetch_and_window(one_step())
+    assert fetch < window
+    assert host.exposed_engram_s[1] == 0.0
+    assert host.duration_s == pytest.approx(device.duration_s, rel=1e-12)
+    assert host.layers[1].fetch_s == pytest.approx(fetch, rel=1e-9)
+    assert host.layers[1].window_s == pytest.approx(window, rel=1e-9)
+
+
+def test_fetch_longer_than_window_adds_exactly_the_difference():
+    slow = hardware(h2d_bandwidth=2e6)  # 2 MB/s: the copy outlasts the window
+    s = one_step(hw=slow)
+    host = simulate(s, baseline=False)
+    device = simulate(one_step(hw=slow, placement={"tier": "device"}), baseline=False)
+    fetch, window = fetch_and_window(s)
+    assert fetch > window
+    assert host.duration_s - device.duration_s == pytest.approx(fetch - window, rel=1e-9)
+    assert host.exposed_engram_s[1] == pytest.approx(fetch - window, rel=1e-9)
+    assert host.layers[1].bound == "link"
+
+
+def test_without_prefetch_the_whole_fetch_is_exposed():
+    s = one_step(placement={"tier": "host", "prefetch": False})
+    fetch, _ = fetch_and_window(s)
+    m = simulate(s, baseline=False)
+    assert m.exposed_engram_s[1] == pytest.approx(fetch, rel=1e-9)
+
+
+def test_pageable_copy_blocks_compute():
+    pinned = simulate(scenario(placement={"tier": "host"}), baseline=False)
+    pageable = simulate(scenario(placement={"tier": "host", "pinned": False}), baseline=False)
+    assert pageable.exposed_fraction > 0 and pinned.exposed_fraction == 0
+    assert pageable.duration_s > pinned.duration_s
+
+
+def test_two_devices_on_one_uplink_share_it():
+    slow = dict(h2d_bandwidth=2e6)
+    alone = simulate(scenario(seqs=2, hw=hardware(2, 1, **slow)), baseline=False)
+    shared = simulate(scenario(seqs=2, hw=hardware(2, 2, **slow)), baseline=False)
+    # Link-bound steps in lockstep: each copy takes twice as long on the shared uplink.
+    ratio = shared.layers[1].stage_s["link"] / alone.layers[1].stage_s["link"]
+    assert ratio == pytest.approx(2.0, rel=0.01)
+
+
+def test_cache_and_dedup_cut_traffic():
+    base = simulate(scenario(placement={"tier": "host"}), baseline=False)
+    cached = simulate(scenario(placement={"tier": "host", "cache_fraction": 0.05}), baseline=False)
+    nodedup = simulate(scenario(placement={"tier": "host", "dedup": False}), baseline=False)
+    assert cached.bytes_requested["to_device"] < 0.6 * base.bytes_requested["to_device"]
+    assert nodedup.bytes_requested["to_device"] > base.bytes_requested["to_device"]
+
+
+def test_disk_tier_reads_pages_from_nvme():
+    from planner.specs import NVMeSpec
+
+    hw = hardware().model_copy(update={"nvme": NVMeSpec(capacity=8e12, read_bandwidth=7e9)})
+    m = simulate(scenario(hw=hw, placement={"tier": "disk"}), baseline=False)
+    # No page cache: every fetched 160 B row costs a 4 KiB page.
+    assert m.bytes_moved["nvme"] == pytest.approx(4096 / 160 * m.bytes_requested["to_device"], rel=1e-9)
+    assert m.utilisation["nvme"] > 0
+    warm = simulate(scenario(hw=hw, placement={"tier": "disk", "host_cache_fraction": 0.01}), baseline=False)
+    assert warm.bytes_moved["nvme"] < 0.5 * m.bytes_moved["nvme"]
+    assert m.bytes_moved["to_device"] == pytest.approx(m.bytes_requested["to_device"], rel=1e-9)
+
+
+def test_uva_mode_reads_over_the_link_without_gathers():
+    m = simulate(scenario(placement={"tier": "host", "host_mode": "uva"}), baseline=False)
+    assert m.bytes_moved["host_dram"] == 0
+    assert m.bytes_moved["h2d"] == pytest.approx(m.bytes_requested["to_device"], rel=1e-9)
+
+
+def test_training_writes_gradients_back_and_updates_on_host():
+    m = simulate(training(), baseline=True)
+    assert m.workload == "training" and m.steps == 3 * 2
+    assert m.bytes_requested["d2h"] > 0
+    assert m.bytes_moved["d2h"] == pytest.approx(m.bytes_requested["d2h"], rel=1e-9)
+    assert m.throughput_drop is not None and m.ttft_s is None
+
+
+def test_cpu_device_gathers_on_its_own_cores():
+    from planner.loading import load_hardware
+    s = scenario(model="tiny", hw=load_hardware("cpu-workstation"))
+    m = simulate(s)
+    assert m.bytes_moved["to_device"] == pytest.approx(m.bytes_requested["to_device"], rel=1e-9)
+    assert m.exposed_fraction > 0  # no overlap possible: the cores that compute also gather
+
+
+def test_poisson_arrivals_and_metrics_shape():
+    m = simulate(scenario(seqs=16, arrival_rate=50.0), baseline=False)
+    assert set(m.ttft_s) == {"p50", "p90", "p99"} and m.tpot_s["p50"] > 0
+    assert m.output_tokens == 16 * 16
+
+
+def test_trace_spans_use_the_shared_vocabulary():
+    m = simulate(scenario(seqs=2, output=2), trace=True, baseline=False)
+    names = {s.name for s in m.spans}
+    vocab = {n.replace("{i}", "") for n in SPAN_NAMES}
+    assert all(n.rstrip("0123456789") in vocab for n in names), names - vocab
+    assert {"step", "hash", "gather_L1", "h2d_L1", "engram_L1", "attn_L0", "embed", "head"} <= names
+    assert chrome_trace(m.spans, "sim")["traceEvents"]
+
+
+def test_unrunnable_workload_is_explained():
+    with pytest.raises(ValueError, match="chunked_prefill"):
+        simulate(scenario(prompt=64, max_batched_tokens=32, chunked_prefill=False))

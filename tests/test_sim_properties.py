@@ -1,0 +1,55 @@
+"""Property tests of the simulator (hypothesis, few examples: each is a whole simulation)."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.sim import simulate
+from tests.sim_helpers import hardware, scenario
+
+FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+placements = st.fixed_dictionaries({
+    "tier": st.sampled_from(["host", "device"]),
+    "cache_fraction": st.sampled_from([0.0, 0.01, 0.2]),
+    "prefetch": st.booleans(),
+    "dedup": st.booleans(),
+    "host_mode": st.sampled_from(["staged", "uva"]),
+    "pinned": st.booleans(),
+})
+
+
+def with_rates(h2d=63e9, dram=614e9, flops=989e12):
+    hw = hardware(2, 2, h2d_bandwidth=h2d)
+    return hw.model_copy(update={
+        "host": hw.host.model_copy(update={"memory_bandwidth": dram}),
+        "device": hw.device.model_copy(update={"flops": {"bf16": flops}}),
+    })
+
+
+@FAST
+@given(h2d=st.floats(1e6, 1e11), dram=st.floats(1e8, 1e12), flops=st.floats(1e12, 2e15),
+       factor=st.floats(1.0, 10.0), placement=placements)
+def test_more_bandwidth_or_flops_never_slows_a_run(h2d, dram, flops, factor, placement):
+    def run(**rates):
+        return simulate(scenario(seqs=4, prompt=32, output=6, hw=with_rates(**rates), placement=placement),
+                        baseline=False).duration_s
+
+    base = run(h2d=h2d, dram=dram, flops=flops)
+    for faster in (dict(h2d=h2d * factor, dram=dram, flops=flops),
+                   dict(h2d=h2d, dram=dram * factor, flops=flops),
+                   dict(h2d=h2d, dram=dram, flops=flops * factor)):
+        assert run(**faster) <= base * (1 + 1e-9)
+
+
+@FAST
+@given(placement=placements, seed=st.integers(0, 3), rate=st.sampled_from([None, 200.0]))
+def test_engram_disabled_is_the_baseline_and_bytes_balance(placement, seed, rate):
+    s = scenario(seqs=6, prompt={"kind": "uniform", "low": 8, "high": 48}, output=5, devices=2,
+                 per_link=2, placement=placement, seed=seed, arrival_rate=rate)
+    m = simulate(s)
+    plain = simulate(s.model_copy(update={"model": s.model.without_engram()}), baseline=False)
+    assert m.baseline["duration_s"] == plain.duration_s
+    assert m.baseline["throughput_output_tokens_per_s"] == plain.throughput_output_tokens_per_s
+    assert abs(m.bytes_moved["to_device"] - m.bytes_requested["to_device"]) <= 1e-6 * max(1.0, m.bytes_requested["to_device"])
+    again = simulate(s)
+    assert again.as_dict() == m.as_dict()
