@@ -1,0 +1,163 @@
+"""Timing of real runs: spans in the shared trace format, and the offload metrics from them.
+
+:class:`SpanRecorder` is the ``tracer`` the model, the row provider and the benchmarks call as
+``tracer(name, track)`` (a context manager); it returns :class:`planner.trace.Span` values that
+export with :func:`planner.trace.chrome_trace`, the format simulated runs use too, so a measured
+run and its simulation open side by side in Perfetto. Names follow ``planner.trace.SPAN_NAMES``.
+
+Clocks. Host-side tracks (``host_gather``, ``engine``, ``hash``) use ``time.perf_counter``.
+On CUDA, device tracks (``compute``, ``h2d``) use CUDA events recorded on the current stream,
+because a kernel launch returns long before the kernel runs; events are read back, with one
+synchronisation, only when :meth:`SpanRecorder.spans` is called, so recording adds no sync to
+the timed steps. The two clocks are aligned at construction (synchronise, record a reference
+event, read the host clock), to within a launch latency (microseconds).
+
+:func:`offload_metrics` turns spans and lookup counts into the metrics of ``docs/offload.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Iterable
+
+import torch
+
+from planner.trace import Span, chrome_trace
+
+DEVICE_TRACKS = frozenset({"compute", "h2d"})
+_WAIT = re.compile(r"wait_L\d+$")
+_LOOKUP = re.compile(r"(gather|h2d)_L\d+$")
+
+
+class _Ctx:
+    __slots__ = ("rec", "name", "track", "args", "t0", "ev0")
+
+    def __init__(self, rec: "SpanRecorder", name: str, track: str, args: dict):
+        self.rec, self.name, self.track, self.args = rec, name, track, args
+
+    def __enter__(self):
+        if self.rec._events_for(self.track):
+            self.ev0 = torch.cuda.Event(enable_timing=True)
+            self.ev0.record()
+        else:
+            self.ev0 = None
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ev0 is not None:
+            ev1 = torch.cuda.Event(enable_timing=True)
+            ev1.record()
+            with self.rec._lock:
+                self.rec._pending.append((self.name, self.track, self.ev0, ev1, self.args))
+        else:
+            t1 = time.perf_counter()
+            span = Span(self.name, self.track, self.t0 - self.rec._t0, t1 - self.t0, self.args)
+            with self.rec._lock:
+                self.rec._spans.append(span)
+        return False
+
+
+class SpanRecorder:
+    """Records named intervals per track (actor) from any thread.
+
+    Use as the model's ``tracer`` and the provider's: ``with rec("attn_L1", "compute"): ...``.
+    ``enabled=False`` makes every span a no-op (for untimed runs). ``cuda``: time device tracks
+    with CUDA events (default: whenever CUDA is available). Simplification: a span is one
+    interval; nested spans on one track are kept as separate, overlapping spans.
+    """
+
+    def __init__(self, *, enabled: bool = True, cuda: bool | None = None):
+        self.enabled = enabled
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
+        self._lock = threading.Lock()
+        self._spans: list[Span] = []
+        self._pending: list = []
+        self._ref = None
+        if self.cuda and enabled:
+            torch.cuda.synchronize()
+            self._ref = torch.cuda.Event(enable_timing=True)
+            self._ref.record()
+        self._t0 = time.perf_counter()
+
+    def _events_for(self, track: str) -> bool:
+        return self._ref is not None and track in DEVICE_TRACKS
+
+    def __call__(self, name: str, track: str, **args):
+        if not self.enabled:
+            return _NULL
+        return _Ctx(self, name, track, args)
+
+    def now_s(self) -> float:
+        """Host time since the recorder started (seconds)."""
+        return time.perf_counter() - self._t0
+
+    def spans(self) -> list[Span]:
+        """All spans so far, sorted by start (synchronises CUDA once if events are pending)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            torch.cuda.synchronize()
+            resolved = [
+                Span(name, track, self._ref.elapsed_time(e0) / 1e3, e0.elapsed_time(e1) / 1e3, args)
+                for name, track, e0, e1, args in pending
+            ]
+            with self._lock:
+                self._spans.extend(resolved)
+        with self._lock:
+            return sorted(self._spans, key=lambda s: s.start_s)
+
+    def clear(self) -> None:
+        self.spans()
+        with self._lock:
+            self._spans = []
+
+    def chrome_trace(self, process: str = "reference_model", metadata: dict | None = None) -> dict:
+        return chrome_trace(self.spans(), process, metadata)
+
+
+class _NullCtx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _NullCtx()
+
+
+def offload_metrics(spans: Iterable[Span], stats: dict | None = None) -> dict:
+    """Per-step offload metrics (docs/offload.md) from spans and ``{layer: LookupStats}``.
+
+    * ``step_time_s``: mean duration of ``step`` spans;
+    * ``exposed_lookup_s``: per step, the sum of ``wait_L{i}`` spans, the time compute stood
+      waiting for rows (with prefetch off it is the whole lookup);
+    * ``lookup_s``: per step, the sum of ``gather_L{i}`` and ``h2d_L{i}`` spans, the lookup's
+      own work wherever it ran;
+    * ``hidden_fraction``: ``1 - exposed / lookup``, clipped to [0, 1] (0 when no lookup work);
+    * ``bytes_moved``, ``unique_rows``, ``requested_rows`` per step and ``cache_hit_rate``
+      (reads served from the device cache / reads requested), from the lookup counts.
+    """
+    spans = list(spans)
+    steps = [s for s in spans if s.name == "step"]
+    n = max(len(steps), 1)
+    exposed = sum(s.dur_s for s in spans if _WAIT.match(s.name)) / n
+    lookup = sum(s.dur_s for s in spans if _LOOKUP.match(s.name)) / n
+    out = {
+        "steps": len(steps),
+        "step_time_s": sum(s.dur_s for s in steps) / n if steps else None,
+        "exposed_lookup_s": exposed,
+        "lookup_s": lookup,
+        "hidden_fraction": min(max(1.0 - exposed / lookup, 0.0), 1.0) if lookup > 0 else 0.0,
+    }
+    if stats:
+        total = {k: sum(getattr(s, k) for s in stats.values())
+                 for k in ("steps", "requested_rows", "unique_rows", "cache_hits", "fetched_rows", "bytes_moved")}
+        layer_steps = max(max(s.steps for s in stats.values()), 1)
+        for key in ("bytes_moved", "unique_rows", "requested_rows", "fetched_rows"):
+            out[key] = total[key] / layer_steps
+        out["cache_hit_rate"] = total["cache_hits"] / total["requested_rows"] if total["requested_rows"] else 0.0
+    return out

@@ -1,0 +1,164 @@
+"""Row providers: hand the model each Engram layer's rows, fetched ahead or on demand.
+
+The model calls ``provider.fetch(row_ids)`` once per forward with ``{layer: [B, T, K] global
+row ids}`` (known from token ids alone, before any block runs) and, just before block ``i``'s
+Engram module, ``handles[i].wait()`` for ``[B, T, K, D]`` rows on its device. Between the two
+the blocks before layer ``i`` run: that is the window prefetch hides the lookup in.
+
+* **Prefetch on, CUDA.** A worker thread plans each layer's lookup and gathers its missed rows
+  on the CPU into a pinned staging buffer (double-buffered per layer), then enqueues the
+  ``non_blocking`` host-to-device copy and the assembly on a dedicated copy stream and records
+  an event. ``wait()`` joins the worker (the host work) and makes the *compute stream* wait on
+  the event: no host-device synchronisation, the GPU runs ahead. The returned tensor was
+  allocated on the copy stream, so it is marked with ``record_stream`` for the compute stream
+  before the caching allocator may reuse it.
+* **Prefetch on, CPU.** The same worker thread does the whole lookup; torch's gather kernels
+  release the GIL, so it overlaps the main thread's blocks (on however many cores are free).
+* **Prefetch off.** ``wait()`` runs the whole lookup on the calling thread and stream.
+
+Layers are fetched in ascending layer order, so the first Engram layer's rows come first.
+Device-tier layers are never prefetched: their lookup is the in-layer gather of the baseline.
+
+Simplification: one worker thread for every layer; the CPU gather of a large batch is not
+split across threads (the bench shows how far one thread gets relative to ``index_select``).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from reference_model.layers import INIT_STD
+from reference_model.store import EngramTableStore, LayerStore, LookupStats, _null_tracer
+
+
+class RowHandle:
+    """One layer's rows for one step. ``wait()`` returns ``[B, T, K, D]`` on the model device,
+    ready for use on the caller's current stream."""
+
+    def wait(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _OnDemand(RowHandle):
+    """Prefetch off (and the device tier): the lookup runs inside ``wait()``, once."""
+
+    def __init__(self, store: LayerStore, ids: torch.Tensor, tracer):
+        self._store, self._ids, self._tracer = store, ids, tracer
+        self._rows: torch.Tensor | None = None
+
+    def wait(self) -> torch.Tensor:
+        if self._rows is None:
+            self._rows = self._store.lookup(self._ids, self._tracer)
+            self._ids = None
+        return self._rows
+
+
+class _Prefetched(RowHandle):
+    """Prefetch on: the worker's future yields ``(rows, event)``; event is None on CPU."""
+
+    def __init__(self, future: Future):
+        self._future = future
+        self._rows: torch.Tensor | None = None
+
+    def wait(self) -> torch.Tensor:
+        if self._rows is None:
+            rows, event = self._future.result()
+            if event is not None:
+                stream = torch.cuda.current_stream(rows.device)
+                stream.wait_event(event)  # device-side wait: the host does not block here
+                rows.record_stream(stream)
+            self._rows = rows
+        return self._rows
+
+
+class RowProvider:
+    """Serves Engram rows from an :class:`EngramTableStore` to the model (see module doc).
+
+    ``prefetch``: start every offloaded layer's lookup at ``fetch`` time (on a worker thread,
+    and a copy stream on CUDA); off, each lookup runs when its layer waits. ``tracer``: a
+    ``tracer(name, track)`` context-manager factory (``instrument.SpanRecorder``) that receives
+    ``gather_L{i}`` (track ``host_gather``) and ``h2d_L{i}`` (track ``h2d``) spans.
+    """
+
+    def __init__(self, store: EngramTableStore, *, prefetch: bool = True, tracer=None):
+        self.store = store
+        self.prefetch = prefetch
+        self.tracer = tracer or _null_tracer
+        devices = {s.device for s in store.layers.values()}
+        if len(devices) != 1:
+            raise ValueError(f"all Engram layers must serve one device, got {sorted(map(str, devices))}")
+        self.device = devices.pop()
+        self.cuda = self.device.type == "cuda"
+        self._executor: ThreadPoolExecutor | None = None
+        self._copy_stream = None
+        if prefetch:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
+            if self.cuda:
+                # A dedicated stream so copies and assembly overlap the compute stream's kernels.
+                self._copy_stream = torch.cuda.Stream(self.device)
+
+    # ----------------------------------------------------------------- the model-facing call
+
+    def fetch(self, row_ids: dict[int, torch.Tensor]) -> dict[int, RowHandle]:
+        """Handles for every layer in ``row_ids`` (``{layer: LongTensor[B, T, K]}``)."""
+        unknown = sorted(set(row_ids) - set(self.store.layers))
+        if unknown:
+            raise ValueError(f"row ids for layers {unknown}, but the store holds {sorted(self.store.layers)}")
+        handles: dict[int, RowHandle] = {}
+        ready = None
+        if self.prefetch and self.cuda:
+            # Copy-stream work must not start before the compute work already enqueued when the
+            # ids were handed over (they, and the previous step's reads, may still be in flight).
+            ready = torch.cuda.current_stream(self.device).record_event()
+        for layer in sorted(row_ids):
+            store, ids = self.store.layers[layer], row_ids[layer]
+            if self.prefetch and store.needs_fetch:
+                handles[layer] = _Prefetched(self._executor.submit(self._fetch_one, store, ids, ready))
+            else:
+                handles[layer] = _OnDemand(store, ids, self.tracer)
+        return handles
+
+    def _fetch_one(self, store: LayerStore, ids: torch.Tensor, ready):
+        """Worker thread: one layer's whole lookup; returns ``(rows, event or None)``."""
+        if not self.cuda:
+            return store.lookup(ids, self.tracer), None
+        with torch.cuda.device(self.device):
+            plan = store.plan(ids)
+            with self.tracer(f"gather_L{store.layer_id}", "host_gather"):
+                staged = store.stage(plan)
+            with torch.cuda.stream(self._copy_stream):
+                self._copy_stream.wait_event(ready)
+                with self.tracer(f"h2d_L{store.layer_id}", "h2d"):
+                    fetched, index = store.transfer(plan, staged)
+                rows = store.assemble(plan, fetched, index)
+                done = torch.cuda.Event()
+                done.record(self._copy_stream)
+            return rows, done
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def stats(self) -> dict[int, LookupStats]:
+        return self.store.stats()
+
+    def close(self) -> None:
+        """Stop the worker thread (waits for lookups in flight)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self) -> "RowProvider":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_provider(spec, placement, *, device="cpu", tables=None, hot_rows=None, disk_dir=None,
+                   tracer=None, lazy_init_std: float = INIT_STD) -> RowProvider:
+    """A :class:`RowProvider` over a freshly built store (arguments as ``EngramTableStore.build``;
+    ``placement.prefetch`` turns prefetch on or off)."""
+    store = EngramTableStore.build(spec, placement, device=device, tables=tables, hot_rows=hot_rows,
+                                   disk_dir=disk_dir, lazy_init_std=lazy_init_std)
+    return RowProvider(store, prefetch=placement.prefetch, tracer=tracer)
