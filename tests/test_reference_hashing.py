@@ -1,0 +1,161 @@
+"""N-gram hashing (ENGRAM.md 2.2-2.5) against a slow, independent scalar reference: Python
+ints, a demo-style prime search, and an explicit check that no int64 product wraps."""
+
+import numpy as np
+import pytest
+
+from planner.specs.model import EngramSpec
+from reference_model.hashing import NgramHasher
+
+INT64_MAX = 2**63 - 1
+
+
+def _is_prime(n):
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    if n in small:
+        return True
+    if any(n % p == 0 for p in small):
+        return False
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in small:  # deterministic for n < 3.3e24
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def reference_primes(layer_ids, sizes, n_heads):
+    seen, out = set(), {}
+    for layer in layer_ids:
+        out[layer] = []
+        for size in sizes:
+            heads, start = [], size - 1
+            for _ in range(n_heads):
+                cand = start + 1
+                while not (_is_prime(cand) and cand not in seen):
+                    cand += 1
+                seen.add(cand)
+                heads.append(cand)
+                start = cand
+            out[layer].append(heads)
+    return out
+
+
+def reference_hash(e: EngramSpec, vocab, pad, ids_BT, past=None):
+    half_bound = max(1, INT64_MAX // vocab // 2)
+    primes = reference_primes(e.layer_ids, e.table_size_per_head, e.n_heads)
+    out = {}
+    for layer in e.layer_ids:
+        r = np.random.default_rng(e.seed + 10007 * layer).integers(0, half_bound, size=e.max_ngram, dtype=np.int64)
+        mult = [2 * int(v) + 1 for v in r]
+        rows = []
+        for b, seq in enumerate(ids_BT):
+            before = [] if past is None else [int(v) for v in past[b]]
+            before = [pad] * max(0, e.max_ngram - 1 - len(before)) + before[len(before) - min(len(before), e.max_ngram - 1):]
+            ctx = before + [int(v) for v in seq]
+            row = []
+            for t in range(len(seq)):
+                pos = len(before) + t
+                per_token = []
+                for oi, n in enumerate(range(2, e.max_ngram + 1)):
+                    mix = 0
+                    for k in range(n):
+                        prod = ctx[pos - k] * mult[k]
+                        assert 0 <= prod <= INT64_MAX  # the half_bound construction: no wrap
+                        mix ^= prod
+                    per_token += [mix % p for p in primes[layer][oi]]
+                row.append(per_token)
+            rows.append(row)
+        out[layer] = np.array(rows, dtype=np.int64)
+    return out, primes
+
+
+CONFIGS = [
+    # (EngramSpec kwargs, compressed vocab, compressed pad)
+    (dict(layer_ids=[1, 2], max_ngram=3, n_heads=4, table_size_per_head=[3001, 3001], embed_dim_per_ngram=32), 1621, 2),
+    (dict(layer_ids=[0], max_ngram=2, n_heads=2, table_size_per_head=[11], embed_dim_per_ngram=4, seed=7), 50, 0),
+    (dict(layer_ids=[1, 14], max_ngram=3, n_heads=8, table_size_per_head=[2262400, 2262400],
+          embed_dim_per_ngram=640), 129280, 2),
+    (dict(layer_ids=[5, 2, 9], max_ngram=4, n_heads=3, table_size_per_head=[97, 7_239_680, 1000],
+          embed_dim_per_ngram=6, seed=123), 99991, 17),
+    (dict(layer_ids=[3], max_ngram=3, n_heads=1, table_size_per_head=[78_125_000, 2**40],
+          embed_dim_per_ngram=2), 2, 1),  # tiny vocab (huge multipliers) and a prime above 2**37
+]
+
+
+@pytest.mark.parametrize("kwargs,vocab,pad", CONFIGS)
+def test_hash_matches_scalar_reference(kwargs, vocab, pad):
+    e = EngramSpec(**kwargs)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, size=(2, 23))
+    ids[0, :3] = pad  # explicit pads at the start look the same as implicit ones
+    hasher = NgramHasher(e, vocab, pad)
+    expected, primes = reference_hash(e, vocab, pad, ids)
+    assert hasher.table_sizes == primes
+    got = hasher.hash(ids)
+    rows = hasher.row_ids(ids)
+    for layer in e.layer_ids:
+        assert got[layer].shape == (2, 23, (e.max_ngram - 1) * e.n_heads)
+        np.testing.assert_array_equal(got[layer], expected[layer])
+        offsets = np.cumsum([0] + [p for order in primes[layer] for p in order])[:-1]
+        np.testing.assert_array_equal(hasher.offsets[layer], offsets)
+        np.testing.assert_array_equal(rows[layer], expected[layer] + offsets)
+        assert rows[layer].max() < hasher.table_rows[layer] == sum(map(sum, primes[layer]))
+
+
+def test_multipliers_follow_the_recipe():
+    e = EngramSpec(**CONFIGS[2][0])
+    hasher = NgramHasher(e, 129280, 2)
+    half_bound = INT64_MAX // 129280 // 2
+    for layer in e.layer_ids:
+        r = np.random.default_rng(0 + 10007 * layer).integers(0, half_bound, size=3, dtype=np.int64)
+        np.testing.assert_array_equal(hasher.multipliers[layer], 2 * r + 1)
+        assert (hasher.multipliers[layer] % 2 == 1).all()
+
+
+def test_demo_prime_example():
+    e = EngramSpec(layer_ids=[1, 15], n_heads=8, table_size_per_head=[646400, 646400], embed_dim_per_ngram=8)
+    sizes = NgramHasher(e, 1000, 2).table_sizes
+    assert sizes[1][0][:3] == [646403, 646411, 646421]
+    flat = [p for layer in sizes.values() for order in layer for p in order]
+    assert len(set(flat)) == len(flat) == 32 and all(_is_prime(p) for p in flat)
+    assert sizes == reference_primes([1, 15], [646400, 646400], 8)
+
+
+@pytest.mark.parametrize("kwargs,vocab,pad", CONFIGS[:4])
+def test_incremental_hash_with_past_ids(kwargs, vocab, pad):
+    e = EngramSpec(**kwargs)
+    hasher = NgramHasher(e, vocab, pad)
+    ids = np.random.default_rng(1).integers(0, vocab, size=(3, 12))
+    full = hasher.hash(ids)
+    for split in (1, 2, 5, 11):
+        tail = hasher.hash(ids[:, split:], past_ids_BP=ids[:, :split])
+        for layer in e.layer_ids:
+            np.testing.assert_array_equal(tail[layer], full[layer][:, split:])
+    expected, _ = reference_hash(e, vocab, pad, ids[:, 7:], past=ids[:, 5:7])
+    got = hasher.hash(ids[:, 7:], past_ids_BP=ids[:, 5:7])
+    for layer in e.layer_ids:
+        np.testing.assert_array_equal(got[layer], expected[layer])
+
+
+def test_bad_input_raises():
+    e = EngramSpec(**CONFIGS[0][0])
+    with pytest.raises(ValueError, match="pad_id"):
+        NgramHasher(e, 100, 100)
+    hasher = NgramHasher(e, 100, 2)
+    with pytest.raises(ValueError, match="outside"):
+        hasher.hash(np.array([[0, 100]]))
+    with pytest.raises(ValueError, match="outside"):
+        hasher.hash(np.array([[0, -1]]))
+    with pytest.raises(ValueError, match="2-D"):
+        hasher.hash(np.array([1, 2]))
