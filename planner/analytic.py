@@ -34,7 +34,8 @@ from planner.specs import InferenceWorkload, Scenario
 OVERRIDES = {
     "batch_size": "decode sequences per device in the step",
     "context_len": "cached tokens each decoding sequence attends to",
-    "prefill_tokens": "prefill tokens added to the step (one chunk, no prior context)",
+    "prefill_tokens": "prefill tokens added to the step (no prior context)",
+    "prefill_seqs": "sequences those prefill tokens split into, equally (default 1)",
     "cache_fraction": "share of each offloaded table's rows hot on the device",
     "table_rows": "rows of each Engram layer's table (Zipf model only)",
     "layer_id": "the Engram layer's block id (models with one Engram layer)",
@@ -78,7 +79,7 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
         raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(OVERRIDES)}")
     model, hw, placement = scenario.model, scenario.hardware, scenario.placement
     batch, context = _default_decode(scenario)
-    o = {"batch_size": batch, "context_len": context, "prefill_tokens": 0.0,
+    o = {"batch_size": batch, "context_len": context, "prefill_tokens": 0.0, "prefill_seqs": 1.0,
          "cache_fraction": placement.cache_fraction, "flops_scale": 1.0,
          "prefetch": float(placement.prefetch), "h2d_bandwidth": hw.link.h2d_bandwidth,
          "host_memory_bandwidth": hw.host.memory_bandwidth, **overrides}
@@ -95,7 +96,10 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
         peak_flops=hw.device.flops_for(model.dtype) * arrays["flops_scale"],
         h2d_bandwidth=arrays["h2d_bandwidth"], host_memory_bandwidth=arrays["host_memory_bandwidth"])
     b, c, pf = arrays["batch_size"], arrays["context_len"], arrays["prefill_tokens"]
-    shape = BatchShape.decode(b, c) + BatchShape.prefill(pf)
+    ps = np.where(pf > 0, np.maximum(arrays["prefill_seqs"], 1.0), 0.0)
+    chunk = pf / np.maximum(ps, 1.0)
+    shape = BatchShape.decode(b, c) + BatchShape(tokens=pf, seqs=ps, attn_pairs=ps * chunk * (chunk + 1) / 2,
+                                                 kv_read=0.0 * pf)
     tokens = b + pf
 
     attn = cost.seconds(cost.attention(shape))
@@ -181,7 +185,7 @@ def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_
         b = min(left, w.max_num_seqs)
         steps = int(np.ceil(b * prompt / w.max_batched_tokens))
         pre = estimate_step(scenario, efficiency, base_dir, batch_size=0.0, context_len=0.0,
-                            prefill_tokens=b * prompt / steps)
+                            prefill_tokens=b * prompt / steps, prefill_seqs=b / steps)
         pre_s = float(pre.step_s) * steps
         dec = estimate_step(scenario, efficiency, base_dir, batch_size=float(b),
                             context_len=prompt + (output - 2) / 2.0)

@@ -20,6 +20,8 @@ COMMANDS = [
     "profiles",
     "schema",
     "bench",
+    "simulate",
+    "ngram-stats",
 ]
 
 DESCRIPTION = """\

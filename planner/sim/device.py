@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import simpy
 
 from planner.costmodel import BatchShape, CostModel
-from planner.sim.fetch import Fetcher
+from planner.sim.fetch import FetchHandle, Fetcher
 from planner.sim.node import Recorder
 from planner.specs import EngramPlacement, ModelSpec
 
@@ -81,7 +81,7 @@ class ComputeStream:
 
     # ---- running a pass
 
-    def run(self, ops: list[Op], tokens: int, ready: dict[int, simpy.Event] | None,
+    def run(self, ops: list[Op], tokens: int, ready: dict[int, FetchHandle] | None,
             wait_rows: bool = True, after_op=None, **span_args):
         """Run ``ops``. ``ready`` maps offloaded Engram layers to their prefetch processes
         (None: fetch on demand); ``wait_rows`` False runs Engram ops without fetching (a
@@ -110,16 +110,14 @@ class ComputeStream:
             yield env.timeout(pending)
         return stalled
 
-    def _wait_rows(self, layer: int, tokens: int, ready: dict[int, simpy.Event] | None):
+    def _wait_rows(self, layer: int, tokens: int, ready: dict[int, FetchHandle] | None):
         env, rec = self.env, self.rec
         reached = env.now
-        if ready is None:  # no prefetch: the fetch starts now
-            event = self.fetcher.start(tokens, [layer])[layer]
-        else:
-            event = ready.get(layer)
-        started = self.fetcher.started_s.get(layer, reached)
-        if event is None:  # nothing was launched for this layer this step
+        # No prefetch: the fetch starts now.
+        handle = self.fetcher.start(tokens, [layer])[layer] if ready is None else ready.get(layer)
+        if handle is None:  # nothing was launched for this layer this step
             return 0.0
+        event, started = handle.process, handle.started_s
         if not event.processed:
             yield event
         fetch_end = event.value  # the fetch process returns the time it finished

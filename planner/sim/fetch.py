@@ -45,6 +45,14 @@ class LayerFetch:
     lookups: float
 
 
+@dataclass(frozen=True)
+class FetchHandle:
+    """A launched fetch: the process that ends (returning the time) when the rows are usable."""
+
+    process: simpy.Process
+    started_s: float
+
+
 class Fetcher:
     """Launches and records the fetch processes of one device."""
 
@@ -61,7 +69,6 @@ class Fetcher:
         self.gather_cap = (host.cores if cpu_device else ports.pool_cores) * host.gather_bandwidth_per_core
         self.hash_cores = host.cores if cpu_device else ports.pool_cores
         self.tag = f"dev{ports.index} "
-        self.started_s: dict[int, float] = {}
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
         self.copies_on_stream = not placement.pinned and not cpu_device and placement.host_mode == "staged"
 
@@ -84,9 +91,10 @@ class Fetcher:
 
     # ---- launching
 
-    def start(self, tokens: int, layers: list[int]) -> dict[int, simpy.Process]:
+    def start(self, tokens: int, layers: list[int]) -> dict[int, FetchHandle]:
         """Start fetching ``layers``' rows for a step of ``tokens`` tokens; returns, per layer,
-        a process that ends when the rows are usable on the device (or, pageable, gathered)."""
+        a handle whose process ends when the rows are usable on the device (or, pageable,
+        gathered)."""
         share = len(layers) / len(self.offloaded)
         hashed = self.env.process(self._hash(tokens, share))
         ready = {}
@@ -96,8 +104,7 @@ class Fetcher:
             self.rec.rows_fetched[layer] += plan.rows
             self.rec.bytes_requested[layer] += plan.bytes
             self.rec.bytes_by_tier[plan.tier] += plan.bytes
-            self.started_s[layer] = self.env.now
-            ready[layer] = self.env.process(self._timed(self._layer(plan, hashed)))
+            ready[layer] = FetchHandle(self.env.process(self._timed(self._layer(plan, hashed))), self.env.now)
         return ready
 
     def _timed(self, gen):

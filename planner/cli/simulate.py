@@ -1,0 +1,108 @@
+"""``engram-planner simulate``: run the discrete-event simulator on a scenario and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from planner.cli.common import HELP_FORMATTER, format_table, print_json
+from planner.loading import load_scenario
+from planner.sim import simulate
+from planner.trace import write_chrome_trace
+from planner.units import format_bytes, format_seconds
+
+EPILOG = """\
+examples:
+  engram-planner simulate examples/scenarios/h800-dense8b-engram100b.yaml
+  engram-planner simulate h100-engram27b-host-cache --json
+  engram-planner simulate examples/scenarios/h100-engram27b-host.yaml --trace out/trace.json
+
+Open the trace in ui.perfetto.dev. Metric definitions: docs/metrics.md; the model: docs/simulator.md.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate a scenario: throughput, latency, exposed Engram time, bottlenecks",
+        description="Discrete-event simulation of one node serving (or training) a model with "
+        "Engram tables on device, host DRAM or NVMe: GPU compute, PCIe copies, host gathers "
+        "and prefetch. Reports throughput and its drop against the same run without Engram.",
+        epilog=EPILOG,
+        formatter_class=HELP_FORMATTER,
+    )
+    p.add_argument("scenario", help="scenario YAML file or bundled name (see examples/scenarios/)")
+    p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of the run")
+    p.add_argument("--no-baseline", action="store_true", help="skip the run without Engram")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    scenario = load_scenario(args.scenario)
+    base_dir = Path(args.scenario).parent if Path(args.scenario).is_file() else None
+    metrics = simulate(scenario, baseline=not args.no_baseline, trace=bool(args.trace), base_dir=base_dir)
+    if args.trace:
+        path = write_chrome_trace(args.trace, metrics.spans, f"simulated: {scenario.name}",
+                                  {"scenario": scenario.name, "source": "planner.sim"})
+    if args.json:
+        print_json(metrics.as_dict())
+    else:
+        print(report(metrics))
+    if args.trace and not args.json:
+        print(f"\nwrote {path}")
+    return 0
+
+
+def _pct(d: dict | None) -> str:
+    if not d:
+        return "-"
+    return " / ".join(format_seconds(d[k]) for k in ("p50", "p90", "p99"))
+
+
+def report(m) -> str:
+    lines = [f"{m.scenario}: {m.model} on {m.hardware} ({m.nodes} node(s) x {m.devices} devices, {m.workload})"]
+    if m.workload == "inference":
+        lines.append(f"throughput: {m.throughput_output_tokens_per_s:,.0f} output tokens/s, "
+                     f"{m.throughput_total_tokens_per_s:,.0f} total tokens/s")
+    else:
+        lines.append(f"throughput: {m.throughput_total_tokens_per_s:,.0f} trained tokens/s")
+    if m.throughput_drop is not None:
+        lines.append(f"without Engram: {m.baseline['throughput_output_tokens_per_s']:,.0f} tokens/s -> "
+                     f"drop {100 * m.throughput_drop:.2f}%")
+    lines.append(f"run {format_seconds(m.duration_s)}, {m.steps} steps, mean step {format_seconds(m.mean_step_time_s)}")
+    if m.ttft_s:
+        lines.append(f"TTFT p50/p90/p99: {_pct(m.ttft_s)}")
+        lines.append(f"TPOT p50/p90/p99: {_pct(m.tpot_s)}")
+    lines.append(f"exposed Engram time: {100 * m.exposed_fraction:.2f}% of step time")
+    rows = []
+    for layer in m.layers:
+        if layer.tier is None:
+            continue
+        rows.append((layer.layer, layer.tier, f"{layer.rows_per_step:,.0f}", format_bytes(layer.bytes_per_step),
+                     format_seconds(layer.fetch_s), format_seconds(layer.window_s),
+                     format_seconds(layer.exposed_s), layer.bound))
+    if rows:
+        lines.append("\nEngram layers (per step):")
+        lines.append(format_table(["layer", "tier", "rows", "bytes", "fetch", "window", "exposed", "bound"],
+                                  rows, "rlrrrrrl"))
+    kinds: dict[tuple, list[int]] = {}
+    for layer in m.layers:
+        kinds.setdefault((layer.attention_s, layer.ffn_s, layer.compute_bound), []).append(layer.layer)
+    lines.append("\nblocks (compute per step):")
+    lines.append(format_table(
+        ["blocks", "attention", "ffn", "bound"],
+        [(_ranges(ids), format_seconds(a), format_seconds(f), b) for (a, f, b), ids in kinds.items()], "lrrl"))
+    util = ", ".join(f"{k} {100 * v:.1f}%" for k, v in m.utilisation.items())
+    lines.append(f"\nutilisation: {util}")
+    moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in m.bytes_moved.items() if v)
+    lines.append(f"bytes moved: {moved or 'none'}")
+    return "\n".join(lines)
+
+
+def _ranges(ids: list[int]) -> str:
+    out, start = [], ids[0]
+    for a, b in zip(ids, ids[1:] + [None]):
+        if b != a + 1:
+            out.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(out)
