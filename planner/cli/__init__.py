@@ -21,7 +21,6 @@ COMMANDS = [
     "schema",
     "bench",
     "simulate",
-    "ngram-stats",
 ]
 
 DESCRIPTION = """\
