@@ -184,12 +184,13 @@ class NgramHasher:
         out_LOHS = torch.empty((n_layers, n_orders, n_heads, B * T), dtype=torch.int64)
         for start in range(0, B * T, _CHUNK):
             stop = min(B * T, start + _CHUNK)
-            out_LOHS[..., start:stop] = self._chunk(shifts_NS[:, start:stop], with_offsets)
+            self._chunk(shifts_NS[:, start:stop], with_offsets, out_LOHS[..., start:stop])
         out_LKBT = out_LOHS.reshape(n_layers, n_orders * n_heads, B, T)
         return {layer: out_LKBT[i].permute(1, 2, 0).numpy() for i, layer in enumerate(self.layer_ids)}
 
-    def _chunk(self, shifts_NC: torch.Tensor, with_offsets: bool) -> torch.Tensor:
-        """[L, O, H, C] indices for C positions whose shifted ids are ``shifts_NC``."""
+    def _chunk(self, shifts_NC: torch.Tensor, with_offsets: bool, out_LOHC: torch.Tensor) -> None:
+        """Write into ``out_LOHC`` the indices of the C positions whose shifted ids are
+        ``shifts_NC`` (the final op writes in place: no extra copy pass)."""
         # products[l, k, c] = x[c - k] * m_l[k]; no overflow by the half_bound construction.
         prod_LNC = shifts_NC.unsqueeze(0) * self._mult_LN.unsqueeze(-1)
         mixes = [prod_LNC[:, 0]]
@@ -198,7 +199,8 @@ class NgramHasher:
         mix_LO1C = torch.stack(mixes[1:], dim=1).unsqueeze(2)  # orders 2..N
         if not self._float_path:
             rows = torch.remainder(mix_LO1C, self._primes_LOH.unsqueeze(-1))
-            return rows + self._offsets_LOH.unsqueeze(-1) if with_offsets else rows
+            out_LOHC.copy_(rows + self._offsets_LOH.unsqueeze(-1) if with_offsets else rows)
+            return
 
         # Step 1: hi, lo as exact float64 (lo through the 2**52 exponent trick).
         hi_LO1C = (mix_LO1C >> _SPLIT_BITS).to(torch.float64)
@@ -213,4 +215,4 @@ class NgramHasher:
         # Step 4: r = y - q p, then (r + offset) to int64 via the exponent trick.
         y_LOHC.addcmul_(q_LOHC, self._neg_p_LOH.unsqueeze(-1))
         y_LOHC.add_(self._bias_LOH1 if with_offsets else _MAGIC_F)
-        return y_LOHC.view(torch.int64).sub_(_MAGIC_BITS)
+        torch.sub(y_LOHC.view(torch.int64), _MAGIC_BITS, out=out_LOHC)
