@@ -70,6 +70,19 @@ class Efficiency:
     def memory(self, bytes_: Number) -> Number:
         return self.spec.memory
 
+    # Per-op hooks (``kind`` is ``Work.kind``): the cost model asks these; by default they
+    # defer to the kind-blind methods above. Calibrated curves override them per op kind.
+
+    def op_matmul(self, flops: Number, bytes_: Number, kind: str) -> Number:
+        return self.matmul(flops, bytes_)
+
+    def op_memory(self, bytes_: Number, kind: str) -> Number:
+        return self.memory(bytes_)
+
+    def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
+        """Fixed seconds of an op's kernel launches."""
+        return kernels * launch_s
+
     def link(self, bytes_: Number) -> Number:
         return self.spec.link
 
@@ -77,22 +90,36 @@ class Efficiency:
         return self.spec.host_memory
 
 
+def default_efficiency(hardware: HardwareSpec) -> Efficiency:
+    """The profile's own efficiency: fitted curves when it carries a calibration section
+    (:class:`planner.calibration.CalibratedEfficiency`), else its constant fractions."""
+    if hardware.calibration is not None:
+        from planner.calibration.profile import CalibratedEfficiency  # imports this module
+
+        return CalibratedEfficiency(hardware)
+    return Efficiency(hardware.efficiency)
+
+
 # ----------------------------------------------------------------------------- work and shapes
 
 
 @dataclass(frozen=True)
 class Work:
-    """FLOPs, HBM bytes and kernel launches of one op (floats or arrays); adds up."""
+    """FLOPs, HBM bytes and kernel launches of one op (floats or arrays); adds up. ``kind``
+    names the op (``attention:mla``, ``ffn:moe``, ...) for calibrated per-op curves; a sum of
+    different ops has none."""
 
     flops: Number
     bytes: Number
     kernels: Number
+    kind: str = ""
 
     def __add__(self, other: "Work") -> "Work":
-        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels)
+        kind = self.kind if self.kind == other.kind else ""
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind)
 
     def scaled(self, factor: float) -> "Work":
-        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor)
+        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind)
 
 
 @dataclass(frozen=True)
@@ -140,7 +167,7 @@ class CostModel:
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, efficiency: Efficiency | None = None):
         self.model = model
         self.hardware = hardware
-        self.eff = efficiency or Efficiency(hardware.efficiency)
+        self.eff = efficiency or default_efficiency(hardware)
         self.width = DTYPE_BYTES[model.dtype]
         # Rates the analytic estimator may replace by arrays (see :meth:`with_rates`).
         self.peak_flops: Number = hardware.device.flops_for(model.dtype)
@@ -173,15 +200,15 @@ class CostModel:
 
     def seconds(self, work: Work) -> Number:
         """Roofline time of one op: compute and HBM traffic overlap, launches do not."""
-        compute = work.flops / (self.peak_flops * self.eff.matmul(work.flops, work.bytes))
-        memory = work.bytes / (self.hbm_bandwidth * self.eff.memory(work.bytes))
-        return np.maximum(compute, memory) + work.kernels * self.launch_s
+        compute = work.flops / (self.peak_flops * self.eff.op_matmul(work.flops, work.bytes, work.kind))
+        memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
+        return np.maximum(compute, memory) + self.eff.launch(work.kernels, self.launch_s, work.kind)
 
     def bound(self, work: Work) -> str:
         """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
-        compute = work.flops / (self.peak_flops * self.eff.matmul(work.flops, work.bytes))
-        memory = work.bytes / (self.hbm_bandwidth * self.eff.memory(work.bytes))
-        launch = work.kernels * self.launch_s
+        compute = work.flops / (self.peak_flops * self.eff.op_matmul(work.flops, work.bytes, work.kind))
+        memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
+        launch = self.eff.launch(work.kernels, self.launch_s, work.kind)
         return max((compute, "compute"), (memory, "hbm"), (launch, "launch"))[1]
 
     # ---- per-block work
@@ -204,7 +231,7 @@ class CostModel:
             + (b.kv_read + b.tokens) * self._kv_bytes_layer
             + b.tokens * m.d_model * self.width * 2 * m.hc_mult
         )
-        return Work(flops, bytes_, KERNELS["attention"])
+        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}")
 
     def ffn(self, layer_id: int, b: BatchShape) -> Work:
         """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
@@ -219,7 +246,7 @@ class CostModel:
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
-            return Work(flops, bytes_, KERNELS["ffn"])
+            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense")
         moe = m.ffn.moe
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
@@ -228,7 +255,7 @@ class CostModel:
             ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
-        return Work(flops, bytes_, KERNELS["moe"])
+        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe")
 
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
@@ -244,18 +271,18 @@ class CostModel:
             + b.tokens * e.rows_per_token * engram_row_bytes(m)
             + b.tokens * (e.d_mem + 4 * mult * d) * self.width
         )
-        return Work(flops, bytes_, KERNELS["engram"])
+        return Work(flops, bytes_, KERNELS["engram"], "engram")
 
     def embed(self, b: BatchShape) -> Work:
         """Input embedding: one row read and written per token."""
-        return Work(0.0 * b.tokens, b.tokens * self.model.d_model * self.width * 2, KERNELS["embed"])
+        return Work(0.0 * b.tokens, b.tokens * self.model.d_model * self.width * 2, KERNELS["embed"], "embed")
 
     def head(self, b: BatchShape) -> Work:
         """Final norm and LM head for one logit row per sequence (vLLM computes logits only
         for each sequence's last scheduled token)."""
         m = self.model
         return Work(2 * b.seqs * m.d_model * m.vocab_size,
-                    m.d_model * m.vocab_size * self.width + b.seqs * m.vocab_size * 4, KERNELS["head"])
+                    m.d_model * m.vocab_size * self.width + b.seqs * m.vocab_size * 4, KERNELS["head"], "head")
 
     # ---- links
 

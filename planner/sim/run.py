@@ -17,6 +17,7 @@ from pathlib import Path
 import simpy
 
 from planner.accounting import engram_row_bytes, engram_table_rows
+from planner.calibration.profile import warn_if_mismatched
 from planner.costmodel import CostModel, Efficiency
 from planner.ngram_model import CachedTraffic, traffic_model
 from planner.sim.device import ComputeStream
@@ -87,7 +88,10 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
 def simulate(scenario: Scenario, *, baseline: bool = True, trace: bool = False,
              base_dir: str | Path | None = None, efficiency: Efficiency | None = None) -> SimMetrics:
     """Simulate ``scenario``; with ``baseline``, also without Engram and report the drop.
-    ``base_dir`` resolves a relative ``ngram_stats`` path (the scenario file's folder)."""
+    ``base_dir`` resolves a relative ``ngram_stats`` path (the scenario file's folder).
+    A calibrated hardware profile measured on other software or hardware than this
+    environment's raises a ``CalibrationMismatchWarning`` (docs/calibration.md)."""
+    warn_if_mismatched(scenario.hardware)
     result = run_once(scenario, scenario.model, trace=trace, base_dir=base_dir, efficiency=efficiency)
     if baseline and scenario.model.engram is not None:
         base = run_once(scenario, scenario.model.without_engram(), efficiency=efficiency)

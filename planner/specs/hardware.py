@@ -135,6 +135,83 @@ class PriceSpec(Spec):
     source: str = ""
 
 
+class CurveFit(Spec):
+    """One fitted curve of a calibration run: its form and parameters, the raw samples it was
+    fitted to (SI units) and the relative residual of the fit at each sample.
+
+    Forms (``planner.calibration.fit``): ``saturating`` is ``y = y_max / (1 + (x_half / x)^p)``
+    (a rate or efficiency that grows with the size of the work and levels off; ``p = 1`` is
+    exactly ``time = latency + size / rate`` with ``latency = x_half / y_max``); ``linear`` is
+    ``y = intercept + slope * x``.
+    """
+
+    name: str
+    description: str = ""
+    form: Literal["saturating", "linear"]
+    x: Literal["flops", "bytes", "rows", "tokens", "layers"] = Field(description="what x counts")
+    y: Literal["efficiency", "flop_per_s", "bytes_per_s", "tokens_per_s", "seconds"] = Field(
+        description="what y measures; efficiency is a fraction of the profile's own peak"
+    )
+    params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope")
+    samples_x: list[float] = Field(min_length=1)
+    samples_y: list[float] = Field(min_length=1)
+    residuals: list[float] = Field(description="(fitted - measured) / measured, one per sample")
+    median_abs_rel_error: Annotated[float, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CurveFit":
+        n = len(self.samples_x)
+        if len(self.samples_y) != n or len(self.residuals) != n:
+            raise ValueError(
+                f"curve {self.name!r}: samples_x, samples_y and residuals must have equal lengths "
+                f"(got {n}, {len(self.samples_y)}, {len(self.residuals)})"
+            )
+        need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"}}[self.form]
+        if set(self.params) != need:
+            raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
+        return self
+
+
+class CalibrationFingerprint(Spec):
+    """The software and hardware a calibration ran on. Predictions made elsewhere warn when
+    the detectable parts (torch major.minor, CPU model, GPU model) differ."""
+
+    cpu: str
+    cpu_count: Annotated[int, Field(gt=0)]
+    threads: Annotated[int, Field(gt=0)] = Field(description="torch intra-op threads during the run")
+    torch: str
+    cuda: str | None = None
+    gpu: str | None = None
+    driver: str | None = None
+    python: str
+    platform: str
+    package_version: str
+    date: str
+
+
+class CalibrationSpec(Spec):
+    """What ``engram-planner calibrate`` measured and fitted (docs/calibration.md): every curve
+    with its raw samples and residuals, scalar results, and the fingerprint of the run."""
+
+    device: Literal["cuda", "cpu"]
+    quick: bool = False
+    wall_s: Annotated[float, Field(ge=0)] = 0.0
+    fingerprint: CalibrationFingerprint
+    curves: list[CurveFit] = Field(min_length=1)
+    constants: dict[str, float] = Field(
+        default_factory=dict, description="scalar results in SI units, e.g. per_layer_overhead_s"
+    )
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "CalibrationSpec":
+        names = [c.name for c in self.curves]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"calibration.curves lists {dup} more than once")
+        return self
+
+
 class HardwareSpec(Spec):
     """A node type: devices, their host link, the host, optional NVMe and network."""
 
@@ -150,9 +227,14 @@ class HardwareSpec(Spec):
     network: NetworkSpec | None = None
     efficiency: EfficiencySpec = EfficiencySpec()
     price: PriceSpec | None = None
+    calibration: CalibrationSpec | None = Field(
+        default=None, description="fitted curves, raw samples and fingerprint of a calibration run"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "HardwareSpec":
+        if self.calibration is not None and self.source != "calibrated":
+            raise ValueError("a calibration section needs source: calibrated")
         if self.device.kind == "cpu" and self.link.kind != "memcpy":
             raise ValueError(
                 f"device.kind is 'cpu' but link.kind is {self.link.kind!r}: a CPU computes on "

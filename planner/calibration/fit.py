@@ -1,0 +1,122 @@
+"""Curve forms and their fits: the few interpretable shapes every calibration curve takes.
+
+* ``saturating``: ``y = y_max / (1 + (x_half / x)^p)``. A rate (FLOP/s, bytes/s, tokens/s) or an
+  efficiency that grows with the size ``x`` of the work and levels off at ``y_max``; at
+  ``x = x_half`` it reaches half of it. With ``p = 1`` it is exactly the latency-bandwidth model
+  ``time = x / y = latency + x / y_max`` with ``latency = x_half / y_max`` (Hockney 1994), so a
+  fixed launch or Python cost per op is part of the curve, not a separate constant. ``p`` lets
+  the knee be sharper (cache and vector-width effects) or softer than that.
+* ``linear``: ``y = intercept + slope * x`` (a step's fixed cost plus a cost per layer).
+
+Saturating curves are fitted in log space (``log y``), so every sample weighs by its *relative*
+error whatever its magnitude, which is the error the calibrate command reports. All functions
+take and return numpy arrays (SI units); torch is not needed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+P_BOUNDS = (0.25, 4.0)  # knee sharpness allowed for saturating fits
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted curve: ``form`` and ``params``; call it on an array of x."""
+
+    form: str
+    params: dict[str, float]
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if self.form == "saturating":
+            return saturating(x, **self.params)
+        if self.form == "linear":
+            return self.params["intercept"] + self.params["slope"] * x
+        raise ValueError(f"unknown curve form {self.form!r}")
+
+
+def saturating(x, y_max: float, x_half: float, p: float) -> np.ndarray:
+    x = np.maximum(np.asarray(x, dtype=float), 1e-300)
+    return y_max / (1.0 + (x_half / x) ** p)
+
+
+def relative_residuals(fit: Fit, x, y) -> np.ndarray:
+    """``(fitted - measured) / measured`` per sample."""
+    y = np.asarray(y, dtype=float)
+    return (fit(x) - y) / y
+
+
+def median_abs_rel_error(fit: Fit, x, y) -> float:
+    return float(np.median(np.abs(relative_residuals(fit, x, y))))
+
+
+def fit_saturating(x, y, p: float | None = None) -> Fit:
+    """Least squares of ``log y`` over ``(log y_max, log x_half, p)``; ``p`` fixed if given.
+
+    Several starting knees (quantiles of x) guard against the flat valley where all samples lie
+    on one side of the knee (then only ``y_max / x_half^p`` or only ``y_max`` is determined and
+    any knee beyond the samples fits equally well: the fit keeps the knee within 1e4x of them).
+    """
+    x, y = _clean(x, y)
+    if len(x) == 1:
+        return Fit("saturating", {"y_max": float(y[0]) * 2.0, "x_half": float(x[0]), "p": p or 1.0})
+    lx, ly = np.log(x), np.log(y)
+    lo_h, hi_h = lx.min() - np.log(1e4), lx.max() + np.log(1e4)
+    lo_m, hi_m = ly.max() - np.log(2.0), ly.max() + np.log(1e4)
+
+    def unpack(theta):
+        log_ymax, log_xhalf = theta[0], theta[1]
+        return log_ymax, log_xhalf, (theta[2] if p is None else p)
+
+    def resid(theta):
+        log_ymax, log_xhalf, q = unpack(theta)
+        # log y_fit = log y_max - log(1 + exp(q (log x_half - log x))), computed stably
+        return log_ymax - np.logaddexp(0.0, q * (log_xhalf - lx)) - ly
+
+    best = None
+    for frac in (0.1, 0.5, 0.9):
+        guess = [min(max(ly.max() + np.log(1.5), lo_m), hi_m), float(np.quantile(lx, frac))]
+        lower, upper = [lo_m, lo_h], [hi_m, hi_h]
+        if p is None:
+            guess.append(1.0)
+            lower.append(P_BOUNDS[0])
+            upper.append(P_BOUNDS[1])
+        sol = least_squares(resid, guess, bounds=(lower, upper), method="trf", x_scale="jac")
+        if best is None or sol.cost < best.cost:
+            best = sol
+    log_ymax, log_xhalf, q = unpack(best.x)
+    return Fit("saturating", {"y_max": float(np.exp(log_ymax)), "x_half": float(np.exp(log_xhalf)), "p": float(q)})
+
+
+def fit_latency_bandwidth(bytes_, seconds) -> Fit:
+    """``time = latency + bytes / bandwidth`` as a saturating rate curve with ``p = 1``
+    (``y_max`` = bandwidth, ``x_half`` = latency x bandwidth); fitted on relative error."""
+    x, t = _clean(bytes_, seconds)
+    return fit_saturating(x, x / t, p=1.0)
+
+
+def latency_of(fit: Fit) -> float:
+    """The fixed time of a ``p = 1`` saturating rate curve: ``x_half / y_max``."""
+    return fit.params["x_half"] / fit.params["y_max"]
+
+
+def fit_linear(x, y) -> Fit:
+    """Least squares of the relative error ``(a + b x - y) / y`` (weights 1 / y)."""
+    x, y = _clean(x, y, positive_x=False)
+    a = np.stack([np.ones_like(x), x], axis=1) / y[:, None]
+    (intercept, slope), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    return Fit("linear", {"intercept": float(intercept), "slope": float(slope)})
+
+
+def _clean(x, y, positive_x: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape or not len(x):
+        raise ValueError(f"need equal, non-empty x and y (got {x.shape} and {y.shape})")
+    ok = np.isfinite(x) & np.isfinite(y) & (y > 0) & ((x > 0) if positive_x else True)
+    if not ok.any():
+        raise ValueError("no finite positive samples to fit")
+    return x[ok], y[ok]

@@ -1,0 +1,194 @@
+"""Calibrated profiles: reading their curves, using them in the cost model, checking where they
+came from. Torch-free (``measure.py`` is the only torch user, imported by the CLI alone).
+
+* :func:`profile_curves` turns ``hw.calibration`` into :class:`CurveView` values for plots;
+* :class:`CalibratedEfficiency` is the cost model's :class:`planner.costmodel.Efficiency` for a
+  calibrated profile (picked automatically by ``CostModel`` when ``hw.calibration`` is present);
+* :func:`fingerprint_mismatches` / :func:`warn_if_mismatched` compare a profile's fingerprint
+  with the running environment (HARDWARE.md: engine and kernel versions move predictions by
+  large factors, so say so when they differ).
+"""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from planner.calibration.fit import Fit
+from planner.costmodel import Efficiency, Number
+from planner.specs import HardwareSpec
+from planner.specs.hardware import CurveFit
+
+# Op kinds of the cost model (``Work.kind``) that a calibration measures; curve "op:<kind>".
+OP_KINDS = ("attention:mla", "attention:gqa", "ffn:dense", "ffn:moe", "engram", "embed", "head")
+
+_X_LABELS = {"flops": "FLOP per op", "bytes": "bytes", "rows": "rows per batch",
+             "tokens": "tokens per call", "layers": "layers"}
+_Y_LABELS = {"efficiency": "fraction of peak", "flop_per_s": "FLOP/s", "bytes_per_s": "bytes/s",
+             "tokens_per_s": "tokens/s", "seconds": "seconds"}
+
+
+# ----------------------------------------------------------------------------- curve views
+
+
+@dataclass(frozen=True)
+class CurveView:
+    """One calibration curve for display: raw samples, the fitted function, its error."""
+
+    name: str
+    description: str
+    x_label: str
+    y_label: str
+    samples_x: np.ndarray
+    samples_y: np.ndarray
+    median_abs_rel_error: float
+    fit: Fit
+
+    def fitted(self, x) -> np.ndarray:
+        """The fitted curve at ``x`` (array in, array out; same units as the samples)."""
+        return self.fit(np.asarray(x, dtype=float))
+
+    @staticmethod
+    def of(curve: CurveFit) -> "CurveView":
+        return CurveView(curve.name, curve.description, _X_LABELS[curve.x], _Y_LABELS[curve.y],
+                         np.asarray(curve.samples_x, float), np.asarray(curve.samples_y, float),
+                         curve.median_abs_rel_error, Fit(curve.form, dict(curve.params)))
+
+
+def profile_curves(hw: HardwareSpec) -> dict[str, CurveView]:
+    """``{name: CurveView}`` of a calibrated profile, in the profile's order; ``{}`` otherwise."""
+    if hw.calibration is None:
+        return {}
+    return {c.name: CurveView.of(c) for c in hw.calibration.curves}
+
+
+# ----------------------------------------------------------------------------- cost model
+
+
+class CalibratedEfficiency(Efficiency):
+    """Fitted curves in place of the constant fractions of a datasheet preset.
+
+    Models: each op kind the calibration measured (``op:<kind>`` curves: the reference model's
+    real modules timed at several shapes) reaches ``eff(x)`` of the profile's peak, a saturating
+    curve of the op's FLOPs (bytes for ``embed``, which has none). The measured time includes
+    launch, dispatch and Python costs, so for those kinds the separate per-kernel launch term is
+    zero and the HBM term is a plain floor at the measured bandwidth. Other work (kinds not
+    measured, sums of ops) uses the GEMM curve and the profile's constant fractions.
+
+    Simplifies: an op's efficiency depends on its FLOPs only (not on which shape produced them);
+    a backward pass (2x FLOPs) reads the same curve further out.
+    """
+
+    def __init__(self, hw: HardwareSpec):
+        super().__init__(hw.efficiency)
+        assert hw.calibration is not None
+        self.curves = {c.name: (Fit(c.form, dict(c.params)), c.x) for c in hw.calibration.curves}
+        gemm = [n for n in self.curves if n.startswith("gemm:")]
+        self.gemm = self.curves[gemm[0]][0] if gemm else None
+
+    def _op(self, kind: str):
+        return self.curves.get(f"op:{kind}") if kind else None
+
+    def matmul(self, flops: Number, bytes_: Number) -> Number:
+        if self.gemm is not None:
+            return self.gemm(np.maximum(flops, 1.0))
+        return self.spec.matmul
+
+    def op_matmul(self, flops: Number, bytes_: Number, kind: str) -> Number:
+        op = self._op(kind)
+        if op is None:
+            return self.matmul(flops, bytes_)
+        fit, axis = op
+        return fit(np.maximum(flops, 1.0)) if axis == "flops" else _ONE
+
+    def op_memory(self, bytes_: Number, kind: str) -> Number:
+        op = self._op(kind)
+        if op is None:
+            return self.memory(bytes_)
+        fit, axis = op
+        return fit(np.maximum(bytes_, 1.0)) if axis == "bytes" else _ONE
+
+    def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
+        return 0.0 * kernels if self._op(kind) is not None else kernels * launch_s
+
+
+_ONE = 1.0
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+class CalibrationMismatchWarning(UserWarning):
+    """A calibrated profile is used with software or hardware it was not measured on."""
+
+
+def current_environment() -> dict[str, str | None]:
+    """What can be detected here without importing torch: CPU model, torch version (from the
+    installed package's metadata), GPU model (from the NVIDIA driver's /proc entries)."""
+    from planner.bench import _cpu_model
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    gpu = None
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        try:
+            with open(info) as f:
+                for line in f:
+                    if line.startswith("Model:"):
+                        gpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            continue
+        if gpu:
+            break
+    return {"cpu": _cpu_model(), "torch": torch_version, "gpu": gpu}
+
+
+def _major_minor(version: str | None) -> str | None:
+    if not version:
+        return None
+    parts = version.split("+")[0].split(".")
+    return ".".join(parts[:2])
+
+
+def fingerprint_mismatches(hw: HardwareSpec, env: dict | None = None) -> list[str]:
+    """Differences between a calibrated profile's fingerprint and this environment, compared
+    only where both sides are known: torch major.minor, CPU model, and (CUDA profiles, when a
+    GPU is visible) GPU model. Empty for uncalibrated profiles."""
+    if hw.calibration is None:
+        return []
+    fp, env = hw.calibration.fingerprint, env if env is not None else current_environment()
+    out = []
+    have, want = _major_minor(env.get("torch")), _major_minor(fp.torch)
+    if have and want and have != want:
+        out.append(f"torch {want} when calibrated, {have} here")
+    if env.get("cpu") and fp.cpu and env["cpu"] != fp.cpu:
+        out.append(f"CPU {fp.cpu!r} when calibrated, {env['cpu']!r} here")
+    if hw.calibration.device == "cuda" and env.get("gpu") and fp.gpu and env["gpu"] not in fp.gpu and fp.gpu not in env["gpu"]:
+        out.append(f"GPU {fp.gpu!r} when calibrated, {env['gpu']!r} here")
+    return out
+
+
+def warn_if_mismatched(hw: HardwareSpec, env: dict | None = None) -> list[str]:
+    """Warn (``CalibrationMismatchWarning``) when :func:`fingerprint_mismatches` finds any;
+    never raises. Returns the mismatches."""
+    try:
+        found = fingerprint_mismatches(hw, env)
+    except Exception as exc:  # detection must never stop a prediction
+        found = []
+        warnings.warn(f"could not check the calibration fingerprint of {hw.name!r}: {exc}",
+                      CalibrationMismatchWarning, stacklevel=3)
+    if found:
+        warnings.warn(
+            f"hardware profile {hw.name!r} was calibrated on different software/hardware "
+            f"({'; '.join(found)}; calibrated {hw.calibration.fingerprint.date}): its fitted curves "
+            "may not hold here. Re-run `engram-planner calibrate` on the machine you predict for.",
+            CalibrationMismatchWarning, stacklevel=3,
+        )
+    return found
