@@ -125,14 +125,14 @@ class RowProvider:
         if not self.cuda:
             return store.lookup(ids, self.tracer), None
         with torch.cuda.device(self.device):
-            plan = store.plan(ids)
             with self.tracer(f"gather_L{store.layer_id}", "host_gather"):
+                plan = store.plan(ids)
                 staged = store.stage(plan)
             with torch.cuda.stream(self._copy_stream):
                 self._copy_stream.wait_event(ready)
                 with self.tracer(f"h2d_L{store.layer_id}", "h2d"):
                     fetched, index = store.transfer(plan, staged)
-                rows = store.assemble(plan, fetched, index)
+                    rows = store.assemble(plan, fetched, index)
                 done = torch.cuda.Event()
                 done.record(self._copy_stream)
             return rows, done

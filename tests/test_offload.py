@@ -25,6 +25,16 @@ MATRIX = [("device", "none", True, True)] + [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small, shared CI machine an OpenMP region waits for its slowest
+    thread (measured: 2 s instead of 0.1 s per generate under load); values do not change."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_spec):
     """The tiny model with its own (device-resident) tables, and its reference outputs."""
