@@ -1,0 +1,97 @@
+"""Hardware: profiles side by side (table and bar charts of the figures that decide Engram
+offload), and a calibrated profile's fitted curves over the samples they were fitted to."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import figures, widgets
+from planner.loading import SpecError, bundled_profiles, load_hardware, read_yaml
+
+P = "hwp"
+titles = widgets.profile_titles()
+
+with st.sidebar:
+    chosen = st.multiselect("Profiles to compare", list(titles), default=list(titles), format_func=titles.get,
+                            key=f"{P}.profiles")
+
+st.title("Hardware profiles")
+st.caption("Datasheet presets and calibrated profiles from `hw_profiles/`. Per-device figures unless "
+           "noted; a node shares its host DRAM bandwidth among its devices.")
+
+specs, errors = {}, []
+for name in chosen:
+    try:
+        specs[name] = load_hardware(name)
+    except SpecError as exc:
+        errors.append(str(exc))
+for text in errors:
+    widgets.show_error(SpecError(text))
+if not specs:
+    st.info("Pick one or more profiles in the sidebar.")
+    st.stop()
+
+
+def _figures(hw) -> dict[str, float]:
+    """Key figures of a profile in display units (no derived modelling, only unit scaling and
+    the per-device share of node-wide figures)."""
+    n = hw.device.count
+    return {
+        "BF16 dense (TFLOP/s)": hw.device.flops_for("bf16") / 1e12,
+        "device memory (GB)": hw.device.memory / 1e9,
+        "device memory BW (TB/s)": hw.device.memory_bandwidth / 1e12,
+        "H2D link (GB/s)": hw.link.h2d_bandwidth / 1e9,
+        "UVA read (GB/s)": (hw.link.uva_read_bandwidth or 0) / 1e9,
+        "host DRAM per device (GB)": hw.host.memory / n / 1e9,
+        "host DRAM BW per device (GB/s)": hw.host.memory_bandwidth / n / 1e9,
+        "host cores per device": hw.host.cores / n,
+        "NVMe read (GB/s)": (hw.nvme.read_bandwidth / 1e9) if hw.nvme else 0.0,
+    }
+
+
+rows = []
+for name, hw in specs.items():
+    row = {"profile": name, "source": hw.source, "node": f"{hw.nodes} × {hw.device.count} × {hw.device.name}",
+           "link": hw.link.kind}
+    row.update({k: round(v, 3) for k, v in _figures(hw).items()})
+    rows.append(row)
+st.dataframe(rows, hide_index=True, key=f"{P}.table")
+
+keys = list(_figures(next(iter(specs.values()))))
+picked = st.multiselect("Bar charts", keys, default=keys[:2] + keys[3:4] + keys[6:7], key=f"{P}.bars")
+cols = st.columns(2)
+bar_figs = {}
+for i, k in enumerate(picked):
+    fig = figures.profile_bars(list(specs), [_figures(hw)[k] for hw in specs.values()], k, k.split("(")[-1].rstrip(")")
+                               if "(" in k else "")
+    bar_figs[k] = fig
+    cols[i % 2].plotly_chart(fig, key=f"{P}.fig.{i}")
+
+# ----------------------------------------------------------------------------- calibration
+
+st.subheader("Calibration")
+name = st.selectbox("Profile", list(specs), format_func=titles.get, key=f"{P}.calib")
+hw = specs[name]
+try:
+    from planner.calibration import profile_curves  # issue 5; absent until calibration lands
+except ImportError:
+    profile_curves = None
+curves = {}
+if profile_curves is not None:
+    try:
+        curves = profile_curves(hw) or {}
+    except (ValueError, AttributeError, KeyError) as exc:
+        st.warning(f"Could not read this profile's calibration: {exc}")
+if not curves:
+    raw = read_yaml(bundled_profiles()[name]) or {}
+    how = ("`engram-planner calibrate` writes a calibrated profile with measured samples and "
+           "fitted curves")
+    st.info(f"No calibration in this profile ({hw.source} figures). {how}."
+            + (" This build cannot read calibration sections yet." if "calibration" in raw and profile_curves is None else ""))
+else:
+    cols = st.columns(2)
+    for i, (cname, curve) in enumerate(curves.items()):
+        cols[i % 2].plotly_chart(figures.calibration_curve(curve), key=f"{P}.curve.{i}")
+with st.expander("Sources of this profile's numbers"):
+    for s in hw.sources:
+        st.markdown(f"- {s}")

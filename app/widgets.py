@@ -1,0 +1,359 @@
+"""Shared input widgets: each draws its Streamlit inputs and returns a plain spec mapping.
+
+Widgets return mappings (the YAML form of a spec), not specs: a page assembles them into one
+scenario and validates it once with :func:`planner.loading.scenario_from_dict`, so a bad value
+is reported with its full field path (``hardware.link.h2d_bandwidth``) by :func:`show_error`.
+
+Keys: every widget key starts with the caller's ``prefix``. Keys under ``<prefix>.s.`` belong to
+the chosen starting scenario and are cleared when it changes, so inputs re-read their defaults
+from the new scenario; keys under ``<prefix>.s.hw.f.`` likewise follow the hardware preset.
+Quantities are shown in datasheet units (GB/s, TFLOP/s) and stored in SI, as the specs are.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import yaml
+
+from planner.loading import (
+    SCENARIOS_DIR,
+    SpecError,
+    bundled_models,
+    bundled_profiles,
+    read_yaml,
+    scenario_from_dict,
+    validate,
+)
+from planner.specs import HardwareSpec, ModelSpec, Scenario
+
+UPLOAD = "Upload YAML…"
+SCENARIO_OWN = "(as in the scenario)"
+TIERS = ["device", "host", "disk"]
+DEFAULT_TIER = "(placement tier)"
+
+# Key hardware fields: (path in the profile, label, display scale, display unit, integer?).
+# Everything else is reachable through the YAML overrides box.
+HW_FIELDS: list[tuple[tuple[str, ...], str, float, str, bool]] = [
+    (("device", "count"), "GPUs per node", 1.0, "", True),
+    (("device", "memory"), "Device memory", 1e9, "GB", False),
+    (("device", "memory_bandwidth"), "Device memory bandwidth", 1e12, "TB/s", False),
+    (("device", "flops", "bf16"), "BF16 dense peak", 1e12, "TFLOP/s", False),
+    (("link", "h2d_bandwidth"), "Host→device link", 1e9, "GB/s", False),
+    (("link", "devices_per_link"), "Devices per link (PCIe switch)", 1.0, "", True),
+    (("host", "cores"), "Host cores", 1.0, "", True),
+    (("host", "memory"), "Host DRAM", 1e9, "GB", False),
+    (("host", "memory_bandwidth"), "Host DRAM bandwidth", 1e9, "GB/s", False),
+    (("host", "gather_bandwidth_per_core"), "Row gather rate per core", 1e9, "GB/s", False),
+    (("nvme", "read_bandwidth"), "NVMe read bandwidth", 1e9, "GB/s", False),
+    (("efficiency", "link"), "Link efficiency (fraction of line rate)", 1.0, "", False),
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def clear_keys(prefix: str) -> None:
+    """Forget every widget value whose key starts with ``prefix`` (callback on a parent input)."""
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
+        del st.session_state[key]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``, mappings merged key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_yaml_text(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}: not valid YAML: {exc}") from None
+
+
+def yaml_overrides(key: str, where: str, help_text: str, example: str) -> dict:
+    """A text area of YAML laid over a spec; empty means no change."""
+    text = st.text_area(f"YAML overrides ({where})", key=key, height=110, placeholder=example,
+                        help=help_text)
+    data = parse_yaml_text(text, f"{where} overrides")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{where} overrides: expected a mapping of fields, got {data!r}")
+    return data
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def show_error(exc: Exception) -> None:
+    """A SpecError/ValueError as an in-page message: headline, then one line per bad field."""
+    head, *rest = str(exc).strip().split("\n")
+    lines = [f"**Invalid input.** {head}"]
+    for line in rest:
+        path, sep, msg = line.strip().partition(": ")
+        lines.append(f"- `{path}`: {msg}" if sep and " " not in path else f"- {line.strip()}")
+    st.error("\n".join(lines), icon="⚠️")
+
+
+@st.cache_data(show_spinner=False)
+def _titles(paths: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        data = read_yaml(p) or {}
+        tag = " · calibrated" if data.get("source") == "calibrated" or "calibration" in data else ""
+        out[Path(p).stem] = f"{Path(p).stem} — {data.get('name', '')}{tag}"
+    return out
+
+
+def profile_titles() -> dict[str, str]:
+    return _titles(tuple(str(p) for p in bundled_profiles().values()))
+
+
+def model_titles() -> dict[str, str]:
+    return _titles(tuple(str(p) for p in bundled_models().values()))
+
+
+def _get(data: dict, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _set(data: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        data = data.setdefault(part, {})
+    data[path[-1]] = value
+
+
+def _pick_source(label: str, key: str, names: dict[str, str], default: str | dict,
+                 on_change_prefix: str, what: str) -> tuple[str, dict]:
+    """A select box over bundled files (plus the scenario's inline spec and an upload)."""
+    options = list(names)
+    if isinstance(default, dict):
+        options.append(SCENARIO_OWN)
+    options.append(UPLOAD)
+    if isinstance(default, str) and default in names:
+        index = options.index(default)
+    elif isinstance(default, dict):
+        index = options.index(SCENARIO_OWN)
+    else:
+        index = 0
+    choice = st.selectbox(label, options, index=index, key=key,
+                          format_func=lambda o: names.get(o, o),
+                          on_change=clear_keys, args=(on_change_prefix,))
+    if choice == SCENARIO_OWN:
+        return choice, copy.deepcopy(default)
+    if choice == UPLOAD:
+        upload = st.file_uploader(f"{what} YAML", type=["yaml", "yml"], key=f"{key}.upload")
+        if upload is None:
+            raise SpecError(f"{what}: choose a YAML file to upload, or pick a bundled {what}")
+        data = parse_yaml_text(upload.getvalue().decode("utf-8", "replace"), upload.name)
+        if not isinstance(data, dict):
+            raise SpecError(f"{upload.name}: expected a mapping of {what} fields")
+        return upload.name, data
+    return choice, read_yaml(bundled_profiles().get(choice) or bundled_models()[choice])
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def scenario_picker(prefix: str, default: str = "h100-engram27b-host") -> tuple[str, dict]:
+    """The example scenario every other input starts from: (name, its raw mapping)."""
+    names = sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
+    name = st.selectbox("Start from example scenario", names,
+                        index=names.index(default) if default in names else 0,
+                        key=f"{prefix}.start", on_change=clear_keys, args=(f"{prefix}.s.",),
+                        help="Every input below resets to this scenario's values (examples/scenarios/).")
+    return name, read_yaml(SCENARIOS_DIR / f"{name}.yaml")
+
+
+def hardware_input(prefix: str, default: str | dict = "h100-sxm") -> dict:
+    """Hardware mapping: a preset or calibrated profile, key fields, then YAML overrides."""
+    p = f"{prefix}.s.hw"
+    choice, raw = _pick_source("Hardware profile", f"{p}.preset", profile_titles(), default,
+                               f"{p}.f.", "hardware profile")
+    try:
+        current = HardwareSpec.model_validate(raw)
+    except Exception:  # shown with its field path once the whole scenario is validated
+        current = None
+    out = copy.deepcopy(raw)
+    with st.expander("Edit hardware", expanded=False):
+        st.caption("Key figures in datasheet units; any other field through YAML overrides.")
+        cols = st.columns(2)
+        shown = 0
+        for path, label, scale, unit, integer in HW_FIELDS:
+            value = _get(current.model_dump(), path) if current is not None else None
+            if value is None:
+                continue
+            col = cols[shown % 2]
+            shown += 1
+            text = f"{label} ({unit})" if unit else label
+            key = f"{p}.f.{'.'.join(path)}"
+            if integer:
+                new = col.number_input(text, min_value=0, value=int(value), step=1, key=key,
+                                       help=f"`{'.'.join(path)}`")
+            else:
+                new = col.number_input(text, min_value=0.0, value=float(value) / scale,
+                                       format="%.4g", key=key, help=f"`{'.'.join(path)}`")
+            if new != (int(value) if integer else float(value) / scale):
+                _set(out, path, int(new) if integer else float(new) * scale)
+        overrides = yaml_overrides(
+            f"{p}.yaml", "hardware",
+            "Any profile field, e.g. host.numa_nodes or link.latency. Applied after the key figures.",
+            "link:\n  latency: 15 us\nhost:\n  engine_cores: 2")
+    return deep_merge(out, overrides)
+
+
+def model_input(prefix: str, default: str | dict = "engram-27b") -> dict:
+    """Model mapping: a bundled or uploaded model, Engram layers and table size, YAML overrides."""
+    p = f"{prefix}.s.model"
+    choice, raw = _pick_source("Model", f"{p}.name", model_titles(), default, f"{p}.f.", "model")
+    out = copy.deepcopy(raw)
+    engram = raw.get("engram") if isinstance(raw.get("engram"), dict) else None
+    with st.expander("Edit model", expanded=False):
+        if engram is not None:
+            layers_default = ", ".join(str(i) for i in engram.get("layer_ids", []))
+            text = st.text_input("Engram layer ids (0-based)", value=layers_default,
+                                 key=f"{p}.f.layer_ids", help="`engram.layer_ids`, comma separated")
+            if text.strip() != layers_default:
+                try:
+                    out["engram"]["layer_ids"] = [int(x) for x in text.replace(" ", "").split(",") if x]
+                except ValueError:
+                    raise SpecError(f"model.engram.layer_ids: cannot read {text!r} as comma-separated "
+                                    "integers") from None
+            sizes = engram.get("table_size_per_head")
+            first = int(sizes[0] if isinstance(sizes, list) else sizes)
+            rows = st.number_input("Table rows per head (every n-gram order)", min_value=0,
+                                   value=first, step=100_000, key=f"{p}.f.rows",
+                                   help="`engram.table_size_per_head`, before rounding up to primes")
+            if rows != first:
+                out["engram"]["table_size_per_head"] = int(rows)
+        else:
+            st.caption("This model has no Engram module: the scenario is its own baseline.")
+        overrides = yaml_overrides(f"{p}.yaml", "model", "Any model field, e.g. engram.n_heads.",
+                                   "engram:\n  embed_dim_per_ngram: 1280")
+    return deep_merge(out, overrides)
+
+
+def workload_input(prefix: str, default: dict) -> dict:
+    """Workload mapping (inference or training), starting from ``default``."""
+    p = f"{prefix}.s.wl"
+    kinds = ["inference", "training"]
+    kind = st.radio("Workload", kinds, index=kinds.index(default.get("kind", "inference")),
+                    key=f"{p}.kind", horizontal=True)
+    base = default if default.get("kind", "inference") == kind else {}
+    c1, c2 = st.columns(2)
+    if kind == "training":
+        return {
+            "kind": "training",
+            "batch_size": int(c1.number_input("Sequences per GPU", 1, value=base.get("batch_size", 4),
+                                              key=f"{p}.batch_size")),
+            "seq_len": int(c2.number_input("Sequence length", 1, value=base.get("seq_len", 4096),
+                                           key=f"{p}.seq_len")),
+            "steps": int(c1.number_input("Steps", 1, value=base.get("steps", 4), key=f"{p}.steps")),
+            "table_optimizer": c2.selectbox("Table optimiser", ["adam", "sgd"],
+                                            index=["adam", "sgd"].index(base.get("table_optimizer", "adam")),
+                                            key=f"{p}.opt"),
+        }
+    out = {"kind": "inference"}
+    out["num_sequences"] = int(c1.number_input("Requests", 1, value=base.get("num_sequences", 256),
+                                               key=f"{p}.num_sequences"))
+    out["max_num_seqs"] = int(c2.number_input("Max batch (sequences)", 1, value=base.get("max_num_seqs", 128),
+                                              key=f"{p}.max_num_seqs", help="`workload.max_num_seqs` per GPU"))
+    for name, fallback in (("prompt_len", 512), ("output_len", 256)):
+        text = st.text_input(
+            name.replace("_", " ").capitalize() + " (tokens)",
+            value=_flow(base.get(name, fallback)), key=f"{p}.{name}",
+            help="A number, or a distribution: {kind: uniform, low: 64, high: 384} or "
+                 "{kind: lognormal, median: 512, sigma: 0.6, min: 32, max: 2048}")
+        out[name] = parse_yaml_text(text, f"workload.{name}")
+    out["max_batched_tokens"] = int(c1.number_input(
+        "Token budget per step", 1, value=base.get("max_batched_tokens", 8192), key=f"{p}.mbt"))
+    rate = c2.number_input("Arrival rate (req/s, 0 = all at once)", 0.0,
+                           value=float(base.get("arrival_rate") or 0.0), key=f"{p}.rate")
+    if rate > 0:
+        out["arrival_rate"] = float(rate)
+    out["seed"] = int(base.get("seed", 0))
+    return out
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=200).strip().removesuffix("...").strip()
+
+
+def placement_input(prefix: str, default: dict, layer_ids: list[int]) -> dict:
+    """Engram placement mapping: tier, per-layer tiers, caches, prefetch, dedup, host mode."""
+    p = f"{prefix}.s.pl"
+    out: dict = {}
+    out["tier"] = st.radio("Engram tables in", TIERS, index=TIERS.index(default.get("tier", "device")),
+                           key=f"{p}.tier", horizontal=True,
+                           help="device = GPU memory (no fetch), host = pinned DRAM, disk = NVMe")
+    layer_tiers = {}
+    if len(layer_ids) > 1:
+        cols = st.columns(min(len(layer_ids), 4))
+        for i, layer in enumerate(layer_ids):
+            preset = (default.get("layer_tiers") or {}).get(layer, DEFAULT_TIER)
+            options = [DEFAULT_TIER] + TIERS
+            choice = cols[i % len(cols)].selectbox(f"Layer {layer}", options, index=options.index(preset),
+                                                   key=f"{p}.layer.{layer}")
+            if choice != DEFAULT_TIER:
+                layer_tiers[layer] = choice
+    if layer_tiers:
+        out["layer_tiers"] = layer_tiers
+    out["cache_fraction"] = st.slider("Hot-row cache on GPU (fraction of rows)", 0.0, 1.0,
+                                      float(default.get("cache_fraction", 0.0)), 0.005,
+                                      key=f"{p}.cache_fraction", format="%.3f")
+    c1, c2 = st.columns(2)
+    out["prefetch"] = c1.checkbox("Prefetch at step start", value=bool(default.get("prefetch", True)),
+                                  key=f"{p}.prefetch")
+    out["dedup"] = c2.checkbox("De-duplicate rows", value=bool(default.get("dedup", True)), key=f"{p}.dedup")
+    out["pinned"] = c1.checkbox("Pinned host memory", value=bool(default.get("pinned", True)), key=f"{p}.pinned")
+    policies = ["static", "lru"]
+    out["cache_policy"] = c2.selectbox("Cache policy", policies,
+                                       index=policies.index(default.get("cache_policy", "static")),
+                                       key=f"{p}.cache_policy")
+    modes = ["staged", "uva"]
+    out["host_mode"] = st.radio("Host reads", modes, index=modes.index(default.get("host_mode", "staged")),
+                                key=f"{p}.host_mode", horizontal=True,
+                                help="staged: CPU gathers rows into a pinned buffer, one DMA copy; "
+                                     "uva: GPU kernels read mapped host memory")
+    uses_disk = out["tier"] == "disk" or "disk" in layer_tiers.values()
+    out["host_cache_fraction"] = st.slider("Disk tier: rows in DRAM page cache", 0.0, 1.0,
+                                           float(default.get("host_cache_fraction", 0.0)), 0.01,
+                                           key=f"{p}.host_cache_fraction", disabled=not uses_disk)
+    return out
+
+
+def engram_layer_ids(model_data: dict) -> list[int]:
+    engram = model_data.get("engram") if isinstance(model_data, dict) else None
+    ids = engram.get("layer_ids") if isinstance(engram, dict) else None
+    return [int(i) for i in ids if isinstance(i, int)] if isinstance(ids, list) else []
+
+
+def build_scenario(name: str, model: dict, hardware: dict, workload: dict, placement: dict,
+                   description: str = "") -> Scenario:
+    """Validate the assembled mappings once; errors name ``model.…``, ``hardware.…`` paths."""
+    data = {"name": name, "description": description, "model": model, "hardware": hardware,
+            "workload": workload, "placement": placement}
+    return scenario_from_dict(data, where="scenario")
+
+
+def hardware_spec(data: dict, where: str = "hardware") -> HardwareSpec:
+    return validate(HardwareSpec, data, where)
+
+
+def model_spec(data: dict, where: str = "model") -> ModelSpec:
+    return validate(ModelSpec, data, where)
