@@ -21,6 +21,7 @@ COMMANDS = [
     "schema",
     "bench",
     "simulate",
+    "ngram-stats",
 ]
 
 DESCRIPTION = """\
