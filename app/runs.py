@@ -16,7 +16,6 @@ import streamlit as st
 
 from planner.accounting import model_summary, tier_footprint
 from planner.analytic import estimate_run, estimate_step
-from planner.sim import simulate
 from planner.specs import InferenceWorkload, Scenario, length_bounds
 from planner.trace import Span, chrome_trace
 
@@ -109,6 +108,8 @@ class SpanTable:
 @st.cache_data(max_entries=16, show_spinner=False)
 def simulated(scenario_json_text: str) -> dict:
     """``simulate(scenario, baseline=True, trace=True)``: metrics as a dict plus a SpanTable."""
+    from planner.sim import simulate  # imported on first use: it pulls in SciPy (calibration fits)
+
     metrics = simulate(_load(scenario_json_text), baseline=True, trace=True)
     return {"metrics": metrics.as_dict(), "spans": SpanTable.from_spans(metrics.spans)}
 

@@ -1,0 +1,117 @@
+"""``engram-planner bench app``: how fast the dashboard starts and answers a what-if change.
+
+* **start**: a fresh Python process imports Streamlit's AppTest, the planner and plotly, and
+  runs the What-if page once in full (analytic estimate, memory and layer figures): the time a
+  user waits for the first page after the server is up. Target < 5 s.
+* **update**: the same session changes the host-to-device bandwidth (a new value each time, so
+  no cached answer) and reruns the page: the analytic path's round trip without the browser's
+  drawing. Target < 1 s (median).
+* **server**: ``streamlit run app/main.py`` until its health endpoint answers (``--no-server``
+  skips it).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from planner.bench import machine_fingerprint
+
+DESCRIPTION = "dashboard cold start (What-if page, first full run) and analytic what-if update time"
+TARGET_START_S = 5.0
+TARGET_UPDATE_S = 1.0
+
+# Runs in a fresh interpreter so imports count, as they do for a user.
+_SCRIPT = r"""
+import json, statistics, sys, time
+t0 = time.perf_counter()
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
+start_s = time.perf_counter() - t0
+assert not at.exception, [e.value for e in at.exception]
+def throughput():
+    return next(m.value for m in at.metric if m.label.startswith("Throughput"))
+at.radio(key="wi.s.pl.tier").set_value("host").run()
+values, times = [throughput()], []
+for i in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(0.05 * (i + 1)).run()
+    times.append(time.perf_counter() - t)
+    values.append(throughput())
+print(json.dumps({"start_s": start_s, "update_s": times, "update_median_s": statistics.median(times),
+                  "update_max_s": max(times), "distinct_results": len(set(values))}))
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--updates", type=int, default=10, help="what-if changes to time (default 10)")
+    parser.add_argument("--no-server", action="store_true", help="skip timing `streamlit run` start-up")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_ready_s(timeout_s: float = 60.0) -> float:
+    """Seconds from launching ``engram-planner app``'s command to a healthy HTTP server."""
+    from planner.cli.app import command
+
+    port = _free_port()
+    start = time.perf_counter()
+    proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - start < timeout_s:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - start
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"streamlit did not answer on port {port} within {timeout_s:.0f} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run(args) -> dict:
+    from planner.cli.app import MAIN
+
+    updates = 3 if args.quick else args.updates
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(MAIN), str(updates)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode:
+        raise RuntimeError(f"app bench failed:\n{out.stderr[-2000:]}")
+    timings = json.loads(out.stdout.strip().splitlines()[-1])
+    result = {
+        "machine": machine_fingerprint(),
+        **timings,
+        "start_target_s": TARGET_START_S,
+        "start_ok": timings["start_s"] < TARGET_START_S,
+        "update_target_s": TARGET_UPDATE_S,
+        "update_ok": timings["update_median_s"] < TARGET_UPDATE_S,
+    }
+    if not args.no_server:
+        result["server_ready_s"] = server_ready_s()
+    return result
+
+
+def format_text(r: dict) -> str:
+    ok = {True: "ok", False: "MISSED"}
+    lines = [
+        f"app start (fresh process, What-if page first full run): {r['start_s']:.2f} s, "
+        f"target < {r['start_target_s']:.0f} s [{ok[r['start_ok']]}]",
+        f"what-if update (analytic path, {len(r['update_s'])} changes): median {r['update_median_s'] * 1e3:.0f} ms, "
+        f"max {r['update_max_s'] * 1e3:.0f} ms, target < {r['update_target_s'] * 1e3:.0f} ms "
+        f"[{ok[r['update_ok']]}]; {r['distinct_results']} distinct throughputs",
+    ]
+    if "server_ready_s" in r:
+        lines.append(f"streamlit server healthy after {r['server_ready_s']:.2f} s")
+    lines.append(f"machine: {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs, "
+                 f"Python {r['machine']['python']}")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""``engram-planner app``: the Streamlit dashboard (app/main.py), served headless on localhost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from planner.cli.common import HELP_FORMATTER
+
+MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
+
+EPILOG = """\
+examples:
+  engram-planner app                 serve on http://localhost:8501
+  engram-planner app --port 8600     another port
+
+Pages: What-if, Sweeps, Planner, Validation, Hardware (docs/app.md). Stop with Ctrl-C.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "app",
+        help="interactive what-if dashboard in the browser (Streamlit)",
+        description="Serve the dashboard: edit a scenario and see the analytic estimate update "
+        "instantly, simulate on demand with a timeline, sweep, plan, compare hardware and "
+        "validation results. Needs the 'app' extra (pip install 'engram-planner[app]').",
+        epilog=EPILOG,
+        formatter_class=HELP_FORMATTER,
+    )
+    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost; 0.0.0.0 to share on a network)")
+    p.set_defaults(func=run)
+
+
+def command(port: int, address: str = "localhost") -> list[str]:
+    """The ``streamlit run`` command line the CLI executes (also used by tests and the bench)."""
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN),
+            "--server.headless", "true", "--server.port", str(port), "--server.address", address,
+            "--browser.gatherUsageStats", "false"]
+
+
+def run(args) -> int:
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        raise ValueError("the dashboard needs Streamlit: pip install 'engram-planner[app]'") from None
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a TCP port (1-65535)")
+    print(f"engram-planner app: serving {MAIN} at http://{args.address}:{args.port} (Ctrl-C stops)",
+          flush=True)
+    try:
+        return subprocess.call(command(args.port, args.address))
+    except KeyboardInterrupt:
+        return 130
