@@ -22,6 +22,7 @@ COMMANDS = [
     "bench",
     "simulate",
     "ngram-stats",
+    "app",
 ]
 
 DESCRIPTION = """\
