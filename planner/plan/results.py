@@ -1,0 +1,117 @@
+"""Results of planning: small value types the CLI and the dashboard render.
+
+Everything is plain data (numbers, strings, a :class:`~planner.specs.Scenario`), round-trips
+through ``as_dict`` / ``from_dict`` (how results travel from workers and the resume cache),
+and holds no timing, so the same plan gives equal results on one machine or a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from planner.specs import Scenario
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf become None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One verified candidate that meets every constraint.
+
+    ``metrics``: simulated throughput, drop, TTFT/TPOT percentiles, plus exact memory per tier,
+    parameters, predicted quality and cost (``source`` says which numbers are simulated).
+    ``margins``: per constraint, the relative slack (0.25 = 25% below a maximum).
+    ``binding_constraint``: the constraint with the least slack. ``bottleneck``: the resource
+    the simulator's per-layer bound names (``link``, ``host_gather``, ``cpu``, ``disk``; or
+    ``hbm``/``compute`` when the Engram fetch is hidden).
+    """
+
+    rank: int
+    scenario: Scenario
+    candidate: dict
+    metrics: dict
+    margins: dict
+    binding_constraint: str | None
+    bottleneck: str
+    explanation: str
+    quality_provenance: str = ""
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["scenario"] = self.scenario.model_dump(mode="json")
+        return _clean(out)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recommendation":
+        data = dict(data)
+        data["scenario"] = Scenario.model_validate(data["scenario"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Infeasibility:
+    """Why a study has no recommendation, and what would make it feasible."""
+
+    reasons: list[str]
+    suggestions: list[str]
+    closest: dict | None = None
+
+    def as_dict(self) -> dict:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Infeasibility":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The answer to one study: ranked recommendations, the verified Pareto front (quality vs
+    throughput vs cost), or an infeasibility explanation; and the screened candidate table."""
+
+    study: str
+    index: int
+    hardware: str
+    model: str
+    recommendations: list[Recommendation]
+    pareto: list[Recommendation]
+    infeasible: Infeasibility | None
+    candidates: list[dict]
+    limits: list[str]
+    objectives: list[str]
+    quality_provenance: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> Recommendation | None:
+        return self.recommendations[0] if self.recommendations else None
+
+    def as_dict(self) -> dict:
+        return _clean({
+            "study": self.study, "index": self.index, "hardware": self.hardware, "model": self.model,
+            "recommendations": [r.as_dict() for r in self.recommendations],
+            "pareto": [r.as_dict() for r in self.pareto],
+            "infeasible": self.infeasible.as_dict() if self.infeasible else None,
+            "candidates": self.candidates, "limits": self.limits, "objectives": self.objectives,
+            "quality_provenance": self.quality_provenance, "meta": self.meta,
+        })
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlanResult":
+        data = dict(data)
+        data["recommendations"] = [Recommendation.from_dict(r) for r in data["recommendations"]]
+        data["pareto"] = [Recommendation.from_dict(r) for r in data["pareto"]]
+        data["infeasible"] = Infeasibility.from_dict(data["infeasible"]) if data["infeasible"] else None
+        return cls(**data)

@@ -1,0 +1,165 @@
+"""Estimate: memory per tier, analytic throughput/latency, quality and cost of every candidate.
+
+One call per :class:`~planner.plan.candidates.Group` evaluates all its candidates at once with
+numpy arrays (``estimate_step`` with array overrides). The run model is
+:func:`planner.analytic.estimate_run`'s, vectorised over ``max_num_seqs`` and
+``max_batched_tokens``: per device, waves of ``max_num_seqs`` sequences, each a prefill in
+``max_batched_tokens`` chunks then ``output - 1`` decode steps (a test checks it equals
+``estimate_run`` point by point).
+
+Latency percentiles here are a screen, not a prediction: TTFT of the request at quantile q is
+the start of its wave plus the wave's prefill; TPOT is the decode step. Queueing under Poisson
+arrivals is invisible to it; the simulator verifies.
+
+Memory (docs/planner.md, "Memory tiers"), from :func:`planner.accounting.tier_footprint`:
+
+* device, per device: weights + KV cache + device-tier tables + hot-row cache. Every device
+  holds a full replica (the simulator's model: requests are spread over independent replicas).
+* host, per node: ONE copy of each host-tier table, shared by the node's devices (pinned and
+  mapped into every device's address space), plus the disk tier's DRAM page cache.
+* disk, per node: one copy of each disk-tier table on the node's NVMe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.accounting import kv_cache_bytes_per_token, param_counts, tier_footprint
+from planner.analytic import _mean_len, estimate_step
+from planner.plan.candidates import Group
+from planner.plan.spec import Study
+from planner.quality import MemoryPowerLaw, QualityModel, memory_slots
+from planner.specs import Scenario, length_bounds
+
+
+def quality_model(study: Study) -> QualityModel:
+    q = study.settings.quality
+    memory = MemoryPowerLaw.fit(list(q.memory_points), q.source) if q.memory_points else None
+    return QualityModel(memory=memory)
+
+
+def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
+    """Bytes per tier of each candidate (device: per device; host and disk: per node)."""
+    model, placement = group.choice.model, group.scenario.placement
+    w = study.scenario.workload
+    zero = tier_footprint(model, placement.model_copy(update={"cache_fraction": 0.0}))
+    full = tier_footprint(model, placement.model_copy(update={"cache_fraction": 1.0}))
+    seqs = np.minimum(group.max_num_seqs, _per_device(study.scenario))
+    if study.settings.memory.kv_cache == "max":
+        seq_len = length_bounds(w.prompt_len)[1] + length_bounds(w.output_len)[1]
+    else:
+        seq_len = _mean_len(w.prompt_len) + _mean_len(w.output_len)
+    kv = seqs * seq_len * kv_cache_bytes_per_token(model)
+    f = group.cache_fraction
+    cache = f * (full.device - zero.device)
+    device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_"))
+    return {
+        "device_bytes": zero.device + cache + kv,
+        "device_engram_bytes": device_tables + cache,
+        "weight_bytes": np.full(f.shape, zero.breakdown["weights"]),
+        "kv_cache_bytes": kv,
+        "host_bytes": np.full(f.shape, zero.host),
+        "disk_bytes": np.full(f.shape, zero.disk),
+    }
+
+
+def _per_device(scenario: Scenario) -> int:
+    return int(np.ceil(scenario.workload.num_sequences / scenario.hardware.devices_total))
+
+
+def run_arrays(scenario: Scenario, max_num_seqs, max_batched_tokens, **overrides) -> dict[str, np.ndarray]:
+    """Vectorised :func:`planner.analytic.estimate_run` (offline batch), plus screen latencies."""
+    w = scenario.workload
+    prompt, output = _mean_len(w.prompt_len), _mean_len(w.output_len)
+    n = _per_device(scenario)
+    b = np.minimum(np.asarray(max_num_seqs, float), n)
+    mbt = np.asarray(max_batched_tokens, float)
+    full = np.floor(n / b)
+    rem = n - full * b
+    decode_steps = max(output - 1, 0)
+
+    def wave(batch):
+        steps = np.ceil(batch * prompt / mbt)
+        pre = estimate_step(scenario, batch_size=0.0, context_len=0.0, prefill_tokens=batch * prompt / steps,
+                            prefill_seqs=batch / steps, **overrides)
+        dec = estimate_step(scenario, batch_size=batch, context_len=prompt + (output - 2) / 2.0, **overrides)
+        return pre.step_s * steps, dec
+
+    pre_f, dec_f = wave(b)
+    pre_r, dec_r = wave(np.where(rem > 0, rem, 1.0))
+    wave_f = pre_f + dec_f.step_s * decode_steps
+    total = full * wave_f + (rem > 0) * (pre_r + dec_r.step_s * decode_steps)
+    waves = full + (rem > 0)
+    out = {"duration_s": total, "throughput_output_tokens_per_s": w.num_sequences * output / total,
+           "decode_step_s": dec_f.step_s, "exposed_decode_s": dec_f.exposed_s,
+           "stall_fraction": dec_f.exposed_s / dec_f.step_s, "bound": np.asarray(dec_f.bound).astype(str)}
+    # With chunked prefill a request whose prompt finishes early decodes through the wave's
+    # remaining prefill chunks; the request at quantile q sees about q of them.
+    chunks = np.ceil(b * prompt / mbt)
+    chunk_s = pre_f / chunks
+    for q in (50, 90, 99):
+        k = np.minimum(np.floor(q / 100 * (n - 1) / b), waves - 1)
+        within = np.clip(q / 100 * n / b - k, 0.0, 1.0)  # position inside its wave
+        out[f"ttft_p{q}_s"] = k * wave_f + chunk_s * np.maximum(1.0, np.ceil(within * chunks))
+        seen = np.minimum(np.floor(q / 100 * (chunks - 1)), decode_steps)
+        out[f"tpot_p{q}_s"] = (seen * np.maximum(chunk_s, dec_f.step_s) + (decode_steps - seen) * dec_f.step_s) \
+            / max(decode_steps, 1)
+    first = min(scenario.model.engram_layer_ids, default=None)
+    out["first_layer_exposed_s"] = (dec_f.per_layer[first]["exposed_s"] if first in dec_f.per_layer
+                                    else np.zeros_like(total))
+    return out
+
+
+class Screen:
+    """Evaluates groups of one study; caches the no-Engram baselines and quality per model."""
+
+    def __init__(self, study: Study):
+        self.study = study
+        self.quality = quality_model(study)
+        self.price = study.settings.price or study.scenario.hardware.price
+        self._baselines: dict = {}
+
+    def evaluate(self, group: Group) -> dict[str, np.ndarray]:
+        scenario = group.scenario
+        m = memory(group, self.study)
+        run = run_arrays(scenario, group.max_num_seqs, group.max_batched_tokens,
+                         cache_fraction=group.cache_fraction, prefetch=group.prefetch.astype(float))
+        base = self._baseline(scenario, group)
+        n = len(group)
+        model = group.choice.model
+        est = self.quality.estimate(model, self.study.scenario.model)
+        quantified = not (est.relative_loss == 1.0 and not est.valid and est.note.startswith("not quantified"))
+        counts = param_counts(model)
+        out = {**m, **run,
+               "baseline_throughput_output_tokens_per_s": base,
+               "throughput_drop": 1.0 - run["throughput_output_tokens_per_s"] / base,
+               "engram_params": np.full(n, float(counts.engram_tables)),
+               "total_params": np.full(n, float(counts.total)),
+               "memory_slots": np.full(n, float(memory_slots(model))),
+               "relative_loss": np.full(n, est.relative_loss if quantified else np.nan)}
+        out.update(self.cost(out))
+        return out
+
+    def cost(self, m: dict) -> dict[str, np.ndarray]:
+        """USD per hour of the deployment and per million output tokens (NaN without prices).
+        The device price covers the device and its HBM; per-GB prices charge Engram's bytes."""
+        if self.price is None:
+            nan = np.full(np.shape(m["device_bytes"]), np.nan)
+            return {"cost_per_hour_usd": nan, "usd_per_million_tokens": nan}
+        p, hw = self.price, self.study.scenario.hardware
+        hbm = getattr(p, "hbm_per_gb_hour", 0.0)
+        per_node = (hw.device.count * (p.device_per_hour + m["device_engram_bytes"] / 1e9 * hbm)
+                    + m["host_bytes"] / 1e9 * p.host_dram_per_gb_hour + m["disk_bytes"] / 1e9 * p.nvme_per_gb_hour)
+        per_hour = hw.nodes * per_node
+        return {"cost_per_hour_usd": per_hour,
+                "usd_per_million_tokens": per_hour / (m["throughput_output_tokens_per_s"] * 3600.0) * 1e6}
+
+    def _baseline(self, scenario: Scenario, group: Group) -> np.ndarray:
+        backbone = group.choice.model.without_engram()
+        key = (backbone.model_dump_json(), group.max_num_seqs.tobytes(), group.max_batched_tokens.tobytes())
+        if key not in self._baselines:
+            base = scenario.model_copy(update={"model": backbone, "placement": scenario.placement.model_copy(
+                update={"layer_tiers": {}})})
+            self._baselines[key] = run_arrays(base, group.max_num_seqs, group.max_batched_tokens)[
+                "throughput_output_tokens_per_s"]
+        return self._baselines[key]
