@@ -12,7 +12,8 @@ synchronisation, only when :meth:`SpanRecorder.spans` is called, so recording ad
 the timed steps. The two clocks are aligned at construction (synchronise, record a reference
 event, read the host clock), to within a launch latency (microseconds).
 
-:func:`offload_metrics` turns spans and lookup counts into the metrics of ``docs/offload.md``.
+:func:`offload_metrics` turns spans and lookup counts into per-step metrics named as in
+``docs/metrics.md`` (the simulator's), plus the offload-only ones of ``docs/offload.md``.
 """
 
 from __future__ import annotations
@@ -130,34 +131,48 @@ _NULL = _NullCtx()
 
 
 def offload_metrics(spans: Iterable[Span], stats: dict | None = None) -> dict:
-    """Per-step offload metrics (docs/offload.md) from spans and ``{layer: LookupStats}``.
+    """Per-step offload metrics of a measured run from its spans and ``{layer: LookupStats}``.
 
-    * ``step_time_s``: mean duration of ``step`` spans;
-    * ``exposed_lookup_s``: per step, the sum of ``wait_L{i}`` spans, the time compute stood
-      waiting for rows (with prefetch off it is the whole lookup);
-    * ``lookup_s``: per step, the sum of ``gather_L{i}`` and ``h2d_L{i}`` spans, the lookup's
-      own work wherever it ran;
-    * ``hidden_fraction``: ``1 - exposed / lookup``, clipped to [0, 1] (0 when no lookup work);
-    * ``bytes_moved``, ``unique_rows``, ``requested_rows`` per step and ``cache_hit_rate``
-      (reads served from the device cache / reads requested), from the lookup counts.
+    Names and definitions follow docs/metrics.md where a simulated metric exists:
+
+    * ``steps``, ``mean_step_time_s``: count and mean duration of ``step`` spans;
+    * ``exposed_per_step_s[layer]``: the ``wait_L{layer}`` spans (compute stalled waiting for
+      rows) per step; ``exposed_s`` their sum over layers; ``exposed_fraction`` = total wait /
+      total step time. With prefetch off a wait span holds the whole lookup;
+    * ``lookup_s``: per step, the sum of ``gather_L{i}`` and ``h2d_L{i}`` spans, the lookup's own
+      work wherever it ran (worker thread, copy stream, or inside the wait);
+    * ``hidden_fraction``: ``1 - exposed_s / lookup_s`` clipped to [0, 1] (0 without lookup work):
+      the share of lookup work that overlapped compute;
+    * from the counts, per step: ``bytes_to_device`` (``bytes_requested.to_device`` of
+      docs/metrics.md: rows after de-duplication and the device cache, times the row size),
+      ``rows_to_device``, ``unique_rows``, ``requested_rows``; and ``cache_hit_rate`` = reads
+      served by the device cache / reads requested.
     """
     spans = list(spans)
     steps = [s for s in spans if s.name == "step"]
     n = max(len(steps), 1)
-    exposed = sum(s.dur_s for s in spans if _WAIT.match(s.name)) / n
+    exposed: dict[int, float] = {}
+    for s in spans:
+        if _WAIT.match(s.name):
+            layer = int(s.name.rsplit("_L", 1)[1])
+            exposed[layer] = exposed.get(layer, 0.0) + s.dur_s / n
+    exposed_s = sum(exposed.values())
     lookup = sum(s.dur_s for s in spans if _LOOKUP.match(s.name)) / n
+    step_total = sum(s.dur_s for s in steps)
     out = {
         "steps": len(steps),
-        "step_time_s": sum(s.dur_s for s in steps) / n if steps else None,
-        "exposed_lookup_s": exposed,
+        "mean_step_time_s": step_total / n if steps else None,
+        "exposed_per_step_s": exposed,
+        "exposed_s": exposed_s,
+        "exposed_fraction": exposed_s * n / step_total if step_total > 0 else None,
         "lookup_s": lookup,
-        "hidden_fraction": min(max(1.0 - exposed / lookup, 0.0), 1.0) if lookup > 0 else 0.0,
+        "hidden_fraction": min(max(1.0 - exposed_s / lookup, 0.0), 1.0) if lookup > 0 else 0.0,
     }
     if stats:
-        total = {k: sum(getattr(s, k) for s in stats.values())
-                 for k in ("steps", "requested_rows", "unique_rows", "cache_hits", "fetched_rows", "bytes_moved")}
         layer_steps = max(max(s.steps for s in stats.values()), 1)
-        for key in ("bytes_moved", "unique_rows", "requested_rows", "fetched_rows"):
-            out[key] = total[key] / layer_steps
-        out["cache_hit_rate"] = total["cache_hits"] / total["requested_rows"] if total["requested_rows"] else 0.0
+        for key, field in (("bytes_to_device", "bytes_moved"), ("rows_to_device", "fetched_rows"),
+                           ("unique_rows", "unique_rows"), ("requested_rows", "requested_rows")):
+            out[key] = sum(getattr(s, field) for s in stats.values()) / layer_steps
+        requested = sum(s.requested_rows for s in stats.values())
+        out["cache_hit_rate"] = sum(s.cache_hits for s in stats.values()) / requested if requested else 0.0
     return out

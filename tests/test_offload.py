@@ -124,7 +124,8 @@ def test_recorder_spans_and_chrome_trace(tiny_run):
     back = spans_from_chrome_trace(rec.chrome_trace(metadata={"test": True}))
     assert sorted((s.name, s.track) for s in back) == sorted((s.name, s.track) for s in spans)
     assert metrics["steps"] == 2 and metrics["requested_rows"] == 2 * 2 * 16 * 8
-    assert 0 <= metrics["hidden_fraction"] <= 1 and metrics["bytes_moved"] > 0
+    assert 0 <= metrics["hidden_fraction"] <= 1 and metrics["bytes_to_device"] > 0
+    assert set(metrics["exposed_per_step_s"]) == {1, 2}
 
 
 def test_offload_metrics_closed_form():
@@ -133,8 +134,9 @@ def test_offload_metrics_closed_form():
              Span("gather_L1", "host_gather", 1.0, 0.4), Span("h2d_L1", "h2d", 1.4, 0.2),
              Span("wait_L1", "compute", 0.5, 0.15), Span("wait_L1", "compute", 1.5, 0.15)]
     m = offload_metrics(spans)
-    assert m["steps"] == 2 and m["step_time_s"] == pytest.approx(1.0)
-    assert m["lookup_s"] == pytest.approx(0.6) and m["exposed_lookup_s"] == pytest.approx(0.15)
+    assert m["steps"] == 2 and m["mean_step_time_s"] == pytest.approx(1.0)
+    assert m["lookup_s"] == pytest.approx(0.6) and m["exposed_s"] == pytest.approx(0.15)
+    assert m["exposed_per_step_s"] == {1: pytest.approx(0.15)} and m["exposed_fraction"] == pytest.approx(0.15)
     assert m["hidden_fraction"] == pytest.approx(0.75)
 
 
