@@ -21,6 +21,7 @@ COMMANDS = [
     "schema",
     "bench",
     "simulate",
+    "plan",
     "ngram-stats",
     "app",
 ]

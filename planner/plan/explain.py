@@ -112,18 +112,28 @@ def infeasible(table: dict[str, np.ndarray], fails: dict[str, np.ndarray], lims:
     for l in lims:
         count = int(fails[l.name].sum())
         if count:
-            best = float(np.nanmin(table[l.metric]) if l.upper else np.nanmax(table[l.metric])) \
-                if np.isfinite(table[l.metric]).any() else float("nan")
-            reasons.append(f"{l.name} rejects {count} of {n} (best candidate: {l.show(best)} vs limit "
-                           f"{l.show(l.bound)})")
-    row = rows(closest)
-    reasons.append("closest candidate: " + describe_candidate(row, study.scenario.hardware.name) + ": "
-                   + "; ".join(violation_text(l, float(table[l.metric][closest])) for l in lims
-                               if fails[l.name][closest]))
+            text = f"{l.name} rejects {count} of {n}"
+            finite = np.isfinite(table[l.metric]) & ~unknown
+            if not l.exact and finite.any():
+                best = float(np.min(table[l.metric][finite]) if l.upper else np.max(table[l.metric][finite]))
+                text += f" (best: {l.show(best)} vs limit {l.show(l.bound)})"
+            reasons.append(text)
+    # The closest candidate of each tier assignment, so every tier's obstacle is named.
     suggestions: list[str] = []
-    for l in lims:
-        if fails[l.name][closest]:
-            suggestions += suggest(l, float(table[l.metric][closest]), row, table, fails, lims, study)
+    tiers = [rows(i)["tiers"] for i in range(n)]
+    for tier in dict.fromkeys(tiers):
+        members = np.array([t == tier for t in tiers])
+        k = int(np.argmin(np.where(members, total, np.inf)))
+        row = rows(k)
+        failing = [l for l in lims if fails[l.name][k]]
+        if not failing:
+            continue
+        reasons.append(f"closest with tier {tier}: " + describe_candidate(row, study.scenario.hardware.name) + ": "
+                       + "; ".join(violation_text(l, float(table[l.metric][k])) for l in failing))
+        for l in failing:
+            for text in suggest(l, float(table[l.metric][k]), row, table, fails, lims, study):
+                if text not in suggestions:
+                    suggestions.append(text)
     return reasons, suggestions, closest
 
 

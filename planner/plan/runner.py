@@ -45,8 +45,18 @@ def code_version() -> str:
         return "engram-planner (unknown version)"
 
 
+@lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Hash of the planner package's sources: uncommitted edits invalidate the cache too."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def study_key(study: Study) -> str:
-    text = study.model_dump_json(exclude={"index"}) + "\n" + code_version()
+    text = study.model_dump_json(exclude={"index"}) + "\n" + code_version() + "\n" + source_digest()
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

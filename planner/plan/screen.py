@@ -110,6 +110,10 @@ def run_arrays(scenario: Scenario, max_num_seqs, max_batched_tokens, **overrides
     return out
 
 
+RUN_KEYS = ("duration_s", "throughput_output_tokens_per_s", "decode_step_s", "exposed_decode_s", "stall_fraction",
+            "first_layer_exposed_s") + tuple(f"{k}_p{q}_s" for k in ("ttft", "tpot") for q in (50, 90, 99))
+
+
 class Screen:
     """Evaluates groups of one study; caches the no-Engram baselines and quality per model."""
 
@@ -122,8 +126,13 @@ class Screen:
     def evaluate(self, group: Group) -> dict[str, np.ndarray]:
         scenario = group.scenario
         m = memory(group, self.study)
-        run = run_arrays(scenario, group.max_num_seqs, group.max_batched_tokens,
-                         cache_fraction=group.cache_fraction, prefetch=group.prefetch.astype(float))
+        if "disk" in group.layer_tiers.values() and scenario.hardware.nvme is None:
+            # No drives: the memory check rejects it; there is nothing to time.
+            nan = np.full(len(group), np.nan)
+            run = {k: nan for k in RUN_KEYS} | {"bound": np.full(len(group), "n/a")}
+        else:
+            run = run_arrays(scenario, group.max_num_seqs, group.max_batched_tokens,
+                             cache_fraction=group.cache_fraction, prefetch=group.prefetch.astype(float))
         base = self._baseline(scenario, group)
         n = len(group)
         model = group.choice.model

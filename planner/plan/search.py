@@ -43,7 +43,10 @@ def plan_study(study: Study) -> PlanResult:
     table, where = _screen_all(gs, screen)
     n = len(where)
     slack = study.settings.verify.screen_slack
-    fails = {l.name: ~l.ok(table[l.metric], slack) for l in lims}
+    # NaN = not estimated (a disk tier without drives, already rejected by its memory check);
+    # only an unquantified quality counts as a failure.
+    fails = {l.name: ~l.ok(table[l.metric], slack) & (~np.isnan(table[l.metric]) | (l.metric == "relative_loss"))
+             for l in lims}
     passed = ~np.any(np.stack([fails[l.name] for l in lims]), axis=0)
     size_rank = _size_ranks(gs, where)
     base_rows = [_row(gs, where, table, i, size_rank) for i in range(n)]
@@ -53,7 +56,15 @@ def plan_study(study: Study) -> PlanResult:
     order = [int(i) for i in _rank(table, study.settings.objectives, np.flatnonzero(passed))]
     verifier = Verifier(study, lims)
     v = study.settings.verify
-    for i in order:
+    skipped = []
+    for i in order:  # rank order; skip what the screen, corrected by the runs so far, says fails
+        if len(verifier.feasible) >= v.top_n or verifier.count >= v.max_simulations:
+            break
+        if verifier.predicted_to_fail(table, i):
+            skipped.append(i)
+            continue
+        verifier.verify(i, *where[i], gs)
+    for i in skipped:  # the correction may be too pessimistic: spend what budget is left
         if len(verifier.feasible) >= v.top_n or verifier.count >= v.max_simulations:
             break
         verifier.verify(i, *where[i], gs)

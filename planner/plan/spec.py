@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from planner.loading import SCENARIOS_DIR, SpecError, read_yaml, scenario_from_dict, validate
+from planner.loading import (MODELS_DIR, PROFILES_DIR, SCENARIOS_DIR, SpecError, _resolve, read_yaml,
+                             scenario_from_dict, validate)
 from planner.specs import InferenceWorkload, Scenario, Spec
 from planner.specs.model import DType
 from planner.specs.placement import Tier
@@ -216,12 +217,12 @@ def expand_plan(plan: PlanSpec, where: str = "plan") -> list[Study]:
         settings = _settings(plan.defaults, entry)
         raw, base_dir = _scenario_dict(entry.scenario, where, i)
         for path, value in entry.set.items():
-            _set_path(raw, path, value, f"{where}: studies[{i}].set.{path}")
+            _set_path(raw, path, value, f"{where}: studies[{i}].set.{path}", base_dir)
         keys = list(entry.grid)
         for values in itertools.product(*(entry.grid[k] for k in keys)) if keys else [()]:
             data = copy.deepcopy(raw)
             for key, value in zip(keys, values):
-                _set_path(data, key, value, f"{where}: studies[{i}].grid.{key}")
+                _set_path(data, key, value, f"{where}: studies[{i}].grid.{key}", base_dir)
             label = ", ".join(f"{k}={_label(v)}" for k, v in zip(keys, values))
             name = f"{entry.name} [{label}]" if label else entry.name
             scenario = _scenario(data, base_dir, f"{where}: studies[{i}].scenario"
@@ -263,14 +264,19 @@ def _scenario_dict(ref, where: str, i: int) -> tuple[dict, Path]:
     return data, path.parent
 
 
-def _set_path(data: dict, dotted: str, value: Any, where: str) -> None:
+_REFS = {"model": (MODELS_DIR, "model"), "hardware": (PROFILES_DIR, "hardware profile")}
+
+
+def _set_path(data: dict, dotted: str, value: Any, where: str, base_dir: Path) -> None:
     parts = dotted.split(".")
     node = data
     for part in parts[:-1]:
         child = node.get(part) if isinstance(node, dict) else None
+        if isinstance(child, str) and node is data and part in _REFS:
+            bundled, kind = _REFS[part]
+            child = read_yaml(_resolve(child, base_dir, bundled, kind))  # inline the reference
         if isinstance(child, str):
-            raise SpecError(f"{where}: cannot set inside {part!r}, which is a reference ({child!r}); "
-                            "inline it or set the whole section")
+            raise SpecError(f"{where}: cannot set inside {part!r}, which is {child!r}")
         if not isinstance(child, dict):
             raise SpecError(f"{where}: the scenario has no section {part!r} to set {dotted!r} in")
         node[part] = child = dict(child)

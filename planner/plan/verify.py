@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from planner.plan import explain as ex
 from planner.plan.candidates import candidate_scenario
 from planner.plan.constraints import Limit, failures, margins, violation_text
@@ -47,6 +49,31 @@ class Verifier:
         self.baseline_count = 0
         self._baselines: dict = {}
         self._provenance: dict[int, str] = {}
+        # Per estimated metric, how far the simulator has been from the screen so far: the
+        # largest ratio sim / analytic (absolute difference for fractions).
+        self.correction: dict[str, float] = {}
+
+    def predicted_to_fail(self, table: dict, i: int) -> bool:
+        for l in self.lims:
+            if l.exact or l.metric not in self.correction:
+                continue
+            value = float(table[l.metric][i])
+            c = self.correction[l.metric]
+            if not bool(l.ok(value + c if l.unit == "fraction" else value * c)):
+                return True
+        return False
+
+    def _learn(self, analytic: dict, metrics: dict) -> None:
+        for l in self.lims:
+            a, s = analytic.get(l.metric), metrics.get(l.metric)
+            if l.exact or a is None or s is None or not np.isfinite(a) or not np.isfinite(s):
+                continue
+            if l.unit == "fraction":
+                c = s - a if l.upper else a - s
+            else:
+                c = s / a if (l.upper and a > 0) else (a / s if s > 0 else 1.0)
+                c = 1.0 / c if not l.upper else c
+            self.correction[l.metric] = max(self.correction.get(l.metric, c), c)
 
     def verify(self, i: int, g: int, j: int, gs) -> Verified:
         group = gs[g]
@@ -61,6 +88,7 @@ class Verifier:
 
         analytic = self.screen.evaluate(_single(group, j))
         metrics = {k: float(v[0]) for k, v in analytic.items() if k != "bound"}
+        screened = dict(metrics)
         metrics.update({k: float(getattr(sim, k)) for k in SIM_KEYS if getattr(sim, k) is not None})
         for kind in ("ttft", "tpot"):
             for q, v in (getattr(sim, f"{kind}_s") or {}).items():
@@ -71,6 +99,7 @@ class Verifier:
                                            "throughput_output_tokens_per_s")}).items()})
         metrics["source"] = "simulator (throughput, drop, TTFT, TPOT); accounting (memory); quality model"
         fail = failures(metrics, self.lims)
+        self._learn(screened, metrics)
         bound, text = ex.bottleneck(sim)
         est = self.screen.quality.estimate(scenario.model, self.study.scenario.model)
         self._provenance[i] = est.provenance + (f" ({est.note})" if est.note else "")

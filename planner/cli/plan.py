@@ -1,0 +1,72 @@
+"""``engram-planner plan``: run a plan file's studies and write tables, an HTML report and a manifest."""
+
+from __future__ import annotations
+
+from planner.cli.common import HELP_FORMATTER, print_json
+
+EPILOG = """\
+examples:
+  engram-planner plan examples/plans/offload.yaml --out out/plan
+  engram-planner plan examples/plans/offload.yaml --out out/plan --workers 2
+  engram-planner plan examples/plans/infeasible.yaml --out out/infeasible
+  engram-planner plan PLAN.yaml --out out/plan --cluster ray://head:10001
+
+A second run with the same --out recomputes only the studies whose inputs or code changed.
+Method, memory-tier rules and the plan file reference: docs/planner.md.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="recommend Engram table sizes, layers and memory tiers for the studies of a plan file",
+        description="Screen every candidate of each study with the analytic estimator, verify the best "
+        "with the simulator, and explain the recommendations (or why nothing is feasible).",
+        epilog=EPILOG,
+        formatter_class=HELP_FORMATTER,
+    )
+    p.add_argument("plan", help="plan YAML file (see examples/plans/)")
+    p.add_argument("--out", required=True, help="directory for results, report.html, manifest.json and the resume cache")
+    p.add_argument("--cluster", help="ray://HOST:PORT or auto: run studies as Ray tasks on an existing cluster")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from planner.plan import load_plan, run_plan
+    from planner.plan.report import write_report
+
+    plan = load_plan(args.plan)
+    with tqdm(desc="studies", unit="study", disable=args.json, leave=False) as bar:
+        def progress(done: int, total: int, result) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        results = run_plan(plan, workers=args.workers, cluster=args.cluster, out_dir=args.out, progress=progress)
+    paths = write_report(plan, results, args.out)
+    if args.json:
+        print_json([r.as_dict() for r in results])
+        return 0
+    print(summary(results))
+    print(f"\nwrote {paths['html']}, {paths['json']}, {paths['candidates']}, {paths['manifest']}")
+    return 0
+
+
+def summary(results) -> str:
+    lines = []
+    for r in results:
+        cached = " (from cache)" if r.meta.get("from_cache") else ""
+        lines.append(f"{r.study}: {r.meta['candidates']} candidates, {r.meta['passed_screen']} passed the screen, "
+                     f"{r.meta['simulations']} simulated{cached}")
+        for rec in r.recommendations:
+            lines.append(f"  {rec.explanation}")
+        if r.infeasible:
+            lines.append("  no recommendation:")
+            lines += [f"    - {x}" for x in r.infeasible.reasons]
+            lines.append("  what would make it feasible:")
+            lines += [f"    - {x}" for x in r.infeasible.suggestions]
+    return "\n".join(lines)
