@@ -1,0 +1,107 @@
+"""Validation: predicted vs measured for each validation run (``engram-planner validate`` writes
+JSON under ``validation_results/``), with the prediction's band and a per-metric error table.
+
+Files are read from ``validation_results/`` in the checkout (or, when set, the folders listed in
+``ENGRAM_VALIDATION_DIR``, os.pathsep-separated, instead), or uploaded in the sidebar."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from app import figures, widgets
+from planner.loading import ROOT
+
+P = "va"
+
+
+def result_files() -> dict[str, Path]:
+    env = os.environ.get("ENGRAM_VALIDATION_DIR")
+    folders = [Path(p) for p in env.split(os.pathsep) if p] if env else [ROOT / "validation_results"]
+    files: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*.json")):
+                files[str(path.relative_to(folder.parent))] = path
+    return files
+
+
+def check(data, where: str) -> dict:
+    """The fields this page reads, with a clear message when one is missing."""
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{where}: not a validation result (expected a mapping with a 'runs' list)")
+    for i, run in enumerate(data["runs"]):
+        for key in ("name", "measured", "predicted"):
+            if key not in run:
+                raise ValueError(f"{where}: runs[{i}].{key}: missing")
+    return data
+
+
+st.title("Validation")
+files = result_files()
+with st.sidebar:
+    upload = st.file_uploader("Validation result (JSON)", type=["json"], key=f"{P}.upload")
+    choice = st.selectbox("Result file", list(files), key=f"{P}.file") if files else None
+
+if upload is None and choice is None:
+    st.info(
+        "**No validation results yet.** Validation runs the reference model on this machine with "
+        "Engram tables offloaded, measures throughput and latency, and compares them with the "
+        "simulator's predictions for the same configurations:\n\n"
+        "```\nengram-planner validate --help      # options: profile, scenarios, output folder\n"
+        "engram-planner validate            # writes validation_results/<profile>-<date>.json\n```\n\n"
+        "Then reload this page, or upload a result file in the sidebar.")
+    st.stop()
+
+try:
+    if upload is not None:
+        data = check(json.loads(upload.getvalue()), upload.name)
+        source = upload.name
+    else:
+        data = check(json.loads(files[choice].read_text()), choice)
+        source = choice
+except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+    widgets.show_error(exc)
+    st.stop()
+
+runs = data["runs"]
+st.caption(f"**{source}** · profile **{data.get('profile', '?')}** · {len(runs)} runs")
+metrics = list(dict.fromkeys(m for r in runs for m in r["measured"] if m in r["predicted"]))
+if not metrics:
+    st.warning("No metric is both measured and predicted in these runs.")
+    st.stop()
+
+summary = data.get("summary") or {}
+if summary:
+    st.subheader("Error per metric")
+    st.dataframe([{"metric": m, "median |error|": f"{s.get('median_abs_error', float('nan')):.4g}",
+                   "p90 |error|": f"{s.get('p90_abs_error', float('nan')):.4g}",
+                   "band coverage": f"{100 * s['coverage']:.0f}%" if "coverage" in s else "—"}
+                  for m, s in summary.items()], hide_index=True, key=f"{P}.summary")
+    st.caption("As written by `engram-planner validate` (errors relative to the measured value unless "
+               "the result file says otherwise); coverage = share of runs whose measurement lies in the band.")
+
+metric = st.selectbox("Metric", metrics, key=f"{P}.metric")
+fig = figures.validation_scatter(runs, metric)
+st.plotly_chart(fig, key=f"{P}.fig")
+
+rows = []
+for r in runs:
+    if metric not in r["measured"] or metric not in r["predicted"]:
+        continue
+    meas, pred = float(r["measured"][metric]), float(r["predicted"][metric])
+    lo, hi = (r.get("band") or {}).get(metric, [pred, pred])
+    rows.append({"run": r["name"], "measured": f"{meas:.4g}", "predicted": f"{pred:.4g}",
+                 "band": f"[{lo:.4g}, {hi:.4g}]",
+                 "error": f"{100 * (pred - meas) / meas:+.1f}%" if meas else "—",
+                 "in band": "yes" if lo <= meas <= hi else "no",
+                 "config": json.dumps(r.get("config", {}), separators=(",", ":"))[:120]})
+st.dataframe(rows, hide_index=True, key=f"{P}.runs")
+d1, d2 = st.columns(2)
+d1.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"validation-{metric}.html",
+                   "text/html", key=f"{P}.dl.fig", icon=":material/download:")
+with d2.expander("Fingerprint of the measuring machine"):
+    st.json(data.get("fingerprint", {}))
