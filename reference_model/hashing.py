@@ -13,8 +13,10 @@ The recipe, per Engram layer ``L``, order ``n`` and head ``k``::
 ``half_bound = (2**63 - 1) // V' // 2`` keeps every product below 2**63, so the int64
 arithmetic never wraps and ``mix >= 0``.
 
-Speed. The demo computes ``mix % p`` with int64 division, 13-16 ns per value on a 2017-era
-x86 core (no SIMD integer divide). Here the modulus runs in float64 SIMD arithmetic, exactly:
+Speed. The demo computes ``mix % p`` with int64 division (13-40 cycles per value on x86: there
+is no SIMD integer divide) in one numpy pass per layer, order and head. Here one compiled loop
+(numba) walks the tokens once, computes each order's mix once for its 8 heads, and takes the
+modulus in float64 arithmetic, exactly:
 
 1. split ``mix = hi * 2**50 + lo`` with ``hi < 2**13`` and ``lo < 2**50`` (both exact in float64);
 2. ``y = hi * (2**50 mod p) + lo`` is congruent to ``mix`` mod p and below ``2**13 * p + 2**50``,
@@ -23,16 +25,15 @@ x86 core (no SIMD integer divide). Here the modulus runs in float64 SIMD arithme
    is ``y/p + 1/(2p)``, at least ``1/(2p)`` away from any integer, and the rounding error is at
    most ``3 * 2**-53 * y / p < 2**-1.4 / p`` for ``y < 2**51``, so the floor is exactly
    ``y // p``;
-4. ``r = y - q * p`` is exact (all terms are integers below 2**53), and ``r + offset`` is
-   turned into an int64 through the ``2**52`` exponent trick (add ``2**52``, reinterpret the
-   bits, subtract the bits of ``2**52``), which AVX2 does in SIMD where a float->int64
-   conversion does not exist.
+4. ``r = y - q * p`` is exact (all terms are integers below 2**53).
 
-Primes above ``2**37`` (1.4e11 rows per head) fall back to int64 ``%``.
+Primes above ``2**37`` (1.4e11 rows per head) take the int64 ``%`` path in the same loop. The
+loop releases the GIL (``nogil``), so a prefetch thread hashes while the model computes.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
@@ -43,10 +44,40 @@ from planner.specs.model import EngramSpec
 SEED_LAYER_STRIDE = 10007
 _SPLIT_BITS = 50
 _FLOAT_PATH_MAX_PRIME = 1 << 37
-_MAGIC_F = float(1 << 52)
-_MAGIC_BITS = 0x4330000000000000  # the IEEE-754 bits of 2.0**52
-# Positions per inner step: keeps the float64 temporaries ([L, O, H, chunk] values) inside L2.
-_CHUNK = 8192
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_kernel(ctx_BX, n_ctx, mult_LN, p_LOH, split_LOH, inv_p_LOH, off_LOH, float_path, out_LSK):
+    """``out_LSK[l, b*T + t, o*H + h] = mix_{o+2}[b, t] mod p[l, o, h] + off[l, o, h]``.
+
+    ``ctx_BX`` holds the N-1 context ids of each sequence, then its T ids (see ``_context``).
+    """
+    B, X = ctx_BX.shape
+    T = X - n_ctx
+    L, N = mult_LN.shape
+    H = p_LOH.shape[2]
+    lo_mask = (1 << 50) - 1
+    for b in range(B):
+        for t in range(T):
+            s = b * T + t
+            c = n_ctx + t
+            for l in range(L):
+                mix = ctx_BX[b, c] * mult_LN[l, 0]
+                for k in range(1, N):
+                    mix ^= ctx_BX[b, c - k] * mult_LN[l, k]
+                    o = k - 1
+                    if float_path:
+                        hi = np.float64(mix >> 50)
+                        lo = np.float64(mix & lo_mask)
+                        for h in range(H):
+                            y = hi * split_LOH[l, o, h] + lo
+                            inv = inv_p_LOH[l, o, h]
+                            q = np.floor(y * inv + 0.5 * inv)
+                            r = y - q * np.float64(p_LOH[l, o, h])
+                            out_LSK[l, s, o * H + h] = np.int64(r) + off_LOH[l, o, h]
+                    else:
+                        for h in range(H):
+                            out_LSK[l, s, o * H + h] = mix % p_LOH[l, o, h] + off_LOH[l, o, h]
 
 
 def layer_multipliers(engram: EngramSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
@@ -97,22 +128,16 @@ class NgramHasher:
         }
 
         # Stacked constants, [L, N] and [L, O, H], so one pass serves every layer.
-        n_layers, n_orders, n_heads = len(self.layer_ids), self.max_ngram - 1, self.n_heads
-        self._mult_LN = torch.from_numpy(np.stack([self.multipliers[l] for l in self.layer_ids]))
-        primes_LOH = np.array([self.table_sizes[l] for l in self.layer_ids], dtype=np.int64)
-        offsets_LOH = np.stack([self.offsets[l] for l in self.layer_ids]).reshape(primes_LOH.shape)
-        self._primes_LOH = torch.from_numpy(primes_LOH)
-        self._offsets_LOH = torch.from_numpy(offsets_LOH)
-        self._float_path = bool(primes_LOH.max() <= _FLOAT_PATH_MAX_PRIME)
-        p = primes_LOH.astype(np.float64)
-        split = np.array([[[pow(2, _SPLIT_BITS, int(q)) for q in heads] for heads in orders]
-                          for orders in primes_LOH], dtype=np.float64)
-        self._split_LOH = torch.from_numpy(split)
-        self._inv_p_LOH = torch.from_numpy(1.0 / p)
-        self._half_inv_p_LOH = torch.from_numpy(0.5 / p)
-        self._neg_p_LOH = torch.from_numpy(-p)
-        self._bias_LOH1 = (torch.from_numpy(offsets_LOH.astype(np.float64)) + _MAGIC_F).unsqueeze(-1)
-        self._shape = (n_layers, n_orders, n_heads)
+        self._mult_LN = np.ascontiguousarray(np.stack([self.multipliers[l] for l in self.layer_ids]))
+        self._primes_LOH = np.array([self.table_sizes[l] for l in self.layer_ids], dtype=np.int64)
+        self._offsets_LOH = np.stack([self.offsets[l] for l in self.layer_ids]).reshape(self._primes_LOH.shape)
+        self._zeros_LOH = np.zeros_like(self._offsets_LOH)
+        self._float_path = bool(self._primes_LOH.max() <= _FLOAT_PATH_MAX_PRIME)
+        self._split_LOH = np.array(
+            [[[pow(2, _SPLIT_BITS, int(q)) for q in heads] for heads in orders] for orders in self._primes_LOH],
+            dtype=np.float64,
+        )
+        self._inv_p_LOH = 1.0 / self._primes_LOH.astype(np.float64)
 
     @property
     def rows_per_token(self) -> int:
@@ -125,9 +150,7 @@ class NgramHasher:
         """``{layer: int64[B, T, K]}``: per-head indices ``mix mod p`` (order-major, then head),
         equal to the demo's ``NgramHashMapping.hash`` after compression.
 
-        The arrays are [B, T, K] views of head-major memory (``a.transpose(2, 0, 1)`` is
-        contiguous), the layout the computation and a per-head gather want; call
-        ``np.ascontiguousarray`` where token-major memory matters.
+        The arrays are contiguous [B, T, K] (token-major: a token's K rows are adjacent).
 
         ``past_ids_BP`` (compressed) are the ids just before ``compressed_ids_BT``; only the
         last ``N - 1`` are read, and fewer than that means the sequence started there (pads
@@ -173,46 +196,11 @@ class NgramHasher:
     def _run(self, ids_BT, past_BP, with_offsets: bool) -> dict[int, np.ndarray]:
         ids = self._check_ids(ids_BT, "compressed_ids_BT")
         B, T = ids.shape
-        ctx_BX = torch.from_numpy(self._context(ids, past_BP))
-        n_ctx = self.max_ngram - 1
-        # shifts[k] = x[t - k]: the ids k positions back, computed once for every layer.
-        shifts_NS = torch.stack(
-            [ctx_BX[:, n_ctx - k:n_ctx - k + T].reshape(-1) for k in range(self.max_ngram)]
+        ctx_BX = self._context(ids, past_BP)
+        out_LSK = np.empty((len(self.layer_ids), B * T, self.rows_per_token), dtype=np.int64)
+        _hash_kernel(
+            ctx_BX, self.max_ngram - 1, self._mult_LN, self._primes_LOH, self._split_LOH,
+            self._inv_p_LOH, self._offsets_LOH if with_offsets else self._zeros_LOH,
+            self._float_path, out_LSK,
         )
-        n_layers, n_orders, n_heads = self._shape
-        # Head-major work layout: every float op below runs over contiguous positions S = B*T.
-        out_LOHS = torch.empty((n_layers, n_orders, n_heads, B * T), dtype=torch.int64)
-        for start in range(0, B * T, _CHUNK):
-            stop = min(B * T, start + _CHUNK)
-            self._chunk(shifts_NS[:, start:stop], with_offsets, out_LOHS[..., start:stop])
-        out_LKBT = out_LOHS.reshape(n_layers, n_orders * n_heads, B, T)
-        return {layer: out_LKBT[i].permute(1, 2, 0).numpy() for i, layer in enumerate(self.layer_ids)}
-
-    def _chunk(self, shifts_NC: torch.Tensor, with_offsets: bool, out_LOHC: torch.Tensor) -> None:
-        """Write into ``out_LOHC`` the indices of the C positions whose shifted ids are
-        ``shifts_NC`` (the final op writes in place: no extra copy pass)."""
-        # products[l, k, c] = x[c - k] * m_l[k]; no overflow by the half_bound construction.
-        prod_LNC = shifts_NC.unsqueeze(0) * self._mult_LN.unsqueeze(-1)
-        mixes = [prod_LNC[:, 0]]
-        for k in range(1, self.max_ngram):
-            mixes.append(torch.bitwise_xor(mixes[-1], prod_LNC[:, k]))
-        mix_LO1C = torch.stack(mixes[1:], dim=1).unsqueeze(2)  # orders 2..N
-        if not self._float_path:
-            rows = torch.remainder(mix_LO1C, self._primes_LOH.unsqueeze(-1))
-            out_LOHC.copy_(rows + self._offsets_LOH.unsqueeze(-1) if with_offsets else rows)
-            return
-
-        # Step 1: hi, lo as exact float64 (lo through the 2**52 exponent trick).
-        hi_LO1C = (mix_LO1C >> _SPLIT_BITS).to(torch.float64)
-        lo_bits = torch.bitwise_or(mix_LO1C & ((1 << _SPLIT_BITS) - 1), _MAGIC_BITS)
-        lo_LO1C = lo_bits.view(torch.float64) - _MAGIC_F
-        # Step 2: y = hi * (2**50 mod p) + lo, exact, < 2**51.
-        y_LOHC = torch.addcmul(lo_LO1C, hi_LO1C, self._split_LOH.unsqueeze(-1))
-        # Step 3: q = floor(y / p), exact (see the module docstring).
-        q_LOHC = torch.addcmul(
-            self._half_inv_p_LOH.unsqueeze(-1), y_LOHC, self._inv_p_LOH.unsqueeze(-1)
-        ).floor_()
-        # Step 4: r = y - q p, then (r + offset) to int64 via the exponent trick.
-        y_LOHC.addcmul_(q_LOHC, self._neg_p_LOH.unsqueeze(-1))
-        y_LOHC.add_(self._bias_LOH1 if with_offsets else _MAGIC_F)
-        torch.sub(y_LOHC.view(torch.int64), _MAGIC_BITS, out=out_LOHC)
+        return {layer: out_LSK[i].reshape(B, T, -1) for i, layer in enumerate(self.layer_ids)}

@@ -77,6 +77,7 @@ def run(args) -> dict:
         # Identity compression: the compressed vocabulary is the model's (the hash cost does not
         # depend on the id values, only on the multipliers' bound).
         hasher = NgramHasher(e, spec.vocab_size, e.pad_id)
+        hasher.hash(np.zeros((1, 4), dtype=np.int64))  # compile (or load) the kernel before timing
         # Hashing runs once per engine step, so the ids come in step-sized calls; one giant call
         # would mostly time first-touch page faults of its fresh output arrays.
         B, T = args.step_shape
@@ -86,8 +87,6 @@ def run(args) -> dict:
         steps = [rng.integers(0, spec.vocab_size, size=(B, T)) for _ in range(max(1, tokens // (B * T)))]
         n_tok = sum(s.size for s in steps)
         t_ours, ours = _best(lambda: [hasher.hash(s) for s in steps], args.repeats)
-        t_contig, _ = _best(lambda: [{k: np.ascontiguousarray(v) for k, v in hasher.hash(s).items()}
-                                     for s in steps], args.repeats)
         t_base, base = _best(lambda: [numpy_baseline(hasher, s) for s in steps], args.repeats)
         equal = all(np.array_equal(a[layer], b[layer]) for a, b in zip(ours, base) for layer in hasher.layer_ids)
         if not equal:
@@ -104,7 +103,6 @@ def run(args) -> dict:
         "indices_per_token": len(hasher.layer_ids) * hasher.rows_per_token,
         "threads": 1,
         "hasher_tokens_per_s": ours_tps,
-        "hasher_contiguous_tokens_per_s": n_tok / t_contig,
         "numpy_baseline_tokens_per_s": base_tps,
         "speedup": ours_tps / base_tps,
         "outputs_equal": equal,
@@ -155,7 +153,6 @@ def format_text(result: dict) -> str:
         f"{result['tokens']:,} tokens in calls of {result['step_shape'][0]}x{result['step_shape'][1]}, 1 thread",
         f"  reference hasher     {result['hasher_tokens_per_s'] / 1e6:8.2f} M tokens/s "
         f"(target {t['tokens_per_s_min'] / 1e6:.0f}M: {mark(t['tokens_per_s_met'])})",
-        f"    + contiguous copy  {result['hasher_contiguous_tokens_per_s'] / 1e6:8.2f} M tokens/s",
         f"  numpy per-layer loop {result['numpy_baseline_tokens_per_s'] / 1e6:8.2f} M tokens/s",
         f"  speedup              {result['speedup']:8.2f} x (target {t['speedup_min']:.0f}x: "
         f"{mark(t['speedup_met'])}); outputs equal: {result['outputs_equal']}",
