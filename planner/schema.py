@@ -6,9 +6,10 @@ schema``; a test regenerates them and fails when they drift from the specs.
 
 from __future__ import annotations
 
+from planner.plan.spec import PlanSpec
 from planner.specs import HardwareSpec, ModelSpec, Scenario
 
-SCHEMAS = {"model": ModelSpec, "hardware": HardwareSpec, "scenario": Scenario}
+SCHEMAS = {"model": ModelSpec, "hardware": HardwareSpec, "scenario": Scenario, "plan": PlanSpec}
 
 
 def json_schemas() -> dict[str, dict]:

@@ -19,7 +19,7 @@ import platform
 import time
 
 # Benchmark modules, in the order --help lists them.
-BENCHES: list[str] = ["simulator", "offload", "hashing", "app"]
+BENCHES: list[str] = ["simulator", "offload", "hashing", "app", "planner"]
 
 
 def machine_fingerprint() -> dict:
