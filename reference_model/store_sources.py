@@ -165,9 +165,11 @@ class DiskRows(RowSource):
         return cls(path, weight_RD.shape[0], weight_RD.shape[1], weight_RD.dtype)
 
     def drop_page_cache(self) -> None:
-        """Ask the kernel to evict this file's clean pages (POSIX_FADV_DONTNEED; no root)."""
+        """Ask the kernel to evict this file's pages (POSIX_FADV_DONTNEED; no root). Dirty
+        pages (a file just written) cannot be dropped, so flush them first."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
+            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
