@@ -90,13 +90,14 @@ class Efficiency:
         return self.spec.host_memory
 
 
-def default_efficiency(hardware: HardwareSpec) -> Efficiency:
+def default_efficiency(hardware: HardwareSpec, dtype: str | None = None) -> Efficiency:
     """The profile's own efficiency: fitted curves when it carries a calibration section
-    (:class:`planner.calibration.CalibratedEfficiency`), else its constant fractions."""
+    (:class:`planner.calibration.CalibratedEfficiency`, for a model computing in ``dtype``),
+    else its constant fractions."""
     if hardware.calibration is not None:
         from planner.calibration.profile import CalibratedEfficiency  # imports this module
 
-        return CalibratedEfficiency(hardware)
+        return CalibratedEfficiency(hardware, dtype)
     return Efficiency(hardware.efficiency)
 
 
@@ -167,7 +168,7 @@ class CostModel:
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, efficiency: Efficiency | None = None):
         self.model = model
         self.hardware = hardware
-        self.eff = efficiency or default_efficiency(hardware)
+        self.eff = efficiency or default_efficiency(hardware, model.dtype)
         self.width = DTYPE_BYTES[model.dtype]
         # Rates the analytic estimator may replace by arrays (see :meth:`with_rates`).
         self.peak_flops: Number = hardware.device.flops_for(model.dtype)

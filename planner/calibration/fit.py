@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-P_BOUNDS = (0.25, 4.0)  # knee sharpness allowed for saturating fits
+# Knee sharpness allowed for saturating fits. Negative p turns the curve over: a rate that falls
+# past x_half (work spilling out of a cache), y_max being then the small-size rate.
+P_BOUNDS = (-4.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def median_abs_rel_error(fit: Fit, x, y) -> float:
 def fit_saturating(x, y, p: float | None = None) -> Fit:
     """Least squares of ``log y`` over ``(log y_max, log x_half, p)``; ``p`` fixed if given.
 
-    Several starting knees (quantiles of x) guard against the flat valley where all samples lie
+    Several starts (knees at quantiles of x, rising and falling) guard against the flat valley where all samples lie
     on one side of the knee (then only ``y_max / x_half^p`` or only ``y_max`` is determined and
     any knee beyond the samples fits equally well: the fit keeps the knee within 1e4x of them).
     """
@@ -66,7 +68,7 @@ def fit_saturating(x, y, p: float | None = None) -> Fit:
         return Fit("saturating", {"y_max": float(y[0]) * 2.0, "x_half": float(x[0]), "p": p or 1.0})
     lx, ly = np.log(x), np.log(y)
     lo_h, hi_h = lx.min() - np.log(1e4), lx.max() + np.log(1e4)
-    lo_m, hi_m = ly.max() - np.log(2.0), ly.max() + np.log(1e4)
+    lo_m, hi_m = ly.min() - np.log(2.0), ly.max() + np.log(1e4)
 
     def unpack(theta):
         log_ymax, log_xhalf = theta[0], theta[1]
@@ -78,11 +80,11 @@ def fit_saturating(x, y, p: float | None = None) -> Fit:
         return log_ymax - np.logaddexp(0.0, q * (log_xhalf - lx)) - ly
 
     best = None
-    for frac in (0.1, 0.5, 0.9):
+    for frac, p0 in ((0.1, 1.0), (0.5, 1.0), (0.9, 1.0), (0.5, -1.0)):
         guess = [min(max(ly.max() + np.log(1.5), lo_m), hi_m), float(np.quantile(lx, frac))]
         lower, upper = [lo_m, lo_h], [hi_m, hi_h]
         if p is None:
-            guess.append(1.0)
+            guess.append(p0)
             lower.append(P_BOUNDS[0])
             upper.append(P_BOUNDS[1])
         sol = least_squares(resid, guess, bounds=(lower, upper), method="trf", x_scale="jac")

@@ -72,48 +72,61 @@ def profile_curves(hw: HardwareSpec) -> dict[str, CurveView]:
 class CalibratedEfficiency(Efficiency):
     """Fitted curves in place of the constant fractions of a datasheet preset.
 
-    Models: each op kind the calibration measured (``op:<kind>`` curves: the reference model's
-    real modules timed at several shapes) reaches ``eff(x)`` of the profile's peak, a saturating
-    curve of the op's FLOPs (bytes for ``embed``, which has none). The measured time includes
-    launch, dispatch and Python costs, so for those kinds the separate per-kernel launch term is
-    zero and the HBM term is a plain floor at the measured bandwidth. Other work (kinds not
-    measured, sums of ops) uses the GEMM curve and the profile's constant fractions.
+    Models: each op kind the calibration measured (``op:<kind>:<dtype>`` curves: the reference
+    model's real modules timed at several shapes) reaches ``eff(x)`` of the profile's peak, a
+    saturating curve of the op's FLOPs (bytes for ``embed``, which has none). The measured time
+    includes launch, dispatch and Python costs, so for those kinds the separate per-kernel
+    launch term is zero and the HBM term is a plain floor at the measured bandwidth. Other work
+    (kinds not measured, sums of ops) uses the ``gemm:<dtype>`` curve, else the profile's
+    constant fractions.
 
     Simplifies: an op's efficiency depends on its FLOPs only (not on which shape produced them);
-    a backward pass (2x FLOPs) reads the same curve further out.
+    a backward pass (2x FLOPs) reads the same curve further out. A kind measured only in another
+    dtype is assumed to reach the same FLOP/s there (its efficiency is rescaled by the peaks).
     """
 
-    def __init__(self, hw: HardwareSpec):
+    def __init__(self, hw: HardwareSpec, dtype: str | None = None):
         super().__init__(hw.efficiency)
         assert hw.calibration is not None
-        self.curves = {c.name: (Fit(c.form, dict(c.params)), c.x) for c in hw.calibration.curves}
-        gemm = [n for n in self.curves if n.startswith("gemm:")]
-        self.gemm = self.curves[gemm[0]][0] if gemm else None
-
-    def _op(self, kind: str):
-        return self.curves.get(f"op:{kind}") if kind else None
+        self.dtype = dtype
+        peaks = hw.device.flops
+        here = hw.device.flops_for(dtype) if dtype else None
+        self.ops: dict[str, tuple[Fit, str, float]] = {}
+        self.gemm: tuple[Fit, str, float] | None = None
+        for c in hw.calibration.curves:
+            # Same dtype first; otherwise the same FLOP/s: scale = peak(curve dtype) / peak(here).
+            exact = c.dtype is None or dtype is None or c.dtype == dtype
+            scale = 1.0 if exact or c.dtype not in peaks or here is None else peaks[c.dtype] / here
+            entry = (Fit(c.form, dict(c.params)), c.x, scale)
+            if c.name.startswith("op:"):
+                kind = c.name[3:].rsplit(":", 1)[0] if c.dtype else c.name[3:]
+                if exact or kind not in self.ops:
+                    self.ops[kind] = entry
+            elif c.name.startswith("gemm:") and (exact or self.gemm is None):
+                self.gemm = entry
 
     def matmul(self, flops: Number, bytes_: Number) -> Number:
-        if self.gemm is not None:
-            return self.gemm(np.maximum(flops, 1.0))
-        return self.spec.matmul
+        if self.gemm is None:
+            return self.spec.matmul
+        fit, _, scale = self.gemm
+        return fit(np.maximum(flops, 1.0)) * scale
 
     def op_matmul(self, flops: Number, bytes_: Number, kind: str) -> Number:
-        op = self._op(kind)
+        op = self.ops.get(kind)
         if op is None:
             return self.matmul(flops, bytes_)
-        fit, axis = op
-        return fit(np.maximum(flops, 1.0)) if axis == "flops" else _ONE
+        fit, axis, scale = op
+        return fit(np.maximum(flops, 1.0)) * scale if axis == "flops" else _ONE
 
     def op_memory(self, bytes_: Number, kind: str) -> Number:
-        op = self._op(kind)
+        op = self.ops.get(kind)
         if op is None:
             return self.memory(bytes_)
-        fit, axis = op
+        fit, axis, _ = op
         return fit(np.maximum(bytes_, 1.0)) if axis == "bytes" else _ONE
 
     def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
-        return 0.0 * kernels if self._op(kind) is not None else kernels * launch_s
+        return 0.0 * kernels if kind in self.ops else kernels * launch_s
 
 
 _ONE = 1.0

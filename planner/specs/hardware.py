@@ -152,6 +152,7 @@ class CurveFit(Spec):
     y: Literal["efficiency", "flop_per_s", "bytes_per_s", "tokens_per_s", "seconds"] = Field(
         description="what y measures; efficiency is a fraction of the profile's own peak"
     )
+    dtype: DType | None = Field(default=None, description="compute curves: the dtype measured")
     params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope")
     samples_x: list[float] = Field(min_length=1)
     samples_y: list[float] = Field(min_length=1)
