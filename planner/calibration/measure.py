@@ -1,0 +1,248 @@
+"""Micro-measurements of this machine (torch): GEMMs, DRAM copies, the host<->device link,
+row gathers from RAM and from a mapped file, n-gram hashing, and the fixed cost of a dispatch.
+
+Every function returns plain values (seconds, bytes, FLOPs; lists of dicts) and prints nothing;
+the ``calibrate`` command runs them as :mod:`planner.calibration.tasks`, caches them and fits
+them (:mod:`planner.calibration.build`). The code paths are the ones the reference model and
+its table store run: ``torch.matmul``, ``Tensor.copy_`` / ``Tensor.to(non_blocking=True)``,
+``DenseRows.gather`` / ``DiskRows.gather`` (``index_select(..., out=staging)``),
+``NgramHasher.row_ids``.
+
+Timing: each sample runs its call in a loop long enough (``min_time_s``) to swamp the clock,
+repeats that ``repeats`` times and keeps the median (other processes share this machine).
+CUDA work is timed with CUDA events on the current stream.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def cuda_ok(device: str) -> bool:
+    return device == "cuda" and torch.cuda.is_available()
+
+
+def time_call(fn: Callable[[], object], *, repeats: int = 5, min_time_s: float = 2e-3,
+              device: str = "cpu", max_inner: int = 10_000) -> float:
+    """Median seconds of one ``fn()`` call over ``repeats`` timed loops (after one warm-up)."""
+    cuda = cuda_ok(device)
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    inner, t0 = 1, time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = int(min(max_inner, max(1, min_time_s / once)))
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / inner)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def lower_quartile(samples: list[float]) -> float:
+    """The statistic for single calls that cannot be looped (a model span, a whole step): on a
+    shared machine a preemption only ever adds time (a scheduler tick, 4 ms at 250 Hz), so the
+    repeats are bimodal and their median jumps between modes; the lower quartile estimates the
+    call's own cost and stays put. Timed loops use the median."""
+    ordered = sorted(samples)
+    return ordered[(len(ordered) - 1) // 4]
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` intra-op threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+def measure_gemm(sizes: list[int], dtype: str, device: str, repeats: int) -> list[dict]:
+    """Square ``n x n @ n x n`` products: ``2 n^3`` FLOP each."""
+    out = []
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        b = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        c = torch.empty(n, n, device=device, dtype=DTYPES[dtype])
+        t = time_call(lambda: torch.matmul(a, b, out=c), repeats=repeats, device=device,
+                      min_time_s=5e-3)
+        out.append({"n": n, "flops": 2.0 * n**3, "seconds": t})
+    return out
+
+
+def measure_launch(device: str, repeats: int) -> float:
+    """Seconds of one tiny op (a dispatch, plus a kernel launch on CUDA): the fixed cost every
+    kernel pays, ``device.kernel_launch_overhead``."""
+    a = torch.ones(1, device=device)
+    b = torch.ones(1, device=device)
+    c = torch.empty(1, device=device)
+    return time_call(lambda: torch.add(a, b, out=c), repeats=repeats, device=device, min_time_s=5e-3)
+
+
+# ----------------------------------------------------------------------------- memory and link
+
+
+def measure_copy(sizes: list[int], repeats: int, device: str = "cpu", pool_bytes: int = 256 << 20) -> list[dict]:
+    """``dst.copy_(src)`` of contiguous byte buffers on one memory: a stream-like copy (each
+    byte read once and written once). Successive calls copy different slices of a
+    ``pool_bytes`` pool, so small copies start from DRAM (as a step's fresh rows or staging
+    buffers do), not from a cache that still holds the previous call's bytes."""
+    out = []
+    for n in sizes:
+        slots = max(1, pool_bytes // max(n, 1) // 2)
+        src = torch.ones(slots, n, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        pairs = list(zip(dst.unbind(0)[::-1], src.unbind(0)))  # views made once, not per call
+        state = {"i": 0}
+
+        def copy():
+            i = state["i"] = (state["i"] + 1) % slots
+            d, s = pairs[i]
+            d.copy_(s)
+
+        t = time_call(copy, repeats=repeats, device=device)
+        out.append({"bytes": float(n), "seconds": t})
+    return out
+
+
+def measure_link(sizes: list[int], repeats: int, device: str) -> dict[str, list[dict]]:
+    """Host<->device copies vs size. CUDA: ``tensor.to(non_blocking=True)`` from pinned and
+    pageable host memory, and back into pinned and pageable buffers, timed with CUDA events.
+    CPU: the "link" is a memory copy between two host buffers (``memcpy``)."""
+    if not cuda_ok(device):
+        return {"memcpy": measure_copy(sizes, repeats)}
+    out: dict[str, list[dict]] = {k: [] for k in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable")}
+    for n in sizes:
+        for pinned in (True, False):
+            host = torch.ones(n, dtype=torch.uint8, pin_memory=pinned)
+            dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+            mode = "pinned" if pinned else "pageable"
+            t = time_call(lambda: dev.copy_(host, non_blocking=True), repeats=repeats, device="cuda")
+            out[f"h2d_{mode}"].append({"bytes": float(n), "seconds": t})
+            t = time_call(lambda: host.copy_(dev, non_blocking=True), repeats=repeats, device="cuda")
+            out[f"d2h_{mode}"].append({"bytes": float(n), "seconds": t})
+    return out
+
+
+def measure_uva(row_bytes: int, rows_list: list[int], table_bytes: int, repeats: int) -> list[dict]:
+    """CUDA only: a GPU kernel (``index_select``) gathering rows straight from a pinned host
+    table through its UVA view (``reference_model.store_uva``), as ``host_mode: uva`` does."""
+    from reference_model.store_uva import uva_view
+
+    d = row_bytes // 4
+    table = torch.empty(table_bytes // row_bytes, d, dtype=torch.float32, pin_memory=True)
+    table.uniform_()
+    view = uva_view(table, torch.cuda.current_device())
+    out = []
+    for rows in rows_list:
+        ids = torch.randint(0, table.shape[0], (rows,), device="cuda")
+        dst = torch.empty(rows, d, device="cuda")
+        t = time_call(lambda: torch.index_select(view, 0, ids, out=dst), repeats=repeats, device="cuda")
+        out.append({"rows": rows, "bytes": float(rows * row_bytes), "seconds": t})
+    return out
+
+
+# ----------------------------------------------------------------------------- host gathers
+
+
+def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int], threads: list[int],
+                    table_bytes: int, repeats: int, workdir: str | Path,
+                    max_batch_bytes: int = 64 << 20) -> list[dict]:
+    """Rows gathered into a staging buffer per second, through the table store's own sources:
+    ``ram`` = :class:`DenseRows` (host RAM), ``mmap`` = :class:`DiskRows` (a mapped file, warm
+    in the page cache). Each repeat reads fresh random rows of a ``table_bytes`` table (much
+    larger than the caches), so the rows come from DRAM, as a large Engram table's do."""
+    from reference_model.store_sources import DenseRows, DiskRows
+
+    base = torch.empty(table_bytes // 4, dtype=torch.float32).uniform_()
+    out = []
+    disk_path = Path(workdir) / "gather_table.bin"
+    if "mmap" in sources:
+        DiskRows.write(disk_path, base.view(-1, 1024))
+    try:
+        for source in sources:
+            for width in widths:
+                d = width // 4
+                n_rows = table_bytes // width
+                if source == "ram":
+                    rows_src = DenseRows(base[: n_rows * d].view(n_rows, d), "host", pin=True)
+                else:
+                    rows_src = DiskRows(disk_path, n_rows, d, torch.float32)
+                for rows in rows_list:
+                    if rows * width > max_batch_bytes:
+                        continue
+                    # Enough distinct id sets that the rows of one call are not in a cache
+                    # from the previous calls (>= 64 MiB of rows in rotation).
+                    sets = max(8, (64 << 20) // (rows * width))
+                    ids = torch.randint(0, n_rows, (sets, rows))
+                    staging = torch.empty(rows, d, dtype=torch.float32, pin_memory=cuda_ok("cuda"))
+                    state = {"i": 0}
+
+                    def gather():
+                        state["i"] = (state["i"] + 1) % sets
+                        rows_src.gather(ids[state["i"]], staging)
+
+                    for n_threads in threads:
+                        with torch_threads(n_threads):
+                            t = time_call(gather, repeats=repeats, min_time_s=5e-3)
+                        out.append({"source": source, "row_bytes": width, "rows": rows,
+                                    "threads": n_threads, "seconds": t})
+                del rows_src
+    finally:
+        disk_path.unlink(missing_ok=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def measure_hash(model: str, tokens_list: list[int], repeats: int) -> list[dict]:
+    """Tokens hashed per second by the reference hasher on one core (every Engram layer, order
+    and head of ``model``, as ``host.hash_tokens_per_s_per_core`` counts them), per call size."""
+    import numpy as np
+
+    from planner.loading import load_model
+    from reference_model.hashing import NgramHasher
+
+    spec = load_model(model)
+    hasher = NgramHasher(spec.engram, spec.vocab_size, spec.engram.pad_id)
+    rng = np.random.default_rng(0)
+    out = []
+    with torch_threads(1):
+        for tokens in tokens_list:
+            batch = max(1, tokens // 2048)
+            ids = rng.integers(0, spec.vocab_size, size=(batch, tokens // batch), dtype=np.int64)
+            t = time_call(lambda: hasher.row_ids(ids), repeats=repeats, min_time_s=5e-3)
+            out.append({"tokens": tokens, "seconds": t, "indices_per_token": hasher.rows_per_token * len(spec.engram.layer_ids)})
+    return out

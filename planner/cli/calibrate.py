@@ -1,0 +1,159 @@
+"""``engram-planner calibrate``: measure this machine with the reference model, fit the curves,
+write a calibrated hardware profile (docs/calibration.md). Torch is imported only when it runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from planner.cli.common import HELP_FORMATTER, format_table, print_json
+from planner.units import format_seconds, format_si
+
+EPILOG = """\
+examples:
+  engram-planner calibrate --quick --out hw_profiles/calibrated-my-box.yaml
+  engram-planner calibrate --device cuda --base h100-sxm --out h100-node.yaml
+  engram-planner simulate my-scenario.yaml      # with  hardware: h100-node.yaml
+
+Raw measurements are cached under ~/.cache/engram-planner/calibration/<hash>.json (the hash
+covers each measurement's inputs, the machine and the software), so a re-run only re-fits.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="measure this machine and write a calibrated hardware profile",
+        description="Times the reference model's own ops (GEMMs, attention, MoE, Engram), host "
+        "row gathers from RAM and a mapped file, host<->device copies, hashing and fixed "
+        "overheads on this machine; fits efficiency and bandwidth curves; writes a hardware "
+        "profile (YAML) with the fitted parameters, raw samples, residuals and a fingerprint.",
+        epilog=EPILOG,
+        formatter_class=HELP_FORMATTER,
+    )
+    p.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the profile")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (minutes, not tens of minutes)")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="what computes (default: cuda if available)")
+    p.add_argument("--base", metavar="PRESET", help="preset for unmeasured fields (default: "
+                   "cpu-workstation on cpu, h100-sxm on cuda)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads while measuring "
+                   "(default: torch's own, usually all cores; recorded in the fingerprint)")
+    p.add_argument("--name", help="profile name (default: from the machine)")
+    p.add_argument("--cache-dir", metavar="DIR", help="raw-measurement cache (default ~/.cache/engram-planner/calibration)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything again, cache nothing")
+    p.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from planner.calibration.build import TARGET_ERROR, build_profile
+    from planner.calibration.tasks import DEFAULT_CACHE, measure_fingerprint, plan, run_task
+    from planner.loading import load_hardware
+
+    try:
+        import torch
+    except ImportError:
+        sys.stderr.write("engram-planner calibrate: needs torch (pip install torch)\n")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no CUDA device on this machine")
+    base = load_hardware(args.base or ("cpu-workstation" if device == "cpu" else "h100-sxm"))
+    cache_dir = None if args.no_cache else Path(args.cache_dir or DEFAULT_CACHE)
+    fingerprint = measure_fingerprint(device)
+    tasks = plan(device, args.quick)
+    started = time.perf_counter()
+    results, cached = {}, 0
+    with tempfile.TemporaryDirectory(prefix="engram-calibrate-") as workdir:
+        bar = tqdm(tasks, desc="calibrate", unit="task", file=sys.stderr, leave=False)
+        for task in bar:
+            bar.set_postfix_str(task.name)
+            results[task.name], hit = run_task(task, fingerprint, cache_dir, Path(workdir))
+            cached += hit
+    measured_s = time.perf_counter() - started
+    profile = build_profile(results, base, fingerprint, device=device, quick=args.quick,
+                            wall_s=measured_s, name=args.name)
+    out = write_profile(profile, args.out)
+    load_hardware(out)  # what we wrote loads back through the presets' loader
+    report = fit_report(profile, TARGET_ERROR)
+    report.update(profile=str(out), wall_s=time.perf_counter() - started, tasks=len(tasks), cached_tasks=cached)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report))
+    return 0
+
+
+def write_profile(profile, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _round(profile.to_yaml_dict())
+    header = (f"# {profile.name}\n# Written by `engram-planner calibrate`; numbers are measured on the machine "
+              "named in `calibration.fingerprint`.\n# Re-fit or audit from the raw samples below "
+              "(docs/calibration.md).\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+    return path
+
+
+def _round(value, digits: int = 5):
+    """Floats to ``digits`` significant digits: readable YAML, far below the measurement noise."""
+    if isinstance(value, float):
+        return value if value == 0 or not math.isfinite(value) else float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def fit_report(profile, target: float) -> dict:
+    cal = profile.calibration
+    curves = [{"name": c.name, "form": c.form, "params": c.params, "samples": len(c.samples_x),
+               "median_abs_rel_error": c.median_abs_rel_error, "within_target": c.median_abs_rel_error <= target}
+              for c in cal.curves]
+    return {"target_median_abs_rel_error": target, "curves": curves, "constants": cal.constants,
+            "fingerprint": cal.fingerprint.model_dump(exclude_none=True)}
+
+
+def _params(c: dict) -> str:
+    p = c["params"]
+    if c["form"] == "linear":
+        return f"intercept {p['intercept']:.3g}, slope {p['slope']:.3g}"
+    return f"y_max {p['y_max']:.3g}, x_half {p['x_half']:.3g}, p {p['p']:.2f}"
+
+
+def format_report(r: dict) -> str:
+    k = r["constants"]
+    rows = [(c["name"], c["form"], _params(c), c["samples"], f"{100 * c['median_abs_rel_error']:.1f}%",
+             "ok" if c["within_target"] else "ABOVE TARGET") for c in r["curves"]]
+    lines = [f"wrote {r['profile']} ({r['tasks']} measurements, {r['cached_tasks']} from cache, "
+             f"{r['wall_s']:.0f} s)", "",
+             f"fitted curves: median |relative error| on their own samples (target <= {100 * r['target_median_abs_rel_error']:.0f}%)",
+             format_table(["curve", "form", "parameters", "n", "median err", ""], rows, "lllrrl"), ""]
+    peaks = ", ".join(f"{key.removeprefix('peak_flops_')} {format_si(v, 'FLOP/s')}" for key, v in k.items()
+                      if key.startswith("peak_flops_"))
+    lines.append(f"peak GEMM: {peaks}")
+    lines.append(f"DRAM copy: {format_si(k['dram_copy_bytes_per_s'], 'B/s')} (memory_bandwidth "
+                 f"{format_si(2 * k['dram_copy_bytes_per_s'], 'B/s')} read + write)")
+    lines.append(f"gather, 1 core, 160 B rows: {format_si(k['gather_bytes_per_s_per_core'], 'B/s')}")
+    for key in sorted(k):
+        if key.startswith("link_") and key.endswith("_bytes_per_s"):
+            mode = key[5:-12]
+            lines.append(f"link {mode}: {format_si(k[key], 'B/s')}, latency {format_seconds(k[f'link_{mode}_latency_s'])}")
+    lines.append(f"hashing: {format_si(k['hash_tokens_per_s_per_core'], 'tokens/s')} per core "
+                 f"({k['hash_indices_per_token']:.0f} indices a token)")
+    lines.append(f"overheads: dispatch {format_seconds(k['launch_s'])}, per step "
+                 f"{format_seconds(k['per_step_overhead_s'])}, per layer {format_seconds(k['per_layer_overhead_s'])}")
+    fp = r["fingerprint"]
+    lines.append(f"fingerprint: {fp['cpu']}, {fp.get('gpu', 'no GPU')}, torch {fp['torch']}, "
+                 f"{fp['threads']} threads, {fp['date']}")
+    return "\n".join(lines)
