@@ -266,12 +266,15 @@ class EngramModel(nn.Module):
             raise ValueError("generate needs at least one prompt token")
         cache = self.new_cache(B, T + max_new_tokens)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        trace = tracer or _no_trace
         out, new_ids = ids_BT, ids_BT
         for _ in range(max_new_tokens):
             rows = None
             if row_provider is not None:
                 # cache.recent_ids: the ids before new_ids (empty at the sequence start).
-                rows = row_provider.fetch(self.engram_row_ids(new_ids, cache.recent_ids))
+                with trace("hash", TRACK):
+                    row_ids = self.engram_row_ids(new_ids, cache.recent_ids)
+                rows = row_provider.fetch(row_ids)
             logits = self(new_ids, engram_rows=rows, kv_cache=cache, tracer=tracer)[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
