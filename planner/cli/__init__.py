@@ -22,6 +22,7 @@ COMMANDS = [
     "bench",
     "simulate",
     "plan",
+    "calibrate",
     "ngram-stats",
     "app",
 ]
