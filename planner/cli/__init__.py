@@ -25,6 +25,7 @@ COMMANDS = [
     "calibrate",
     "ngram-stats",
     "app",
+    "validate",
 ]
 
 DESCRIPTION = """\

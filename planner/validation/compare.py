@@ -1,0 +1,211 @@
+"""Predicted vs measured: simulate each measured run, compute errors, bands and coverage.
+
+Errors are relative, ``(predicted - measured) / measured`` (reported as absolute fractions in
+the summary); a metric whose measured value is 0 (exposed time of a device-tier run, bytes of a
+device-tier run) has no relative error: it is reported in the run but left out of the summary's
+error statistics, and the prediction is checked to be 0 too (``zero_mismatch``).
+
+Prediction band (docs/validation.md, "Band"): the calibrated profile keeps every fitted curve's
+relative residuals at its own samples. Step time is a sum of op times each read off an op
+curve (``op:<kind>``) plus lookup time read off the gather/hash rates, so the band for a run is
+the simulated step time with every curve's error moved together to its lower and upper residual
+quantile (``q`` and ``1 - q``, default 10% / 90%), weighted by the share of the predicted step
+that curve explains:
+
+    band = step_pred x [1 + sum_c share_c x lo_c, 1 + sum_c share_c x hi_c]
+
+where ``lo_c, hi_c`` are the quantiles of ``-r / (1 + r)`` (a residual ``r = (fit - meas)/meas``
+of an efficiency or rate turned into the relative error of a time) of curve ``c``, and
+``share_c`` is the fraction of predicted step time spent in work that curve times (from the
+simulation's per-op seconds and fetch-stage seconds). Moving all curves together (fully
+correlated errors) gives the widest such band; it is the conservative choice for a machine whose
+load changes between calibration and use. Throughput's band is the step band inverted; exposed
+time uses the lookup curves' quantiles alone; bytes are counted, not timed: their band is the
+n-gram curve's interpolation (a point).
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.sim.metrics import SimMetrics
+from planner.specs import HardwareSpec, Scenario
+
+METRICS = ("step_time_s", "throughput_tokens_per_s", "exposed_lookup_s", "bytes_to_device")
+BAND_QUANTILE = 0.10
+
+
+def predicted_metrics(sim: SimMetrics, scenario: Scenario) -> dict[str, float]:
+    """The simulated run's metrics under the same names and definitions as the measured ones."""
+    offloaded = [l for l in scenario.model.engram_layer_ids if scenario.placement.tier_of(l) != "device"]
+    steps = max(sim.steps, 1)
+    return {
+        "step_time_s": sim.mean_step_time_s,
+        "throughput_tokens_per_s": sim.throughput_output_tokens_per_s,
+        "exposed_lookup_s": sum(sim.exposed_engram_s.get(l, 0.0) for l in offloaded) / steps,
+        "bytes_to_device": sim.bytes_requested.get("to_device", 0.0) / steps,
+    }
+
+
+def relative_error(predicted: float, measured: float) -> float | None:
+    if measured == 0:
+        return None
+    return (predicted - measured) / measured
+
+
+# ----------------------------------------------------------------------------- bands
+
+
+def _time_error_quantiles(residuals: list[float], q: float) -> tuple[float, float]:
+    """Quantiles of the relative error of a *time* predicted from a curve of rates/efficiencies:
+    a rate fitted ``(1 + r)`` times the measured one predicts ``1 / (1 + r)`` times the time."""
+    r = np.asarray(residuals, float)
+    e = -r / (1.0 + r)
+    return float(np.quantile(e, q)), float(np.quantile(e, 1 - q))
+
+
+def curve_quantiles(hw: HardwareSpec, q: float = BAND_QUANTILE) -> dict[str, tuple[float, float]]:
+    """``{curve name: (lo, hi)}`` time-error quantiles of a calibrated profile ({} otherwise)."""
+    if hw.calibration is None:
+        return {}
+    return {c.name: _time_error_quantiles(c.residuals, q) for c in hw.calibration.curves}
+
+
+def _op_curve(kind: str, dtype: str, quant: dict) -> str | None:
+    for name in (f"op:{kind}:{dtype}", f"op:{kind}"):
+        if name in quant:
+            return name
+    matches = [n for n in quant if n.startswith(f"op:{kind}:")]
+    return matches[0] if matches else None
+
+
+_OP_KIND = {"attention": None, "ffn_dense": "ffn:dense", "ffn_moe": "ffn:moe", "engram": "engram",
+            "embed": "embed", "head": "head"}
+
+
+def step_shares(sim: SimMetrics, scenario: Scenario, quant: dict) -> dict[str, float]:
+    """Seconds per step attributed to each calibration curve (from the simulation's spans)."""
+    dtype = scenario.model.dtype
+    att = f"attention:{scenario.model.attention.kind}"
+    ffn_kind = {}
+    for i in range(scenario.model.n_layers):
+        ffn_kind[f"ffn_L{i}"] = "ffn:moe" if scenario.model.is_moe_layer(i) else "ffn:dense"
+    out: dict[str, float] = {}
+    steps = max(sim.steps, 1)
+    gather_curves = sorted(n for n in quant if n.startswith("gather:ram:") and n.endswith(":1t"))
+    for s in sim.spans:
+        name = s.name
+        if name.startswith("attn_L"):
+            curve = _op_curve(att, dtype, quant)
+        elif name.startswith("ffn_L"):
+            curve = _op_curve(ffn_kind[name], dtype, quant)
+        elif name.startswith("engram_L"):
+            curve = _op_curve("engram", dtype, quant)
+        elif name in ("embed", "head"):
+            curve = _op_curve(name, dtype, quant)
+        elif name.startswith("gather_L"):
+            curve = "gather" if gather_curves else None
+        elif name == "hash":
+            curve = "hash:tokens" if "hash:tokens" in quant else None
+        else:
+            curve = None
+        if curve is not None:
+            out[curve] = out.get(curve, 0.0) + s.dur_s / steps
+    return out
+
+
+def bands(pred: dict[str, float], sim: SimMetrics, scenario: Scenario, quant: dict,
+          step_overhead_q: tuple[float, float] | None = None) -> dict[str, list[float]]:
+    """``{metric: [lo, hi]}`` for one run (see the module doc)."""
+    if not quant:
+        return {m: [v, v] for m, v in pred.items()}
+    gather_names = [n for n in quant if n.startswith("gather:ram:") and n.endswith(":1t")]
+    gq = (min(quant[n][0] for n in gather_names), max(quant[n][1] for n in gather_names)) if gather_names else (0.0, 0.0)
+    qs = dict(quant)
+    qs["gather"] = gq
+    shares = step_shares(sim, scenario, qs)
+    step = pred["step_time_s"]
+    lo = sum(sec * qs[c][0] for c, sec in shares.items())
+    hi = sum(sec * qs[c][1] for c, sec in shares.items())
+    if step_overhead_q is not None:
+        lo += step_overhead_q[0]
+        hi += step_overhead_q[1]
+    step_lo, step_hi = max(step + lo, 0.0), step + hi
+    out = {"step_time_s": [step_lo, step_hi]}
+    tput = pred["throughput_tokens_per_s"]
+    out["throughput_tokens_per_s"] = [tput * step / step_hi if step_hi > 0 else tput,
+                                      tput * step / step_lo if step_lo > 0 else tput]
+    exp = pred["exposed_lookup_s"]
+    lookup_lo = sum(shares.get(c, 0.0) * qs[c][0] for c in ("gather", "hash:tokens") if c in qs)
+    lookup_hi = sum(shares.get(c, 0.0) * qs[c][1] for c in ("gather", "hash:tokens") if c in qs)
+    out["exposed_lookup_s"] = [max(exp + lookup_lo, 0.0), exp + lookup_hi] if exp > 0 else [0.0, 0.0]
+    out["bytes_to_device"] = [pred["bytes_to_device"], pred["bytes_to_device"]]
+    return out
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    config: dict
+    regime: dict[str, str]
+    measured: dict[str, float]
+    predicted: dict[str, float]
+    band: dict[str, list[float]]
+
+    def error(self, metric: str) -> float | None:
+        return relative_error(self.predicted[metric], self.measured[metric])
+
+    def inside(self, metric: str) -> bool:
+        lo, hi = self.band[metric]
+        m = self.measured[metric]
+        return lo <= m <= hi
+
+    def as_dict(self) -> dict:
+        errors = {m: self.error(m) for m in METRICS}
+        return {"name": self.name, "config": self.config, "regime": self.regime, "measured": self.measured,
+                "predicted": self.predicted, "band": self.band, "error": errors}
+
+
+def summarise(results: list[RunResult]) -> dict[str, dict[str, float | None]]:
+    """Per metric: median and p90 of |relative error| over runs where it is defined, and the
+    share of runs whose measurement falls inside the band (coverage)."""
+    out = {}
+    for m in METRICS:
+        errs = [abs(e) for e in (r.error(m) for r in results) if e is not None]
+        cover = [r.inside(m) for r in results if r.measured[m] != 0]
+        out[m] = {
+            "median_abs_error": float(np.median(errs)) if errs else None,
+            "p90_abs_error": float(np.percentile(errs, 90)) if errs else None,
+            "coverage": float(np.mean(cover)) if cover else None,
+            "runs": len(errs),
+        }
+    return out
+
+
+def by_regime(results: list[RunResult], metric: str = "step_time_s") -> dict[str, dict[str, dict]]:
+    """``{dimension: {label: {"median_abs_error", "runs"}}}``: errors grouped by regime."""
+    out: dict[str, dict[str, dict]] = {}
+    for r in results:
+        e = r.error(metric)
+        if e is None:
+            continue
+        for dim, label in r.regime.items():
+            out.setdefault(dim, {}).setdefault(label, []).append(abs(e))
+    return {dim: {label: {"median_abs_error": float(np.median(v)), "max_abs_error": float(np.max(v)), "runs": len(v)}
+                  for label, v in sorted(groups.items())} for dim, groups in out.items()}
+
+
+def weakest_regime(regimes: dict[str, dict[str, dict]]) -> dict | None:
+    """The (dimension, label) group with the largest median error among groups of 2+ runs
+    (falling back to single runs when no group has two)."""
+    cands = [(g["median_abs_error"], dim, label, g["runs"]) for dim, groups in regimes.items()
+             for label, g in groups.items()]
+    multi = [c for c in cands if c[3] >= 2] or cands
+    if not multi:
+        return None
+    err, dim, label, runs = max(multi)
+    return {"dimension": dim, "label": label, "median_abs_error": err, "runs": runs}

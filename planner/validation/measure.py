@@ -1,0 +1,229 @@
+"""Real runs of the validation grid: the reference model with real offloaded lookups (torch).
+
+Each :class:`planner.validation.grid.RunConfig` is run as its scenario describes
+(:mod:`planner.validation.grid`): ``batch`` sequences of held-out corpus text (the last 20% of
+the bundled corpus; the static cache's row counts come from the first 80%), one prefill step,
+then teacher-forced decode steps, each step timed as
+
+    step (track engine) = hash (host_cpu) + provider.fetch + forward (compute, wait_L, gather_L, h2d_L)
+
+exactly the loop of ``engram-planner bench offload`` (:mod:`planner.bench.offload`). Tables are
+real tensors (random values, the spec's shapes): in device memory (``tier: device``, the
+baseline in-layer gather), in host RAM (pinned on CUDA) or in a file mapped from disk with a
+warm page cache. Prefetch on/off is the :class:`reference_model.prefetch.RowProvider`'s: a
+worker thread on the CPU, worker thread plus copy stream (and UVA when asked and available) on
+CUDA.
+
+Metrics (docs/metrics.md definitions, per engine step):
+
+* ``step_time_s`` (``mean_step_time_s``): mean over the run's steps of each step's duration,
+  where each step's duration is the median over ``repeats`` timed repetitions of the whole run
+  (after one untimed warm-up run): preemptions on a shared machine only ever add time;
+* ``throughput_tokens_per_s`` (``throughput_output_tokens_per_s``): ``batch x output_len`` /
+  the sum of those step durations (every request arrives at t = 0, so that sum is the makespan);
+* ``exposed_lookup_s`` (``exposed_engram_s`` summed over offloaded layers / steps): the
+  ``wait_L{i}`` spans of offloaded layers, per step (median over repetitions per step);
+* ``bytes_to_device`` (``bytes_requested.to_device`` / steps): rows after de-duplication and
+  the device cache, times the row size (the store's counts; identical in every repetition).
+
+Torch and the reference model are imported here only; import this module lazily.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.trace import Span
+from planner.validation.grid import RunConfig, engram_key, model_spec, placement
+
+TRAIN_SHARE = 0.8  # static-cache counts on the first 80% of the corpus, runs on the rest
+
+
+@dataclass
+class Measured:
+    """One measured run: the metrics, each repetition's per-step numbers, and the spans of the
+    last repetition (for the side-by-side trace)."""
+
+    config: RunConfig
+    metrics: dict[str, float]
+    step_s: list[list[float]]
+    exposed_s: list[list[float]]
+    spans: list[Span] = field(repr=False, default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Bundle:
+    """What runs sharing an Engram config share: tables, hot rows, n-gram curves."""
+
+    tables: dict[int, torch.Tensor]
+    hot_rows: dict
+    stats_path: Path
+
+
+class Runner:
+    """Measures runs on one device; caches per-Engram-config artefacts under ``workdir``."""
+
+    def __init__(self, workdir: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 repeats: int = 3, host_mode: str = "staged"):
+        from reference_model.compression import Compressor
+        from reference_model.ngram_stats import _tokenized_corpus
+        from reference_model.tokenizer import load_tokenizer
+
+        self.workdir = Path(workdir)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda but torch sees no CUDA device")
+        self.threads, self.repeats, self.host_mode = threads, repeats, host_mode
+        self.compressor = Compressor(load_tokenizer())
+        self.corpus = _tokenized_corpus(None)[0]
+        self._bundles: dict[str, _Bundle] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="engram-validate-")
+
+    def close(self) -> None:
+        self._bundles.clear()
+        self._tmp.cleanup()
+
+    # ---- shared artefacts
+
+    def bundle(self, cfg: RunConfig) -> _Bundle:
+        """Tables, hot rows and the n-gram stats JSON for ``cfg``'s Engram config (cached)."""
+        import json
+
+        from planner.accounting import engram_table_rows
+        from reference_model.ngram_stats import corpus_row_stream, ngram_stats, row_counts
+
+        key = engram_key(cfg)
+        if key in self._bundles:
+            return self._bundles[key]
+        spec = model_spec(cfg)
+        stream = corpus_row_stream(spec)
+        stats_path = self.workdir / "ngram_stats" / f"{key}.json"
+        if not stats_path.is_file():
+            stats_path.parent.mkdir(parents=True, exist_ok=True)
+            stats_path.write_text(json.dumps(ngram_stats(spec, stream=stream, train_share=TRAIN_SHARE)))
+        hot = row_counts(stream, stop=int(stream.tokens * TRAIN_SHARE))
+        g = torch.Generator().manual_seed(spec.engram.seed)
+        rows = engram_table_rows(spec)
+        tables = {layer: torch.empty(rows[layer], spec.engram.d_head).uniform_(-0.03, 0.03, generator=g)
+                  for layer in spec.engram_layer_ids}
+        self._bundles[key] = _Bundle(tables, hot, stats_path)
+        return self._bundles[key]
+
+    def tokens(self, cfg: RunConfig) -> torch.Tensor:
+        """``[batch, prompt_len + output_len]`` raw ids: held-out corpus text, sequences spaced
+        evenly through the held-out part."""
+        split = int(self.corpus.shape[0] * TRAIN_SHARE)
+        n = cfg.prompt_len + cfg.output_len
+        room = self.corpus.shape[0] - split - n
+        starts = split + (np.arange(cfg.batch) * room) // max(cfg.batch, 1)
+        return torch.from_numpy(np.stack([self.corpus[s:s + n] for s in starts]).astype(np.int64))
+
+    # ---- one run
+
+    def measure(self, cfg: RunConfig) -> Measured:
+        from reference_model.instrument import SpanRecorder
+        from reference_model.model import EngramModel
+        from reference_model.prefetch import build_provider
+
+        t0 = time.perf_counter()
+        spec = model_spec(cfg)
+        b = self.bundle(cfg)
+        place = placement(cfg).model_copy(update={"host_mode": self.host_mode})
+        threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.manual_seed(0)
+        notes = []
+        try:
+            model = EngramModel(spec, self.compressor, materialize_tables=False, device=self.device).eval()
+            ids = self.tokens(cfg)
+            disk_dir = Path(self._tmp.name) / engram_key(cfg)
+            offloaded = [l for l in spec.engram_layer_ids if place.tier_of(l) != "device"]
+            step_s, exposed_s, spans = [], [], []
+            with build_provider(spec, place, device=self.device, tables=b.tables, hot_rows=b.hot_rows,
+                                disk_dir=disk_dir) as provider, torch.no_grad():
+                for store in provider.store.layers.values():
+                    if store.host_mode_note:
+                        notes.append(f"layer {store.layer_id}: {store.host_mode_note}")
+                bytes_per_step = 0.0
+                for r in range(self.repeats + 1):
+                    gc.collect()
+                    rec = SpanRecorder()
+                    provider.tracer = rec
+                    provider.store.reset_stats()
+                    steps = self._run_once(model, provider, ids, cfg, rec)
+                    if r == 0:
+                        continue  # warm-up: allocations, page cache, thread start
+                    spans = rec.spans()
+                    step_s.append([s.dur_s for s in steps])
+                    exposed_s.append(_exposed_per_step(spans, steps, offloaded))
+                    stats = provider.stats()
+                    bytes_per_step = sum(s.bytes_moved for l, s in stats.items() if l in offloaded) / len(steps)
+                provider.tracer = None
+            if disk_dir.exists():
+                for f in disk_dir.iterdir():
+                    f.unlink()
+        finally:
+            torch.set_num_threads(threads_before)
+        per_step = np.median(np.asarray(step_s), axis=0)
+        per_exposed = np.median(np.asarray(exposed_s), axis=0)
+        metrics = {
+            "step_time_s": float(per_step.mean()),
+            "throughput_tokens_per_s": cfg.batch * cfg.output_len / float(per_step.sum()),
+            "exposed_lookup_s": float(per_exposed.mean()),
+            "bytes_to_device": float(bytes_per_step),
+        }
+        return Measured(cfg, metrics, step_s, exposed_s, spans, notes, time.perf_counter() - t0)
+
+    def _run_once(self, model, provider, ids_BN: torch.Tensor, cfg: RunConfig, rec) -> list[Span]:
+        """One whole run (prefill + decode steps); returns its ``step`` spans."""
+        cuda = self.device.type == "cuda"
+        P, N = cfg.prompt_len, cfg.output_len
+        cache = model.new_cache(cfg.batch, P + N)
+        for step in range(N):
+            ids = ids_BN[:, :P] if step == 0 else ids_BN[:, P + step - 1:P + step]
+            with rec("step", "engine", step=step, tokens=int(ids.numel())):
+                with rec("hash", "host_cpu"):
+                    row_ids = model.engram_row_ids(ids, cache.recent_ids)
+                rows = provider.fetch(row_ids)
+                model(ids.to(model.device), engram_rows=rows, kv_cache=cache, tracer=rec)
+                if cuda:
+                    torch.cuda.synchronize()
+        return [s for s in rec.spans() if s.name == "step"]
+
+
+def _exposed_per_step(spans: list[Span], steps: list[Span], offloaded: list[int]) -> list[float]:
+    """Per step: the ``wait_L{i}`` time of offloaded layers inside it (docs/metrics.md counts
+    offloaded layers only; a device-tier layer's wait is its in-layer gather, part of compute)."""
+    names = {f"wait_L{l}" for l in offloaded}
+    out = []
+    for st in steps:
+        out.append(sum(s.dur_s for s in spans if s.name in names and st.start_s <= s.start_s < st.end_s))
+    return out
+
+
+def device_fingerprint(device: str, threads: int | None) -> dict:
+    """The machine and software a validation measured on (as calibration records it)."""
+    from planner.calibration.tasks import measure_fingerprint
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return measure_fingerprint(device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,86 @@
+"""One validation: measure every run of the grid, simulate each with the profile, compare.
+
+``validate(profile, ...)`` returns the ``validation.json`` dict (:mod:`planner.validation.report`)
+and the artefacts for the side-by-side traces; the CLI writes files and decides the exit code.
+Torch is imported only through :mod:`planner.validation.measure`, at call time.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from planner.calibration.profile import CalibrationMismatchWarning, fingerprint_mismatches
+from planner.sim.run import simulate
+from planner.specs import HardwareSpec
+from planner.trace import Span
+from planner.validation import compare, grid, report
+
+DEFAULT_THRESHOLD = 0.10
+
+
+@dataclass
+class Validation:
+    data: dict
+    trace_run: str | None = None
+    measured_spans: list[Span] = field(default_factory=list)
+    simulated_spans: list[Span] = field(default_factory=list)
+
+
+def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: bool = False,
+             device: str = "cpu", threshold: float = DEFAULT_THRESHOLD, repeats: int | None = None,
+             configs: list[grid.RunConfig] | None = None, host_mode: str = "staged",
+             trace_run: str | None = None, progress: Callable[[str], None] | None = None) -> Validation:
+    """Measure and simulate ``configs`` (default: the quick or full grid) on ``device``.
+
+    Torch runs with the profile's calibration thread count (its fingerprint), so the measured
+    runs see the machine as calibration did. ``trace_run``: the run exported as side-by-side
+    traces (default: the first host-tier prefetch run, else the first run)."""
+    from planner.validation.measure import Runner, device_fingerprint
+
+    t0 = time.perf_counter()
+    configs = configs if configs is not None else grid.grid(quick)
+    threads = hw.calibration.fingerprint.threads if hw.calibration is not None else None
+    repeats = repeats or (5 if quick else 7)
+    notes = [f"mismatch with the profile's calibration: {m}" for m in fingerprint_mismatches(hw)]
+    if hw.calibration is None:
+        notes.append("uncalibrated profile: no prediction bands (band = prediction)")
+    elif hw.calibration.device != device:
+        notes.append(f"profile calibrated on {hw.calibration.device}, runs measured on {device}")
+    if trace_run is None:
+        pick = [c for c in configs if c.prefetch and c.tier == "host"] or configs
+        trace_run = pick[0].name
+    quant = compare.curve_quantiles(hw)
+    runner = Runner(work_dir, device=device, threads=threads, repeats=repeats, host_mode=host_mode)
+    results, out = [], Validation({}, trace_run)
+    try:
+        for i, cfg in enumerate(configs):
+            m = runner.measure(cfg)
+            scen = grid.scenario(cfg, hw, str(runner.bundle(cfg).stats_path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CalibrationMismatchWarning)  # reported once in notes
+                sim = simulate(scen, baseline=False, trace=True)
+            pred = compare.predicted_metrics(sim, scen)
+            band = compare.bands(pred, sim, scen, quant)
+            results.append(compare.RunResult(cfg.name, cfg.as_dict(), cfg.regime, m.metrics, pred, band))
+            notes += [f"{cfg.name}: {n}" for n in m.notes]
+            if cfg.name == trace_run:
+                out.measured_spans, out.simulated_spans = m.spans, sim.spans
+            if progress:
+                e = compare.relative_error(pred["step_time_s"], m.metrics["step_time_s"])
+                progress(f"[{i + 1}/{len(configs)}] {cfg.name}: step {m.metrics['step_time_s'] * 1e3:.2f} ms "
+                         f"measured, {pred['step_time_s'] * 1e3:.2f} ms predicted ({e:+.1%}), {m.wall_s:.1f} s")
+        fp = device_fingerprint(device, threads)
+    finally:
+        runner.close()
+    summary = compare.summarise(results)
+    regimes = compare.by_regime(results)
+    out.data = report.result_dict(
+        fingerprint=fp, profile=profile, results=results, summary=summary, regimes=regimes,
+        weakest=compare.weakest_regime(regimes), threshold=threshold, wall_s=time.perf_counter() - t0,
+        notes=notes, extra={"device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
+                            "band_quantile": compare.BAND_QUANTILE})
+    return out
