@@ -147,7 +147,7 @@ class StudySettings(Spec):
     constraints: Constraints = Constraints()
     memory: MemoryRules = MemoryRules()
     objectives: list[Objective] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["max_engram_params", "min_throughput_drop", "min_device_bytes"], min_length=1)
+        default_factory=lambda: ["max_engram_params", "max_throughput", "min_throughput_drop", "min_device_bytes"], min_length=1)
     verify: VerifySpec = VerifySpec()
     price: PlanPrice | None = None
     quality: QualitySpec = QualitySpec()
