@@ -34,9 +34,9 @@ def test_real_gemm_and_gather_samples_fit_within_target():
         y = x * 160 / np.array([s["seconds"] for s in gathered])
         return median_abs_rel_error(fit_saturating(x, y), x, y)
 
-    # Other processes share this machine: a sample they disturbed is measured once more.
+    # Other processes share this machine: a run they disturbed is measured again (up to 3 runs).
     for measure in (gemm_error, gather_error):
-        assert min(measure(), measure()) <= 0.10, measure.__name__
+        assert any(measure() <= 0.10 for _ in range(3)), measure.__name__
 
 
 def small_plan(device, quick):

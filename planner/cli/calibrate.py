@@ -100,8 +100,24 @@ def write_profile(profile, path) -> Path:
     header = (f"# {profile.name}\n# Written by `engram-planner calibrate`; numbers are measured on the machine "
               "named in `calibration.fingerprint`.\n# Re-fit or audit from the raw samples below "
               "(docs/calibration.md).\n")
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+    path.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=110))
     return path
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except lists and mappings of numbers (samples, params) on one line."""
+
+    def represent_list(self, data):
+        flow = all(isinstance(v, (int, float)) for v in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    def represent_dict(self, data):
+        flow = all(isinstance(v, (int, float)) for v in data.values())
+        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+_Dumper.add_representer(dict, _Dumper.represent_dict)
 
 
 def _round(value, digits: int = 5):
