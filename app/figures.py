@@ -37,8 +37,9 @@ SERIES = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ee
 def style(fig: go.Figure, title: str = "", x: str = "", y: str = "", height: int = 380) -> go.Figure:
     fig.update_layout(
         template="plotly_white", title={"text": title, "x": 0, "font": {"size": 15}},
-        height=height, margin={"l": 10, "r": 10, "t": 60 if title else 20, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "title": None},
+        height=height, margin={"l": 10, "r": 10, "t": 48 if title else 20, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.22 if x else -0.14, "x": 0, "title": None,
+                "font": {"size": 11}},
         font={"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 12},
         hoverlabel={"namelength": -1},
     )
@@ -214,8 +215,9 @@ def validation_scatter(runs: list[dict], metric: str) -> go.Figure:
     rows = [r for r in runs if metric in r.get("measured", {}) and metric in r.get("predicted", {})]
     meas = np.array([float(r["measured"][metric]) for r in rows])
     pred = np.array([float(r["predicted"][metric]) for r in rows])
-    lo = np.array([float(r.get("band", {}).get(metric, [p, p])[0]) for r, p in zip(rows, pred)])
-    hi = np.array([float(r.get("band", {}).get(metric, [p, p])[1]) for r, p in zip(rows, pred)])
+    bands = [(r.get("band") or {}).get(metric) or [p, p] for r, p in zip(rows, pred)]
+    lo = np.array([float(b[0]) for b in bands])
+    hi = np.array([float(b[1]) for b in bands])
     inside = (meas >= lo) & (meas <= hi)
     fig = go.Figure()
     if len(rows):

@@ -4,9 +4,11 @@ Widgets return mappings (the YAML form of a spec), not specs: a page assembles t
 scenario and validates it once with :func:`planner.loading.scenario_from_dict`, so a bad value
 is reported with its full field path (``hardware.link.h2d_bandwidth``) by :func:`show_error`.
 
-Keys: every widget key starts with the caller's ``prefix``. Keys under ``<prefix>.s.`` belong to
-the chosen starting scenario and are cleared when it changes, so inputs re-read their defaults
-from the new scenario; keys under ``<prefix>.s.hw.f.`` likewise follow the hardware preset.
+Keys: every widget key starts with the caller's ``scope``. Pages scope the inputs that follow a
+starting scenario by its name (``wi.cpu-tiny``), and the hardware and model fields by the chosen
+preset (``wi.cpu-tiny.hw.h100-sxm.f.link.h2d_bandwidth``): a new choice is a new set of widgets
+that read their defaults from it. (Deleting keys in a callback is not enough in a browser, whose
+frontend sends the old values back.)
 Quantities are shown in datasheet units (GB/s, TFLOP/s) and stored in SI, as the specs are.
 """
 
@@ -33,7 +35,7 @@ from planner.specs import HardwareSpec, ModelSpec, Scenario
 UPLOAD = "Upload YAML…"
 SCENARIO_OWN = "(as in the scenario)"
 TIERS = ["device", "host", "disk"]
-DEFAULT_TIER = "(placement tier)"
+DEFAULT_TIER = "default"
 
 # Key hardware fields: (path in the profile, label, display scale, display unit, integer?).
 # Everything else is reachable through the YAML overrides box.
@@ -54,12 +56,6 @@ HW_FIELDS: list[tuple[tuple[str, ...], str, float, str, bool]] = [
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def clear_keys(prefix: str) -> None:
-    """Forget every widget value whose key starts with ``prefix`` (callback on a parent input)."""
-    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
-        del st.session_state[key]
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -139,7 +135,7 @@ def _set(data: dict, path: tuple[str, ...], value: Any) -> None:
 
 
 def _pick_source(label: str, key: str, names: dict[str, str], default: str | dict,
-                 on_change_prefix: str, what: str) -> tuple[str, dict]:
+                 what: str) -> tuple[str, dict]:
     """A select box over bundled files (plus the scenario's inline spec and an upload)."""
     options = list(names)
     if isinstance(default, dict):
@@ -152,8 +148,7 @@ def _pick_source(label: str, key: str, names: dict[str, str], default: str | dic
     else:
         index = 0
     choice = st.selectbox(label, options, index=index, key=key,
-                          format_func=lambda o: names.get(o, o),
-                          on_change=clear_keys, args=(on_change_prefix,))
+                          format_func=lambda o: names.get(o, o))
     if choice == SCENARIO_OWN:
         return choice, copy.deepcopy(default)
     if choice == UPLOAD:
@@ -171,20 +166,20 @@ def _pick_source(label: str, key: str, names: dict[str, str], default: str | dic
 
 
 def scenario_picker(prefix: str, default: str = "h100-engram27b-host") -> tuple[str, dict]:
-    """The example scenario every other input starts from: (name, its raw mapping)."""
+    """The example scenario every other input starts from: (name, its raw mapping). Scope the
+    other inputs with ``f"{prefix}.{name}"``."""
     names = sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
     name = st.selectbox("Start from example scenario", names,
                         index=names.index(default) if default in names else 0,
-                        key=f"{prefix}.start", on_change=clear_keys, args=(f"{prefix}.s.",),
-                        help="Every input below resets to this scenario's values (examples/scenarios/).")
+                        key=f"{prefix}.start",
+                        help="The inputs below start from this scenario's values (examples/scenarios/).")
     return name, read_yaml(SCENARIOS_DIR / f"{name}.yaml")
 
 
-def hardware_input(prefix: str, default: str | dict = "h100-sxm") -> dict:
+def hardware_input(scope: str, default: str | dict = "h100-sxm") -> dict:
     """Hardware mapping: a preset or calibrated profile, key fields, then YAML overrides."""
-    p = f"{prefix}.s.hw"
-    choice, raw = _pick_source("Hardware profile", f"{p}.preset", profile_titles(), default,
-                               f"{p}.f.", "hardware profile")
+    choice, raw = _pick_source("Hardware profile", f"{scope}.hw", profile_titles(), default, "hardware profile")
+    p = f"{scope}.hw.{choice}"
     try:
         current = HardwareSpec.model_validate(raw)
     except Exception:  # shown with its field path once the whole scenario is validated
@@ -217,10 +212,10 @@ def hardware_input(prefix: str, default: str | dict = "h100-sxm") -> dict:
     return deep_merge(out, overrides)
 
 
-def model_input(prefix: str, default: str | dict = "engram-27b") -> dict:
+def model_input(scope: str, default: str | dict = "engram-27b") -> dict:
     """Model mapping: a bundled or uploaded model, Engram layers and table size, YAML overrides."""
-    p = f"{prefix}.s.model"
-    choice, raw = _pick_source("Model", f"{p}.name", model_titles(), default, f"{p}.f.", "model")
+    choice, raw = _pick_source("Model", f"{scope}.model", model_titles(), default, "model")
+    p = f"{scope}.model.{choice}"
     out = copy.deepcopy(raw)
     engram = raw.get("engram") if isinstance(raw.get("engram"), dict) else None
     with st.expander("Edit model", expanded=False):
@@ -248,9 +243,9 @@ def model_input(prefix: str, default: str | dict = "engram-27b") -> dict:
     return deep_merge(out, overrides)
 
 
-def workload_input(prefix: str, default: dict) -> dict:
+def workload_input(scope: str, default: dict) -> dict:
     """Workload mapping (inference or training), starting from ``default``."""
-    p = f"{prefix}.s.wl"
+    p = f"{scope}.wl"
     kinds = ["inference", "training"]
     kind = st.radio("Workload", kinds, index=kinds.index(default.get("kind", "inference")),
                     key=f"{p}.kind", horizontal=True)
@@ -294,9 +289,9 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=200).strip().removesuffix("...").strip()
 
 
-def placement_input(prefix: str, default: dict, layer_ids: list[int]) -> dict:
+def placement_input(scope: str, default: dict, layer_ids: list[int]) -> dict:
     """Engram placement mapping: tier, per-layer tiers, caches, prefetch, dedup, host mode."""
-    p = f"{prefix}.s.pl"
+    p = f"{scope}.pl"
     out: dict = {}
     out["tier"] = st.radio("Engram tables in", TIERS, index=TIERS.index(default.get("tier", "device")),
                            key=f"{p}.tier", horizontal=True,
@@ -307,7 +302,7 @@ def placement_input(prefix: str, default: dict, layer_ids: list[int]) -> dict:
         for i, layer in enumerate(layer_ids):
             preset = (default.get("layer_tiers") or {}).get(layer, DEFAULT_TIER)
             options = [DEFAULT_TIER] + TIERS
-            choice = cols[i % len(cols)].selectbox(f"Layer {layer}", options, index=options.index(preset),
+            choice = cols[i % len(cols)].selectbox(f"Layer {layer} tier", options, index=options.index(preset),
                                                    key=f"{p}.layer.{layer}")
             if choice != DEFAULT_TIER:
                 layer_tiers[layer] = choice
@@ -316,13 +311,12 @@ def placement_input(prefix: str, default: dict, layer_ids: list[int]) -> dict:
     out["cache_fraction"] = st.slider("Hot-row cache on GPU (fraction of rows)", 0.0, 1.0,
                                       float(default.get("cache_fraction", 0.0)), 0.005,
                                       key=f"{p}.cache_fraction", format="%.3f")
-    c1, c2 = st.columns(2)
-    out["prefetch"] = c1.checkbox("Prefetch at step start", value=bool(default.get("prefetch", True)),
+    out["prefetch"] = st.checkbox("Prefetch at step start", value=bool(default.get("prefetch", True)),
                                   key=f"{p}.prefetch")
-    out["dedup"] = c2.checkbox("De-duplicate rows", value=bool(default.get("dedup", True)), key=f"{p}.dedup")
-    out["pinned"] = c1.checkbox("Pinned host memory", value=bool(default.get("pinned", True)), key=f"{p}.pinned")
+    out["dedup"] = st.checkbox("De-duplicate rows", value=bool(default.get("dedup", True)), key=f"{p}.dedup")
+    out["pinned"] = st.checkbox("Pinned host memory", value=bool(default.get("pinned", True)), key=f"{p}.pinned")
     policies = ["static", "lru"]
-    out["cache_policy"] = c2.selectbox("Cache policy", policies,
+    out["cache_policy"] = st.selectbox("Cache policy", policies,
                                        index=policies.index(default.get("cache_policy", "static")),
                                        key=f"{p}.cache_policy")
     modes = ["staged", "uva"]

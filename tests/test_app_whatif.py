@@ -10,6 +10,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+S = "wi.h100-engram27b-host"  # widget scope: page, starting scenario
+HW = S + ".hw.h100-sxm"
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 
 
@@ -32,7 +34,7 @@ def chart(at: AppTest, key: str) -> dict:
 def test_defaults_show_estimate_memory_and_layers():
     at = _app()
     assert not at.error
-    assert float(metric(at, "Throughput").replace(",", "")) > 0
+    assert float(metric(at, "Output tok/s").replace(",", "")) > 0
     assert metric(at, "Drop vs no Engram").endswith("%")
     names = [t["name"] for t in chart(at, "wi.fig.mem")["data"]]
     assert "capacity" in names and any(n.startswith("Engram table") for n in names)
@@ -41,32 +43,32 @@ def test_defaults_show_estimate_memory_and_layers():
 
 def test_host_tier_with_slow_link_changes_drop():
     at = _app()
-    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(0.05).run()
-    at.checkbox(key="wi.s.pl.prefetch").uncheck().run()
-    at.radio(key="wi.s.pl.tier").set_value("device").run()
+    at.number_input(key=HW + ".f.link.h2d_bandwidth").set_value(0.05).run()
+    at.checkbox(key=S + ".pl.prefetch").uncheck().run()
+    at.radio(key=S + ".pl.tier").set_value("device").run()
     on_device = metric(at, "Drop vs no Engram")
-    at.radio(key="wi.s.pl.tier").set_value("host").run()
+    at.radio(key=S + ".pl.tier").set_value("host").run()
     on_host = metric(at, "Drop vs no Engram")
     assert not at.error
     assert float(on_host.rstrip("%")) > float(on_device.rstrip("%")) + 1.0
-    assert metric(at, "Exposed Engram / step") != "0 (hidden)"
+    assert metric(at, "Exposed / step") != "0 s"
     # A faster link shrinks the drop again.
-    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(64.0).run()
+    at.number_input(key=HW + ".f.link.h2d_bandwidth").set_value(64.0).run()
     assert float(metric(at, "Drop vs no Engram").rstrip("%")) < float(on_host.rstrip("%"))
 
 
 def test_cache_fraction_changes_exposed_time():
     at = _app()
-    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(0.2).run()
-    at.checkbox(key="wi.s.pl.prefetch").uncheck().run()
-    before = metric(at, "Exposed Engram / step")
-    at.slider(key="wi.s.pl.cache_fraction").set_value(0.2).run()
-    assert metric(at, "Exposed Engram / step") != before
+    at.number_input(key=HW + ".f.link.h2d_bandwidth").set_value(0.2).run()
+    at.checkbox(key=S + ".pl.prefetch").uncheck().run()
+    before = metric(at, "Exposed / step")
+    at.slider(key=S + ".pl.cache_fraction").set_value(0.2).run()
+    assert metric(at, "Exposed / step") != before
 
 
 def test_invalid_field_names_its_path():
     at = _app()
-    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(0.0).run()
+    at.number_input(key=HW + ".f.link.h2d_bandwidth").set_value(0.0).run()
     assert not at.exception
     assert "hardware.link.h2d_bandwidth" in at.error[0].value
     assert not at.metric  # no stale numbers under an error
@@ -74,30 +76,31 @@ def test_invalid_field_names_its_path():
 
 def test_yaml_override_error_and_bad_layer_ids():
     at = _app()
-    at.text_area(key="wi.s.hw.yaml").input("host: {cores: -3}").run()
+    at.text_area(key=HW + ".yaml").input("host: {cores: -3}").run()
     assert "hardware.host.cores" in at.error[0].value
-    at.text_area(key="wi.s.hw.yaml").input("host: [unclosed").run()
+    at.text_area(key=HW + ".yaml").input("host: [unclosed").run()
     assert "not valid YAML" in at.error[0].value
-    at.text_area(key="wi.s.hw.yaml").input("").run()
-    at.text_input(key="wi.s.model.f.layer_ids").input("1, 99").run()
+    at.text_area(key=HW + ".yaml").input("").run()
+    at.text_input(key=S + ".model.engram-27b.f.layer_ids").input("1, 99").run()
     assert "`model`: engram.layer_ids[1] = 99" in at.error[0].value
 
 
 def test_start_scenario_resets_inputs():
     at = _app()
-    at.radio(key="wi.s.pl.tier").set_value("device").run()
+    at.radio(key=S + ".pl.tier").set_value("device").run()
     at.selectbox(key="wi.start").set_value("cpu-tiny").run()
-    assert at.radio(key="wi.s.pl.tier").value == "host"
-    assert at.selectbox(key="wi.s.hw.preset").value == "cpu-workstation"
+    assert at.radio(key="wi.cpu-tiny.pl.tier").value == "host"
+    assert at.selectbox(key="wi.cpu-tiny.hw").value == "cpu-workstation"
+    assert "Tiny" in at.caption[0].value
 
 
 def test_simulator_on_demand_with_timeline():
     at = _app()
     at.selectbox(key="wi.start").set_value("cpu-tiny").run()
-    assert not any(m.label == "Simulated throughput" for m in at.metric)
+    assert not any(m.label == "Simulated tok/s" for m in at.metric)
     at.button(key="wi.simulate").click().run()
     assert not at.exception and not at.error
-    assert float(metric(at, "Simulated throughput").replace(",", "")) > 0
+    assert float(metric(at, "Simulated tok/s").replace(",", "")) > 0
     gantt = chart(at, "wi.fig.gantt")
     names = {t["name"] for t in gantt["data"]}
     # CPU device: the fetch is a gather on the compute cores, so every wait is exposed (red).
@@ -106,5 +109,5 @@ def test_simulator_on_demand_with_timeline():
     assert red["marker"]["color"] == "#d62728"
     assert chart(at, "wi.fig.simlayers")["data"]
     # A change keeps the analytic path live and asks for a new simulation.
-    at.slider(key="wi.s.pl.cache_fraction").set_value(0.1).run()
+    at.slider(key="wi.cpu-tiny.pl.cache_fraction").set_value(0.1).run()
     assert any("run the simulator again" in i.value for i in at.info)

@@ -12,8 +12,10 @@ P = "hwp"
 titles = widgets.profile_titles()
 
 with st.sidebar:
-    chosen = st.multiselect("Profiles to compare", list(titles), default=list(titles), format_func=titles.get,
-                            key=f"{P}.profiles")
+    calibrated = [n for n, t in titles.items() if t.endswith("calibrated")]
+    usual = [n for n in ("h100-sxm", "h100-pcie", "h200", "gh200", "a100-80gb", "l40s", "cpu-workstation") if n in titles]
+    chosen = st.multiselect("Profiles to compare", list(titles), default=usual + calibrated or list(titles),
+                            format_func=titles.get, key=f"{P}.profiles")
 
 st.title("Hardware profiles")
 st.caption("Datasheet presets and calibrated profiles from `hw_profiles/`. Per-device figures unless "
@@ -70,7 +72,8 @@ for i, k in enumerate(picked):
 # ----------------------------------------------------------------------------- calibration
 
 st.subheader("Calibration")
-name = st.selectbox("Profile", list(specs), format_func=titles.get, key=f"{P}.calib")
+ordered = sorted(specs, key=lambda n: specs[n].source != "calibrated")  # calibrated ones first
+name = st.selectbox("Profile", ordered, format_func=titles.get, key=f"{P}.calib")
 hw = specs[name]
 try:
     from planner.calibration import profile_curves  # issue 5; absent until calibration lands

@@ -25,13 +25,14 @@ VARIABLES = {
 
 with st.sidebar:
     start, raw = widgets.scenario_picker(P, "h100-engram27b-host")
+    scope = f"{P}.{start}"
     try:
         with st.expander("Model", expanded=False):
-            model_data = widgets.model_input(P, raw.get("model", "engram-27b"))
+            model_data = widgets.model_input(scope, raw.get("model", "engram-27b"))
         with st.expander("Workload", expanded=False):
-            wl_data = widgets.workload_input(P, raw.get("workload", {}))
+            wl_data = widgets.workload_input(scope, raw.get("workload", {}))
         with st.expander("Engram placement", expanded=False):
-            pl_data = widgets.placement_input(P, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
+            pl_data = widgets.placement_input(scope, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
         input_error = None
     except (widgets.SpecError, ValueError) as exc:
         input_error = exc
@@ -47,7 +48,8 @@ if input_error is not None:
     st.stop()
 
 c1, c2, c3 = st.columns([2, 1, 1])
-variable = c1.radio("Sweep", list(VARIABLES), format_func=VARIABLES.get, key=f"{P}.variable", horizontal=True)
+variable = c1.radio("Sweep", list(VARIABLES), index=list(VARIABLES).index("link"), format_func=VARIABLES.get,
+                    key=f"{P}.variable", horizontal=True)
 y_kind = c2.radio("Show", ["drop", "throughput"], key=f"{P}.y", horizontal=True,
                   format_func={"drop": "drop vs no Engram", "throughput": "throughput"}.get)
 points = int(c3.number_input("Points", 5, 400, 60, key=f"{P}.points"))
@@ -124,7 +126,8 @@ x_labels = {"table": "table size per Engram layer (GB)", "layer": "Engram layer 
             "batch": "decode sequences per GPU", "link": "host→device bandwidth (GB/s)"}
 y_label = "throughput drop vs no Engram (%)" if y_kind == "drop" else "tokens/s per node (decode step)"
 tier = pl_data.get("tier", "device")
-title = f"{y_label.split(' (')[0].capitalize()} vs {VARIABLES[variable].lower()} · tables on {tier}"
+what = "Throughput drop vs no Engram" if y_kind == "drop" else "Throughput"
+title = f"{what} against {VARIABLES[variable][0].lower() + VARIABLES[variable][1:]} · tables on {tier}"
 fig = figures.sweep_lines(x_plot, series, title, x_labels[variable], y_label,
                           log_x=variable in ("table", "link", "batch"))
 st.plotly_chart(fig, key=f"{P}.fig")

@@ -24,8 +24,10 @@ def result_files() -> dict[str, Path]:
     files: dict[str, Path] = {}
     for folder in folders:
         if folder.is_dir():
-            for path in sorted(folder.rglob("*.json")):
-                files[str(path.relative_to(folder.parent))] = path
+            # `validate --out DIR` writes DIR/validation.json (beside traces and plots)
+            for path in sorted(folder.rglob("validation*.json")):
+                if not any(part.startswith(".") for part in path.relative_to(folder).parts):
+                    files[str(path.relative_to(folder.parent))] = path
     return files
 
 
@@ -51,8 +53,9 @@ if upload is None and choice is None:
         "**No validation results yet.** Validation runs the reference model on this machine with "
         "Engram tables offloaded, measures throughput and latency, and compares them with the "
         "simulator's predictions for the same configurations:\n\n"
-        "```\nengram-planner validate --help      # options: profile, scenarios, output folder\n"
-        "engram-planner validate            # writes validation_results/<profile>-<date>.json\n```\n\n"
+        "```\nengram-planner calibrate --quick --out hw_profiles/calibrated-my-box.yaml\n"
+        "engram-planner validate --profile hw_profiles/calibrated-my-box.yaml --quick \\\n"
+        "    --out validation_results/my-box     # writes validation_results/my-box/validation.json\n```\n\n"
         "Then reload this page, or upload a result file in the sidebar.")
     st.stop()
 
@@ -77,9 +80,12 @@ if not metrics:
 summary = data.get("summary") or {}
 if summary:
     st.subheader("Error per metric")
-    st.dataframe([{"metric": m, "median |error|": f"{s.get('median_abs_error', float('nan')):.4g}",
-                   "p90 |error|": f"{s.get('p90_abs_error', float('nan')):.4g}",
-                   "band coverage": f"{100 * s['coverage']:.0f}%" if "coverage" in s else "—"}
+    def num(value, pattern: str = "{:.4g}") -> str:
+        return "—" if value is None else pattern.format(value)
+
+    st.dataframe([{"metric": m, "median |error|": num(s.get("median_abs_error")),
+                   "p90 |error|": num(s.get("p90_abs_error")),
+                   "band coverage": num(None if s.get("coverage") is None else 100 * s["coverage"], "{:.0f}%")}
                   for m, s in summary.items()], hide_index=True, key=f"{P}.summary")
     st.caption("As written by `engram-planner validate` (errors relative to the measured value unless "
                "the result file says otherwise); coverage = share of runs whose measurement lies in the band.")
@@ -93,7 +99,7 @@ for r in runs:
     if metric not in r["measured"] or metric not in r["predicted"]:
         continue
     meas, pred = float(r["measured"][metric]), float(r["predicted"][metric])
-    lo, hi = (r.get("band") or {}).get(metric, [pred, pred])
+    lo, hi = (r.get("band") or {}).get(metric) or [pred, pred]
     rows.append({"run": r["name"], "measured": f"{meas:.4g}", "predicted": f"{pred:.4g}",
                  "band": f"[{lo:.4g}, {hi:.4g}]",
                  "error": f"{100 * (pred - meas) / meas:+.1f}%" if meas else "—",

@@ -13,19 +13,25 @@ from planner.units import format_bytes, format_seconds
 
 P = "wi"
 
+
+def card(col, label: str, value: str, help: str | None = None) -> None:
+    col.metric(label, value, help=help, border=True)
+
+
 # ----------------------------------------------------------------------------- inputs (sidebar)
 
 with st.sidebar:
     start, raw = widgets.scenario_picker(P)
+    scope = f"{P}.{start}"
     try:
         with st.expander("Model", expanded=False):
-            model_data = widgets.model_input(P, raw.get("model", "engram-27b"))
+            model_data = widgets.model_input(scope, raw.get("model", "engram-27b"))
         with st.expander("Hardware", expanded=False):
-            hw_data = widgets.hardware_input(P, raw.get("hardware", "h100-sxm"))
+            hw_data = widgets.hardware_input(scope, raw.get("hardware", "h100-sxm"))
         with st.expander("Workload", expanded=False):
-            wl_data = widgets.workload_input(P, raw.get("workload", {}))
+            wl_data = widgets.workload_input(scope, raw.get("workload", {}))
         with st.expander("Engram placement", expanded=True):
-            pl_data = widgets.placement_input(P, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
+            pl_data = widgets.placement_input(scope, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
         input_error = None
     except (widgets.SpecError, ValueError) as exc:
         input_error = exc
@@ -44,51 +50,52 @@ key = runs.scenario_json(scenario)
 est = runs.analytic(key)
 step = est["step"]
 hw, model, w = scenario.hardware, scenario.model, scenario.workload
+per_token = "output tokens/s" if w.kind == "inference" else "tokens/s"
 st.caption(f"**{model.name}** on **{hw.name}** ({hw.nodes} × {hw.device.count} × {hw.device.name}), "
-           f"{w.kind}. Analytic estimate, redrawn on every change; run the simulator below for "
-           "queueing, contention and the timeline.")
+           f"{w.kind}. Analytic estimate, redrawn on every change (drop: against the same run without "
+           f"Engram, {est['base_throughput']:,.0f} {per_token}, Engram compute included); run the simulator "
+           "below for queueing, contention and the timeline.")
 
 # ----------------------------------------------------------------------------- headline numbers
 
-per_token = "output tokens/s" if w.kind == "inference" else "tokens/s"
 drop = est["drop"]
 exposed_ms = 1e3 * float(step.exposed_s)
 cols = st.columns(6)
-cols[0].metric(f"Throughput ({per_token})", f"{est['throughput']:,.0f}",
+card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f"{est['throughput']:,.0f}",
                help="Analytic: whole offline run for inference (planner.analytic.estimate_run), "
                     "one steady step for training")
-cols[1].metric("Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%",
-               help=f"Same run without Engram: {est['base_throughput']:,.0f} {per_token}. Includes "
-                    "the Engram module's compute, not only its fetch.")
-cols[2].metric("TTFT (first wave)", format_seconds(est["run"]["ttft_s"]) if est["run"] else "—")
-cols[3].metric("TPOT (decode step)", format_seconds(float(step.step_s)))
-cols[4].metric("Exposed Engram / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 (hidden)")
-cols[5].metric("Step bound", str(np.asarray(step.bound).item()))
+card(cols[1], "Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%")
+card(cols[2], "TTFT (first wave)", format_seconds(est["run"]["ttft_s"]) if est["run"] else "—")
+card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
+card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s")
+card(cols[5], "Step bound", str(np.asarray(step.bound).item()))
 
-tab_mem, tab_layers, tab_sim, tab_files = st.tabs(
-    ["Memory per tier", "Engram layers", "Simulator & timeline", "Scenario & downloads"])
+# ----------------------------------------------------------------------------- memory and layers
 
-# ----------------------------------------------------------------------------- memory
-
-with tab_mem:
-    fp = est["footprint"]
+fp = est["footprint"]
+tiers = {l: scenario.placement.tier_of(l) for l in model.engram_layer_ids}
+left, right = st.columns(2, gap="large")
+with left:
     fig_mem = figures.tier_memory(fp, hw)
-    c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(fig_mem, key="wi.fig.mem")
+    st.plotly_chart(fig_mem, key="wi.fig.mem")
     fits = fp.device <= hw.device.memory and fp.host <= hw.host.memory
-    c2.markdown(
-        f"**GPU, per device:** {format_bytes(fp.device)} of {format_bytes(hw.device.memory)}  \n"
-        f"**Host DRAM, per node:** {format_bytes(fp.host)} of {format_bytes(hw.host.memory)}  \n"
-        f"**NVMe, per node:** {format_bytes(fp.disk)}"
-        + (f" of {format_bytes(hw.nvme.capacity)}" if hw.nvme else "")
-        + f"\n\nKV cache sized for {est['kv_tokens']:,} resident tokens per device "
-          "(full batch of longest sequences).")
-    (c2.success if fits else c2.warning)("Fits in memory." if fits else "Does not fit: see the capacity marks.")
-
-# ----------------------------------------------------------------------------- per layer
-
-with tab_layers:
-    tiers = {l: scenario.placement.tier_of(l) for l in model.engram_layer_ids}
+    nvme = f" of {format_bytes(hw.nvme.capacity)}" if hw.nvme else ""
+    text = (f"GPU {format_bytes(fp.device)} of {format_bytes(hw.device.memory)} per device · host DRAM "
+            f"{format_bytes(fp.host)} of {format_bytes(hw.host.memory)} · NVMe {format_bytes(fp.disk)}{nvme}. "
+            f"KV cache for {est['kv_tokens']:,} resident tokens per device (full batch of longest sequences).")
+    if fits:
+        st.caption(text)
+    else:
+        st.warning("**Does not fit in memory.** " + text)
+with right:
+    if step.per_layer:
+        fig_layers = figures.engram_layers(step.per_layer, tiers)
+        st.plotly_chart(fig_layers, key="wi.fig.layers")
+    elif model.engram is None:
+        st.info("This model has no Engram layers: it is its own baseline.")
+    else:
+        st.info("Every Engram table is on the device: nothing is fetched, so nothing can be exposed. "
+                "Pick host or disk to see the fetch against its prefetch window.")
     rows = []
     for layer in model.engram_layer_ids:
         pl = step.per_layer.get(layer)
@@ -102,17 +109,14 @@ with tab_layers:
                      "fetch": format_seconds(float(np.asarray(pl["fetch_s"]))),
                      "window": format_seconds(float(np.asarray(pl["window_s"]))),
                      "exposed": format_seconds(exposed),
-                     "status": f"exposed, {np.asarray(step.bound).item()}-bound" if exposed > 0 else "hidden"})
+                     "status": f"exposed ({np.asarray(step.bound).item()}-bound)" if exposed > 0 else "hidden"})
     if rows:
         st.dataframe(rows, hide_index=True, key="wi.layers")
-        if step.per_layer:
-            fig_layers = figures.engram_layers(step.per_layer, tiers)
-            st.plotly_chart(fig_layers, key="wi.fig.layers")
-    else:
-        st.info("This model has no Engram layers.")
     st.caption(f"Step of {float(step.tokens_per_step):,.0f} tokens per device: compute "
                f"{format_seconds(float(step.compute_s))} + exposed {format_seconds(float(step.exposed_s))}. "
-               "A fetch hides when it ends inside its window; the simulator adds per-block bound labels.")
+               "A fetch hides when it ends inside its window.")
+
+tab_sim, tab_files = st.tabs(["Simulator & timeline", "Scenario & downloads"])
 
 # ----------------------------------------------------------------------------- simulator
 
@@ -132,13 +136,14 @@ with tab_sim:
     if key in done:
         sim = runs.simulated(key)
         m = sim["metrics"]
-        cols = st.columns(5)
-        cols[0].metric("Simulated throughput", f"{m['throughput_output_tokens_per_s']:,.0f}")
-        cols[1].metric("Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
-        cols[2].metric("TTFT p50 / p90", " / ".join(format_seconds(m["ttft_s"][k]) for k in ("p50", "p90"))
-                       if m["ttft_s"] else "—")
-        cols[3].metric("TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
-        cols[4].metric("Exposed share of step time", f"{100 * m['exposed_fraction']:.2f}%")
+        cols = st.columns(6)
+        card(cols[0], "Simulated tok/s", f"{m['throughput_output_tokens_per_s']:,.0f}")
+        card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
+        card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
+        card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—")
+        card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
+        card(cols[5], "Exposed share", f"{100 * m['exposed_fraction']:.2f}%",
+             help="Stalled time waiting for Engram rows / total step time")
 
         table = sim["spans"]
         steps_tracks = [i for i, t in enumerate(table.tracks) if t.endswith(" engine")]

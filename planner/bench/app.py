@@ -34,12 +34,12 @@ at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
 start_s = time.perf_counter() - t0
 assert not at.exception, [e.value for e in at.exception]
 def throughput():
-    return next(m.value for m in at.metric if m.label.startswith("Throughput"))
-at.radio(key="wi.s.pl.tier").set_value("host").run()
+    return next(m.value for m in at.metric if m.label.startswith("Output tok/s"))
+at.radio(key="wi.h100-engram27b-host.pl.tier").set_value("host").run()
 values, times = [throughput()], []
 for i in range(int(sys.argv[2])):
     t = time.perf_counter()
-    at.number_input(key="wi.s.hw.f.link.h2d_bandwidth").set_value(0.05 * (i + 1)).run()
+    at.number_input(key="wi.h100-engram27b-host.hw.h100-sxm.f.link.h2d_bandwidth").set_value(0.05 * (i + 1)).run()
     times.append(time.perf_counter() - t)
     values.append(throughput())
 print(json.dumps({"start_s": start_s, "update_s": times, "update_median_s": statistics.median(times),

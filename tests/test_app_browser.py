@@ -1,0 +1,94 @@
+"""End to end: `streamlit run app/main.py` on a free port, driven in real Chromium by Playwright.
+
+Changes an input on the What-if page, checks the headline number changes, and saves a
+screenshot to out/screenshots/whatif.png. Skips only when /usr/bin/chromium is absent (CI
+installs it in .ci/run); Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SCREENSHOTS = ROOT / "out" / "screenshots"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    from planner.cli.app import command
+
+    port = _free_port()
+    env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
+    proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                pytest.fail(f"streamlit did not start on port {port}:\n{out[-2000:]}")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _metric(page, label: str) -> str:
+    box = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+@pytest.mark.browser
+def test_whatif_in_chromium(server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(server, wait_until="domcontentloaded")
+            page.get_by_text("Drop vs no Engram").first.wait_for(timeout=60_000)
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)
+            before = _metric(page, "Drop vs no Engram")
+            exposed_before = _metric(page, "Exposed / step")
+            assert before.endswith("%")
+
+            # Turn prefetch off: the fetch now starts at the layer, so it is exposed.
+            page.get_by_text("Prefetch at step start").click()
+            deadline = time.monotonic() + 30
+            while _metric(page, "Exposed / step") == exposed_before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            after = _metric(page, "Drop vs no Engram")
+            assert _metric(page, "Exposed / step") != exposed_before
+            assert after != before, (before, after)
+            page.wait_for_timeout(800)  # let plotly finish drawing before the picture
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "whatif.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "whatif.png").stat().st_size > 10_000

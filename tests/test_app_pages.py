@@ -1,0 +1,165 @@
+"""Sweeps, Hardware, Planner and Validation pages under AppTest, plus the `app` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "app"
+
+
+def _app(page: str) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=120).run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart(at: AppTest, key: str) -> dict:
+    return json.loads(next(e for e in at.get("plotly_chart") if e.key == key).proto.spec)
+
+
+def _y(trace: dict) -> np.ndarray:
+    y = trace["y"]
+    if isinstance(y, dict):  # plotly 6+ may encode arrays as {"dtype", "bdata"}
+        import base64
+        return np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"])
+    return np.asarray(y, float)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_sweeps_one_line_per_profile_and_link_sweep_falls():
+    at = _app("pages/sweeps.py")
+    at.multiselect(key="sw.profiles").set_value(["h100-sxm", "h100-pcie"]).run()
+    at.radio(key="sw.variable").set_value("link").run()
+    at.radio(key="sw.h100-engram27b-host.pl.tier").set_value("host").run()
+    at.checkbox(key="sw.h100-engram27b-host.pl.prefetch").uncheck().run()
+    assert not at.exception and not at.error
+    data = chart(at, "sw.fig")["data"]
+    assert len(data) == 2
+    drop = _y(data[0])
+    assert drop[0] > drop[-1] > 0  # slower link -> larger drop
+    at.radio(key="sw.variable").set_value("table").run()
+    table = _y(chart(at, "sw.fig")["data"][0])
+    assert not np.allclose(table, drop[: len(table)])
+
+
+def test_sweeps_layer_id_with_two_engram_layers_moves_one():
+    at = _app("pages/sweeps.py")
+    at.radio(key="sw.variable").set_value("layer").run()
+    assert not at.exception and not at.error
+    assert any("single Engram layer" in c.value for c in at.caption)
+    assert len(_y(chart(at, "sw.fig")["data"][0])) == 30  # every block of Engram-27B
+
+
+# ----------------------------------------------------------------------------- hardware
+
+
+def test_hardware_table_bars_and_no_calibration():
+    at = _app("pages/hardware.py")
+    at.multiselect(key="hwp.profiles").set_value(["h100-sxm", "gh200"]).run()
+    assert [r for r in at.dataframe[0].value["profile"]] == ["h100-sxm", "gh200"]
+    bars = chart(at, "hwp.fig.0")["data"][0]
+    assert list(bars["x"]) == ["h100-sxm", "gh200"]
+    assert any("No calibration in this profile" in i.value for i in at.info)
+
+
+def test_hardware_shows_calibrated_curves(monkeypatch):
+    calibration = pytest.importorskip("planner.calibration")
+    from planner.calibration import CurveView
+    from planner.calibration.fit import Fit
+
+    view = CurveView("h2d copy", "pinned copies", "bytes", "GB/s", np.array([1e4, 1e6, 1e8]),
+                     np.array([2.0, 30.0, 52.0]), 0.04, Fit("saturating", {"y_max": 53.0, "x_half": 2e5, "p": 1.0}))
+    monkeypatch.setattr(calibration, "profile_curves", lambda hw: {"h2d": view})
+    at = _app("pages/hardware.py")
+    curve = chart(at, "hwp.curve.0")["data"]
+    assert [t["name"] for t in curve] == ["measured", "fitted"]
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+def test_planner_recommends_and_exports_runnable_yaml(tmp_path):
+    from planner.plan import load_plan, plan_from_dict
+
+    at = _app("pages/planner.py")
+    at.text_input(key="pl.params").input("25B, 400B").run()
+    at.text_input(key="pl.layers").input("1").run()
+    at.multiselect(key="pl.prefetch").set_value([True]).run()
+    plan_yaml = at.get("download_button")[0]
+    assert not at.error
+    at.button(key="pl.run").click().run()
+    assert not at.exception and not at.error
+    recs = at.dataframe[0].value
+    assert len(recs) >= 1 and list(recs["rank"])[0] == 1
+    assert any(m.value.startswith("#1: ") for m in at.markdown)
+    assert chart(at, "pl.fig.0")["data"]
+    # The YAML shown is the one `engram-planner plan` loads: same plan back.
+    text = next(c.value for c in at.code if "studies:" in c.value)
+    (tmp_path / "plan.yaml").write_text(text)
+    import yaml
+    assert load_plan(tmp_path / "plan.yaml") == plan_from_dict(yaml.safe_load(text))
+    assert plan_yaml is not None
+
+
+def test_planner_bad_input_names_field():
+    at = _app("pages/planner.py")
+    at.text_input(key="pl.params").input("25 parsecs").run()
+    assert not at.exception
+    assert "engram_params" in at.error[0].value
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_validation_explains_how_to_produce_results(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENGRAM_VALIDATION_DIR", str(tmp_path))
+    at = _app("pages/validation.py")
+    assert any("engram-planner validate" in i.value for i in at.info)
+
+
+def test_validation_scatter_band_and_error_table(monkeypatch):
+    monkeypatch.setenv("ENGRAM_VALIDATION_DIR", str(FIXTURES))
+    at = _app("pages/validation.py")
+    assert not at.error
+    summary = at.dataframe[0].value
+    assert list(summary["metric"]) == ["throughput_output_tokens_per_s", "tpot_p50_s"]
+    data = chart(at, "va.fig")["data"]
+    names = [t["name"] for t in data]
+    assert "predicted = measured" in names and "outside band" in names
+    runs = at.dataframe[1].value
+    assert list(runs["in band"]).count("no") == 2
+    at.selectbox(key="va.metric").set_value("tpot_p50_s").run()
+    assert chart(at, "va.fig")["layout"]["title"]["text"].startswith("tpot_p50_s")
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def test_app_command_is_registered_and_headless():
+    from planner.cli import COMMANDS, build_parser
+    from planner.cli.app import command
+
+    assert "app" in COMMANDS
+    args = build_parser().parse_args(["app", "--port", "8600"])
+    assert args.port == 8600
+    cmd = command(8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app/main.py")
+    assert "--server.headless" in cmd and cmd[cmd.index("--server.port") + 1] == "8600"
+
+
+def test_bench_app_is_registered():
+    from planner.bench import BENCHES
+
+    assert "app" in BENCHES
