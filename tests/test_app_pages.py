@@ -87,6 +87,18 @@ def test_hardware_shows_calibrated_curves(monkeypatch):
     assert [t["name"] for t in curve] == ["measured", "fitted"]
 
 
+def test_hardware_bundled_calibrated_profile_plots_its_curves():
+    from planner.loading import bundled_profiles, load_hardware
+
+    calibrated = [n for n in bundled_profiles() if load_hardware(n).source == "calibrated"]
+    if not calibrated:
+        pytest.skip("no calibrated profile in hw_profiles/")
+    at = _app("pages/hardware.py")
+    assert at.selectbox(key="hwp.calib").value in calibrated
+    assert len(at.dataframe[1].value) >= 1  # one row per fitted curve
+    assert chart(at, "hwp.curve.0")["data"][0]["name"] == "measured"
+
+
 # ----------------------------------------------------------------------------- planner
 
 

@@ -92,9 +92,14 @@ if not curves:
     st.info(f"No calibration in this profile ({hw.source} figures). {how}."
             + (" This build cannot read calibration sections yet." if "calibration" in raw and profile_curves is None else ""))
 else:
+    st.dataframe([{"curve": c.name, "x": c.x_label, "y": c.y_label, "samples": len(c.samples_x),
+                   "median |rel. error|": f"{100 * float(c.median_abs_rel_error):.1f}%",
+                   "what": getattr(c, "description", "")} for c in curves.values()],
+                 hide_index=True, key=f"{P}.curves")
+    shown = st.multiselect("Curves to plot", list(curves), default=list(curves)[:6], key=f"{P}.curve_pick")
     cols = st.columns(2)
-    for i, (cname, curve) in enumerate(curves.items()):
-        cols[i % 2].plotly_chart(figures.calibration_curve(curve), key=f"{P}.curve.{i}")
+    for i, cname in enumerate(shown):
+        cols[i % 2].plotly_chart(figures.calibration_curve(curves[cname]), key=f"{P}.curve.{i}")
 with st.expander("Sources of this profile's numbers"):
     for s in hw.sources:
         st.markdown(f"- {s}")
