@@ -83,6 +83,11 @@ class Efficiency:
         """Fixed seconds of an op's kernel launches."""
         return kernels * launch_s
 
+    def rows(self, tokens: Number, kind: str) -> Number:
+        """Ceiling on the matmul efficiency of an op whose GEMMs have ``tokens`` rows (a decode
+        step's few tokens cannot use the peak). None here; calibration measures it."""
+        return 1.0
+
     def link(self, bytes_: Number) -> Number:
         return self.spec.link
 
@@ -114,13 +119,15 @@ class Work:
     bytes: Number
     kernels: Number
     kind: str = ""
+    tokens: Number = 0.0  # rows of the op's GEMMs (0: unknown, no few-row ceiling)
 
     def __add__(self, other: "Work") -> "Work":
         kind = self.kind if self.kind == other.kind else ""
-        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind)
+        tokens = self.tokens if kind else 0.0
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind, tokens)
 
     def scaled(self, factor: float) -> "Work":
-        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind)
+        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind, self.tokens)
 
 
 @dataclass(frozen=True)
@@ -199,15 +206,20 @@ class CostModel:
 
     # ---- roofline
 
+    def _matmul_eff(self, work: Work) -> Number:
+        eff = self.eff.op_matmul(work.flops, work.bytes, work.kind)
+        return np.where(np.asarray(work.tokens) > 0, np.minimum(eff, self.eff.rows(np.maximum(work.tokens, 1.0), work.kind)), eff)
+
     def seconds(self, work: Work) -> Number:
-        """Roofline time of one op: compute and HBM traffic overlap, launches do not."""
-        compute = work.flops / (self.peak_flops * self.eff.op_matmul(work.flops, work.bytes, work.kind))
+        """Roofline time of one op: compute and HBM traffic overlap, launches do not. The
+        compute efficiency is capped by the few-row ceiling of the op's ``tokens``."""
+        compute = work.flops / (self.peak_flops * self._matmul_eff(work))
         memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
         return np.maximum(compute, memory) + self.eff.launch(work.kernels, self.launch_s, work.kind)
 
     def bound(self, work: Work) -> str:
         """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
-        compute = work.flops / (self.peak_flops * self.eff.op_matmul(work.flops, work.bytes, work.kind))
+        compute = work.flops / (self.peak_flops * self._matmul_eff(work))
         memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
         launch = self.eff.launch(work.kernels, self.launch_s, work.kind)
         return max((compute, "compute"), (memory, "hbm"), (launch, "launch"))[1]
@@ -232,7 +244,7 @@ class CostModel:
             + (b.kv_read + b.tokens) * self._kv_bytes_layer
             + b.tokens * m.d_model * self.width * 2 * m.hc_mult
         )
-        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}")
+        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}", b.tokens)
 
     def ffn(self, layer_id: int, b: BatchShape) -> Work:
         """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
@@ -247,7 +259,7 @@ class CostModel:
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
-            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense")
+            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense", b.tokens)
         moe = m.ffn.moe
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
@@ -256,7 +268,7 @@ class CostModel:
             ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
-        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe")
+        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe", b.tokens)
 
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
@@ -272,7 +284,7 @@ class CostModel:
             + b.tokens * e.rows_per_token * engram_row_bytes(m)
             + b.tokens * (e.d_mem + 4 * mult * d) * self.width
         )
-        return Work(flops, bytes_, KERNELS["engram"], "engram")
+        return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens)
 
     def embed(self, b: BatchShape) -> Work:
         """Input embedding: one row read and written per token."""
@@ -283,7 +295,7 @@ class CostModel:
         for each sequence's last scheduled token)."""
         m = self.model
         return Work(2 * b.seqs * m.d_model * m.vocab_size,
-                    m.d_model * m.vocab_size * self.width + b.seqs * m.vocab_size * 4, KERNELS["head"], "head")
+                    m.d_model * m.vocab_size * self.width + b.seqs * m.vocab_size * 4, KERNELS["head"], "head", b.seqs)
 
     # ---- links
 

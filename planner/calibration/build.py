@@ -61,6 +61,14 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
                                 f"{min(s['n'] for s in samples)}..{max(s['n'] for s in samples)}) vs the best one",
                                 dtype))
             k[f"peak_flops_{dtype}"] = peaks[dtype]
+    for name, samples in results.items():
+        if name.startswith("gemm_rows:") and peaks.get(name.split(":", 1)[1]):
+            dtype = name.split(":", 1)[1]
+            x = np.array([s["rows"] for s in samples], float)
+            eff = np.array([s["flops"] / s["seconds"] for s in samples]) / peaks[dtype]
+            curves.append(curve(name, fit_saturating(x, eff), x, eff, "tokens", "efficiency",
+                                f"{dtype} GEMMs of M rows by a {samples[0]['n']}-square weight (distinct weights "
+                                "per call) vs the best square GEMM: the ceiling of few-token matmuls", dtype))
     copy = results["dram"]
     x, t = np.array([s["bytes"] for s in copy]), np.array([s["seconds"] for s in copy])
     fit = fit_saturating(x, x / t)

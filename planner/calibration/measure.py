@@ -101,6 +101,29 @@ def measure_gemm(sizes: list[int], dtype: str, device: str, repeats: int) -> lis
     return out
 
 
+def measure_gemm_rows(rows_list: list[int], n: int, dtype: str, device: str, repeats: int,
+                      pool_bytes: int = 64 << 20) -> list[dict]:
+    """``x[M, n] @ W[n, n]`` for small row counts ``M`` (a decode step's tokens): a GEMM with few
+    rows reaches a fraction of the square-GEMM peak whatever its FLOPs (the kernel cannot block
+    it for the cache). Successive calls cycle through ``pool_bytes`` of distinct weights, as a
+    forward pass reads each block's own weights from memory. ``2 M n^2`` FLOP each."""
+    dt = DTYPES[dtype]
+    slots = max(2, pool_bytes // (n * n * torch.empty(0, dtype=dt).element_size()))
+    weights = [torch.randn(n, n, device=device).to(dt) for _ in range(slots)]
+    out = []
+    for m in rows_list:
+        x = torch.randn(m, n, device=device).to(dt)
+        state = {"i": 0}
+
+        def call():
+            i = state["i"] = (state["i"] + 1) % slots
+            torch.nn.functional.linear(x, weights[i])
+
+        t = time_call(call, repeats=repeats, device=device, min_time_s=5e-3)
+        out.append({"rows": m, "n": n, "flops": 2.0 * m * n * n, "seconds": t})
+    return out
+
+
 def measure_launch(device: str, repeats: int) -> float:
     """Seconds of one tiny op (a dispatch, plus a kernel launch on CUDA): the fixed cost every
     kernel pays, ``device.kernel_launch_overhead``."""

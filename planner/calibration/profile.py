@@ -80,6 +80,12 @@ class CalibratedEfficiency(Efficiency):
     (kinds not measured, sums of ops) uses the ``gemm:<dtype>`` curve, else the profile's
     constant fractions.
 
+    Past the largest FLOPs an op curve was measured at, the curve is not extrapolated: the op
+    costs what it cost at that largest sample (its fixed overheads included) plus the extra FLOPs
+    at the ``gemm:<dtype>`` curve's efficiency (a wider model's op is its GEMMs growing, not its
+    dispatch; a flat extrapolation of a curve fitted on tiny ops charged them the tiny ops'
+    overhead share, up to 3x too slow in ``engram-planner validate``).
+
     Simplifies: an op's efficiency depends on its FLOPs only (not on which shape produced them);
     a backward pass (2x FLOPs) reads the same curve further out. A kind measured only in another
     dtype is assumed to reach the same FLOP/s there (its efficiency is rescaled by the peaks).
@@ -92,7 +98,9 @@ class CalibratedEfficiency(Efficiency):
         peaks = hw.device.flops
         here = hw.device.flops_for(dtype) if dtype else None
         self.ops: dict[str, tuple[Fit, str, float]] = {}
+        self.op_x_max: dict[str, float] = {}  # largest measured x of each op curve
         self.gemm: tuple[Fit, str, float] | None = None
+        self.gemm_rows: tuple[Fit, str, float] | None = None
         for c in hw.calibration.curves:
             # Same dtype first; otherwise the same FLOP/s: scale = peak(curve dtype) / peak(here).
             exact = c.dtype is None or dtype is None or c.dtype == dtype
@@ -102,8 +110,11 @@ class CalibratedEfficiency(Efficiency):
                 kind = c.name[3:].rsplit(":", 1)[0] if c.dtype else c.name[3:]
                 if exact or kind not in self.ops:
                     self.ops[kind] = entry
+                    self.op_x_max[kind] = max(c.samples_x)
             elif c.name.startswith("gemm:") and (exact or self.gemm is None):
                 self.gemm = entry
+            elif c.name.startswith("gemm_rows:") and (exact or self.gemm_rows is None):
+                self.gemm_rows = entry
 
     def matmul(self, flops: Number, bytes_: Number) -> Number:
         if self.gemm is None:
@@ -116,7 +127,15 @@ class CalibratedEfficiency(Efficiency):
         if op is None:
             return self.matmul(flops, bytes_)
         fit, axis, scale = op
-        return fit(np.maximum(flops, 1.0)) * scale if axis == "flops" else _ONE
+        if axis != "flops":
+            return _ONE
+        flops = np.maximum(flops, 1.0)
+        x_max = self.op_x_max[kind]
+        inside = fit(np.minimum(flops, x_max)) * scale
+        # Beyond the samples: time(x) = time(x_max) + (x - x_max) / (peak x gemm efficiency).
+        extra = np.maximum(flops - x_max, 0.0)
+        beyond = flops / (np.minimum(flops, x_max) / inside + extra / self.matmul(flops, bytes_))
+        return np.where(flops > x_max, beyond, inside)
 
     def op_memory(self, bytes_: Number, kind: str) -> Number:
         op = self.ops.get(kind)
@@ -127,6 +146,14 @@ class CalibratedEfficiency(Efficiency):
 
     def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
         return 0.0 * kernels if kind in self.ops else kernels * launch_s
+
+    def rows(self, tokens: Number, kind: str) -> Number:
+        """The ``gemm_rows:<dtype>`` curve: efficiency of a GEMM with ``tokens`` rows and
+        memory-resident weights (1.0, no ceiling, when the profile has none)."""
+        if self.gemm_rows is None:
+            return _ONE
+        fit, _, scale = self.gemm_rows
+        return fit(np.maximum(tokens, 1.0)) * scale
 
 
 _ONE = 1.0

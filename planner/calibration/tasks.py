@@ -72,6 +72,10 @@ def plan(device: str, quick: bool) -> list[Task]:
         gemm = {dt: [256, 512, 1024, 2048, 4096, 8192] for dt in ("bf16", "fp32")}
     for dtype, sizes in gemm.items():
         tasks.append(Task(f"gemm:{dtype}", "measure_gemm", {"sizes": sizes, "dtype": dtype, "device": device, "repeats": reps}))
+    for dtype in gemm:  # few-row GEMMs: the efficiency ceiling of a decode step's matmuls
+        tasks.append(Task(f"gemm_rows:{dtype}", "measure_gemm_rows", {
+            "rows_list": [1, 2, 4, 8, 16, 32, 64, 128, 256], "n": 4096 if device == "cuda" else 1024,
+            "dtype": dtype, "device": device, "repeats": reps}))
     mb = 1 << 20
     tasks.append(Task("dram", "measure_copy", {"sizes": [s * mb for s in ([16, 64, 128] if quick else [16, 32, 64, 128, 256])], "repeats": reps}))
     if device == "cuda":
