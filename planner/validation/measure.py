@@ -17,12 +17,15 @@ CUDA.
 Metrics (docs/metrics.md definitions, per engine step):
 
 * ``step_time_s`` (``mean_step_time_s``): mean over the run's steps of each step's duration,
-  where each step's duration is the median over ``repeats`` timed repetitions of the whole run
-  (after one untimed warm-up run): preemptions on a shared machine only ever add time;
+  where each step's duration is the lower quartile over ``repeats`` timed repetitions of the
+  whole run (after one untimed warm-up run): on a shared machine a preemption only ever adds
+  time, so, as calibration does for single calls
+  (:func:`planner.calibration.measure.lower_quartile`), the lower quartile estimates the run's
+  own cost and the median would measure the neighbours' load;
 * ``throughput_tokens_per_s`` (``throughput_output_tokens_per_s``): ``batch x output_len`` /
   the sum of those step durations (every request arrives at t = 0, so that sum is the makespan);
 * ``exposed_lookup_s`` (``exposed_engram_s`` summed over offloaded layers / steps): the
-  ``wait_L{i}`` spans of offloaded layers, per step (median over repetitions per step);
+  ``wait_L{i}`` spans of offloaded layers, per step (lower quartile over repetitions per step);
 * ``bytes_to_device`` (``bytes_requested.to_device`` / steps): rows after de-duplication and
   the device cache, times the row size (the store's counts; identical in every repetition).
 
@@ -32,7 +35,6 @@ Torch and the reference model are imported here only; import this module lazily.
 from __future__ import annotations
 
 import gc
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -68,6 +70,23 @@ class _Bundle:
     tables: dict[int, torch.Tensor]
     hot_rows: dict
     stats_path: Path
+
+
+@dataclass
+class _Run:
+    """A run set up for measuring: its model, provider (open), token ids and results so far."""
+
+    cfg: RunConfig
+    model: object
+    provider: object
+    ids: torch.Tensor
+    offloaded: list[int]
+    notes: list[str]
+    step_s: list[list[float]] = field(default_factory=list)
+    exposed_s: list[list[float]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    bytes_per_step: float = 0.0
+    wall_s: float = 0.0
 
 
 class Runner:
@@ -131,7 +150,47 @@ class Runner:
     # ---- one run
 
     def measure(self, cfg: RunConfig) -> Measured:
+        return self.measure_all([cfg])[0]
+
+    def measure_all(self, configs: list[RunConfig], progress=None) -> list[Measured]:
+        """Measure ``configs`` with their repetitions **interleaved** (repetition r of every
+        run, then r + 1): the load of a shared machine changes over seconds, so each run's
+        repetitions sample different moments and the lower quartile finds its quiet ones."""
+        from contextlib import ExitStack
+
         from reference_model.instrument import SpanRecorder
+
+        threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with ExitStack() as stack, torch.no_grad():
+                runs = [self._setup(cfg, stack) for cfg in configs]
+                for r in range(self.repeats + 1):
+                    for run in runs:
+                        t0 = time.perf_counter()
+                        gc.collect()
+                        rec = SpanRecorder()
+                        run.provider.tracer = rec
+                        run.provider.store.reset_stats()
+                        steps = self._run_once(run.model, run.provider, run.ids, run.cfg, rec)
+                        run.provider.tracer = None
+                        run.wall_s += time.perf_counter() - t0
+                        if r == 0:
+                            continue  # warm-up: allocations, page cache, thread start
+                        run.spans = rec.spans()
+                        run.step_s.append([s.dur_s for s in steps])
+                        run.exposed_s.append(_exposed_per_step(run.spans, steps, run.offloaded))
+                        stats = run.provider.stats()
+                        run.bytes_per_step = sum(s.bytes_moved for l, s in stats.items()
+                                                 if l in run.offloaded) / len(steps)
+                    if progress:
+                        progress(r)
+        finally:
+            torch.set_num_threads(threads_before)
+        return [self._result(run) for run in runs]
+
+    def _setup(self, cfg: RunConfig, stack) -> "_Run":
         from reference_model.model import EngramModel
         from reference_model.prefetch import build_provider
 
@@ -139,51 +198,27 @@ class Runner:
         spec = model_spec(cfg)
         b = self.bundle(cfg)
         place = placement(cfg).model_copy(update={"host_mode": self.host_mode})
-        threads_before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
         torch.manual_seed(0)
-        notes = []
-        try:
-            model = EngramModel(spec, self.compressor, materialize_tables=False, device=self.device).eval()
-            ids = self.tokens(cfg)
-            disk_dir = Path(self._tmp.name) / engram_key(cfg)
-            offloaded = [l for l in spec.engram_layer_ids if place.tier_of(l) != "device"]
-            step_s, exposed_s, spans = [], [], []
-            with build_provider(spec, place, device=self.device, tables=b.tables, hot_rows=b.hot_rows,
-                                disk_dir=disk_dir) as provider, torch.no_grad():
-                for store in provider.store.layers.values():
-                    if store.host_mode_note:
-                        notes.append(f"layer {store.layer_id}: {store.host_mode_note}")
-                bytes_per_step = 0.0
-                for r in range(self.repeats + 1):
-                    gc.collect()
-                    rec = SpanRecorder()
-                    provider.tracer = rec
-                    provider.store.reset_stats()
-                    steps = self._run_once(model, provider, ids, cfg, rec)
-                    if r == 0:
-                        continue  # warm-up: allocations, page cache, thread start
-                    spans = rec.spans()
-                    step_s.append([s.dur_s for s in steps])
-                    exposed_s.append(_exposed_per_step(spans, steps, offloaded))
-                    stats = provider.stats()
-                    bytes_per_step = sum(s.bytes_moved for l, s in stats.items() if l in offloaded) / len(steps)
-                provider.tracer = None
-            if disk_dir.exists():
-                for f in disk_dir.iterdir():
-                    f.unlink()
-        finally:
-            torch.set_num_threads(threads_before)
-        per_step = np.median(np.asarray(step_s), axis=0)
-        per_exposed = np.median(np.asarray(exposed_s), axis=0)
+        model = EngramModel(spec, self.compressor, materialize_tables=False, device=self.device).eval()
+        disk_dir = Path(self._tmp.name) / cfg.name
+        provider = stack.enter_context(build_provider(spec, place, device=self.device, tables=b.tables,
+                                                      hot_rows=b.hot_rows, disk_dir=disk_dir))
+        notes = [f"layer {s.layer_id}: {s.host_mode_note}" for s in provider.store.layers.values() if s.host_mode_note]
+        offloaded = [l for l in spec.engram_layer_ids if place.tier_of(l) != "device"]
+        return _Run(cfg, model, provider, self.tokens(cfg), offloaded, notes, wall_s=time.perf_counter() - t0)
+
+    @staticmethod
+    def _result(run: "_Run") -> Measured:
+        cfg = run.cfg
+        per_step = _lower_quartile(np.asarray(run.step_s))
+        per_exposed = _lower_quartile(np.asarray(run.exposed_s))
         metrics = {
             "step_time_s": float(per_step.mean()),
             "throughput_tokens_per_s": cfg.batch * cfg.output_len / float(per_step.sum()),
             "exposed_lookup_s": float(per_exposed.mean()),
-            "bytes_to_device": float(bytes_per_step),
+            "bytes_to_device": float(run.bytes_per_step),
         }
-        return Measured(cfg, metrics, step_s, exposed_s, spans, notes, time.perf_counter() - t0)
+        return Measured(cfg, metrics, run.step_s, run.exposed_s, run.spans, run.notes, run.wall_s)
 
     def _run_once(self, model, provider, ids_BN: torch.Tensor, cfg: RunConfig, rec) -> list[Span]:
         """One whole run (prefill + decode steps); returns its ``step`` spans."""
@@ -212,6 +247,14 @@ def _exposed_per_step(spans: list[Span], steps: list[Span], offloaded: list[int]
     return out
 
 
+def _lower_quartile(x_RS: np.ndarray) -> np.ndarray:
+    """Per step (column): the repeats' lower quartile, as
+    :func:`planner.calibration.measure.lower_quartile` picks it (an order statistic, not an
+    interpolation: with 5 repeats the 2nd smallest)."""
+    ordered = np.sort(x_RS, axis=0)
+    return ordered[(x_RS.shape[0] - 1) // 4]
+
+
 def device_fingerprint(device: str, threads: int | None) -> dict:
     """The machine and software a validation measured on (as calibration records it)."""
     from planner.calibration.tasks import measure_fingerprint
@@ -224,6 +267,3 @@ def device_fingerprint(device: str, threads: int | None) -> dict:
     finally:
         torch.set_num_threads(before)
 
-
-def median_of(values: list[float]) -> float:
-    return statistics.median(values)
