@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import streamlit as st
 
-from planner.accounting import model_summary, tier_footprint
+from planner.accounting import tier_footprint
 from planner.analytic import estimate_run, estimate_step
 from planner.specs import InferenceWorkload, Scenario, length_bounds
 from planner.trace import Span, chrome_trace
@@ -70,7 +70,6 @@ def analytic(scenario_json_text: str) -> dict:
         "drop": (1.0 - ours / theirs) if scenario.model.engram is not None and theirs > 0 else None,
         "footprint": tier_footprint(scenario.model, scenario.placement, kv_tokens),
         "kv_tokens": kv_tokens,
-        "summary": model_summary(scenario.model, scenario.placement, kv_tokens),
     }
 
 

@@ -8,6 +8,9 @@
   drawing. Target < 1 s (median).
 * **server**: ``streamlit run app/main.py`` until its health endpoint answers (``--no-server``
   skips it).
+* **browser** (``--browser``, needs Playwright and /usr/bin/chromium): what a user sees: server
+  launch to the first headline number in Chromium, to the page's charts drawn, and the time
+  from a click (prefetch on/off) to the new number on screen.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ print(json.dumps({"start_s": start_s, "update_s": times, "update_median_s": stat
 def add_arguments(parser) -> None:
     parser.add_argument("--updates", type=int, default=10, help="what-if changes to time (default 10)")
     parser.add_argument("--no-server", action="store_true", help="skip timing `streamlit run` start-up")
+    parser.add_argument("--browser", action="store_true",
+                        help="also time the page in Chromium (Playwright, /usr/bin/chromium)")
 
 
 def _free_port() -> int:
@@ -79,6 +84,58 @@ def server_ready_s(timeout_s: float = 60.0) -> float:
         proc.wait(timeout=10)
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def browser_timings(clicks: int = 5) -> dict:
+    """Seconds from launching the server to the What-if numbers and charts in Chromium, and
+    from a click to the changed number (median over ``clicks``)."""
+    import statistics
+
+    from playwright.sync_api import sync_playwright
+
+    from planner.cli.app import command
+
+    port = _free_port()
+    with sync_playwright() as p:
+        # The browser is up first: its own launch is not the app's start-up.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        start = time.perf_counter()
+        proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    page.goto(f"http://localhost:{port}", wait_until="domcontentloaded")
+                    break
+                except Exception:  # connection refused until the server listens
+                    if time.perf_counter() - start > 60:
+                        raise
+                    time.sleep(0.05)
+            value = page.locator('[data-testid="stMetric"]').filter(has_text="Exposed / step").first \
+                .locator('[data-testid="stMetricValue"]')
+            value.wait_for(timeout=60_000)
+            first_number = time.perf_counter() - start
+            page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(timeout=60_000)
+            charts = time.perf_counter() - start
+            times = []
+            for _ in range(clicks):
+                before = value.inner_text()
+                t = time.perf_counter()
+                page.get_by_text("Prefetch at step start").click()
+                while value.inner_text() == before and time.perf_counter() - t < 30:
+                    time.sleep(0.01)
+                times.append(time.perf_counter() - t)
+        finally:
+            browser.close()
+            proc.terminate()
+            proc.wait(timeout=10)
+    return {"browser_first_number_s": first_number, "browser_charts_s": charts,
+            "browser_update_s": times, "browser_update_median_s": statistics.median(times)}
+
+
 def run(args) -> dict:
     from planner.cli.app import MAIN
 
@@ -98,6 +155,8 @@ def run(args) -> dict:
     }
     if not args.no_server:
         result["server_ready_s"] = server_ready_s()
+    if args.browser:
+        result.update(browser_timings(3 if args.quick else 5))
     return result
 
 
@@ -112,6 +171,10 @@ def format_text(r: dict) -> str:
     ]
     if "server_ready_s" in r:
         lines.append(f"streamlit server healthy after {r['server_ready_s']:.2f} s")
+    if "browser_first_number_s" in r:
+        lines.append(f"Chromium: first number {r['browser_first_number_s']:.2f} s and charts drawn "
+                     f"{r['browser_charts_s']:.2f} s after launching the server; click to new number "
+                     f"median {r['browser_update_median_s'] * 1e3:.0f} ms")
     lines.append(f"machine: {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs, "
                  f"Python {r['machine']['python']}")
     return "\n".join(lines)

@@ -39,7 +39,8 @@ def command(port: int, address: str = "localhost") -> list[str]:
     """The ``streamlit run`` command line the CLI executes (also used by tests and the bench)."""
     return [sys.executable, "-m", "streamlit", "run", str(MAIN),
             "--server.headless", "true", "--server.port", str(port), "--server.address", address,
-            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            "--server.fileWatcherType", "none"]
 
 
 def run(args) -> int:
