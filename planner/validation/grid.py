@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from planner.specs import (
     EngramPlacement,
@@ -186,16 +186,22 @@ def grid(quick: bool) -> list[RunConfig]:
 
 @dataclass(frozen=True)
 class ShapeKey:
-    """What a timed op depends on: the backbone's widths and the step shape."""
+    """What a timed op depends on: the backbone's widths and the step shape (op level: the
+    number of layers is left out, so a validation backbone that only differs from a
+    calibration one in depth still counts as the same shapes)."""
 
     d_model: int
-    n_layers: int
+    ffn_width: int
     attention: str
     dtype: str
     phase: str
     batch: int
     tokens: int
-    context: int = field(default=-1)
+    context: int
+
+
+def _key(spec: ModelSpec, phase: str, batch: int, tokens: int, context: int) -> ShapeKey:
+    return ShapeKey(spec.d_model, spec.ffn.dense_width, spec.attention.kind, spec.dtype, phase, batch, tokens, context)
 
 
 def calibration_shapes(device: str = "cpu") -> set[ShapeKey]:
@@ -209,20 +215,18 @@ def calibration_shapes(device: str = "cpu") -> set[ShapeKey]:
             if spec_d is None:
                 continue
             spec = ModelSpec.model_validate(spec_d)
-            kind = spec.attention.kind
             for phase, a, b in task.kwargs.get("shapes", []):
                 batch, tokens, context = (1, b, 0) if phase == "prefill" else (a, 1, b)
-                out.add(ShapeKey(spec.d_model, spec.n_layers, kind, spec.dtype, phase, batch, tokens, context))
-            for layers in task.kwargs.get("layers_list", []):
-                out.add(ShapeKey(spec.d_model, layers, kind, spec.dtype, "decode", 1, 1, 16))
+                out.add(_key(spec, phase, batch, tokens, context))
+            if task.kwargs.get("layers_list"):
+                out.add(_key(spec, "decode", 1, 1, 16))
     return out
 
 
 def run_shapes(cfg: RunConfig) -> set[ShapeKey]:
     """The (backbone, step shape) pairs a validation run times."""
     spec = model_spec(cfg)
-    kind = spec.attention.kind
-    out = {ShapeKey(spec.d_model, spec.n_layers, kind, spec.dtype, "prefill", cfg.batch, cfg.prompt_len, 0)}
+    out = {_key(spec, "prefill", cfg.batch, cfg.prompt_len, 0)}
     for j in range(1, cfg.output_len):
-        out.add(ShapeKey(spec.d_model, spec.n_layers, kind, spec.dtype, "decode", cfg.batch, 1, cfg.prompt_len + j - 1))
+        out.add(_key(spec, "decode", cfg.batch, 1, cfg.prompt_len + j - 1))
     return out

@@ -255,6 +255,22 @@ def _lower_quartile(x_RS: np.ndarray) -> np.ndarray:
     return ordered[(x_RS.shape[0] - 1) // 4]
 
 
+def speed_probe(device: str, threads: int | None, dtype: str = "fp32", n: int = 512) -> float:
+    """FLOP/s of a square ``n`` GEMM right now (calibration's own ``measure_gemm``): compared
+    with the profile's peak it says whether the machine is as fast as when it was calibrated
+    (a neighbour on a shared 2-vCPU machine halves it). Reported, never used to correct."""
+    from planner.calibration.measure import measure_gemm
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        r = measure_gemm([n], dtype, device, repeats=9)[0]
+    finally:
+        torch.set_num_threads(before)
+    return r["flops"] / r["seconds"]
+
+
 def device_fingerprint(device: str, threads: int | None) -> dict:
     """The machine and software a validation measured on (as calibration records it)."""
     from planner.calibration.tasks import measure_fingerprint

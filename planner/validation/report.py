@@ -96,6 +96,10 @@ def format_text(data: dict) -> str:
     verdict = "PASS" if data["passed"] else "FAIL"
     lines.append(f"{verdict}: median |step-time error| {step:.1%} vs threshold {data['threshold']:.0%} "
                  f"({len(data['runs'])} runs, {data['wall_s']:.0f} s)")
+    ms = data.get("machine_state")
+    if ms:
+        lines.append(f"machine: GEMM speed vs profile {ms['speed_before']:.0%} before, {ms['speed_after']:.0%} after; "
+                     f"load average {ms['loadavg_before']:.1f} -> {ms['loadavg_after']:.1f}")
     for note in data.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -39,7 +39,9 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     Torch runs with the profile's calibration thread count (its fingerprint), so the measured
     runs see the machine as calibration did. ``trace_run``: the run exported as side-by-side
     traces (default: the first host-tier prefetch run, else the first run)."""
-    from planner.validation.measure import Runner, device_fingerprint
+    import os
+
+    from planner.validation.measure import Runner, device_fingerprint, speed_probe
 
     t0 = time.perf_counter()
     configs = configs if configs is not None else grid.grid(quick)
@@ -54,6 +56,11 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
         pick = [c for c in configs if c.prefetch and c.tier == "host"] or configs
         trace_run = pick[0].name
     quant = compare.curve_quantiles(hw)
+    gemm_dtype = "fp32" if "fp32" in hw.device.flops else next(iter(hw.device.flops))
+    peak = hw.device.flops[gemm_dtype]
+    # The profile's gemm curve at n = 512 is what the probe should reach on a quiet machine.
+    expected = peak * (compare.gemm_efficiency(hw, 2.0 * 512**3, gemm_dtype))
+    load = {"loadavg_before": os.getloadavg()[0], "speed_before": speed_probe(device, threads, gemm_dtype) / expected}
     runner = Runner(work_dir, device=device, threads=threads, repeats=repeats, host_mode=host_mode)
     results, out = [], Validation({}, trace_run)
     try:
@@ -76,6 +83,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
                 e = compare.relative_error(pred["step_time_s"], m.metrics["step_time_s"])
                 progress(f"{cfg.name}: step {m.metrics['step_time_s'] * 1e3:.2f} ms measured, "
                          f"{pred['step_time_s'] * 1e3:.2f} ms predicted ({e:+.1%})")
+        load.update(loadavg_after=os.getloadavg()[0], speed_after=speed_probe(device, threads, gemm_dtype) / expected)
         fp = device_fingerprint(device, threads)
     finally:
         runner.close()
@@ -84,6 +92,16 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     out.data = report.result_dict(
         fingerprint=fp, profile=profile, results=results, summary=summary, regimes=regimes,
         weakest=compare.weakest_regime(regimes), threshold=threshold, wall_s=time.perf_counter() - t0,
-        notes=notes, extra={"device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
+        notes=notes + _load_notes(load), extra={"machine_state": load, "device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
                             "band_quantile": compare.BAND_QUANTILE})
     return out
+
+
+def _load_notes(load: dict) -> list[str]:
+    """Say when the machine was slower than at calibration: errors then measure the load."""
+    slow = min(load["speed_before"], load["speed_after"])
+    if slow >= 0.85:
+        return []
+    return [f"the machine ran a 512-GEMM at {slow:.0%} of the speed its profile predicts (load average "
+            f"{load['loadavg_before']:.1f} -> {load['loadavg_after']:.1f}): other work shares the cores, so "
+            "measured times are inflated and errors here overstate the model's (docs/validation.md, Reliability)"]
