@@ -111,3 +111,31 @@ def test_simulator_on_demand_with_timeline():
     # A change keeps the analytic path live and asks for a new simulation.
     at.slider(key="wi.cpu-tiny.pl.cache_fraction").set_value(0.1).run()
     assert any("run the simulator again" in i.value for i in at.info)
+
+
+def test_every_example_scenario_renders_and_exports_its_yaml():
+    import yaml
+
+    from planner.loading import SCENARIOS_DIR, scenario_from_dict
+
+    at = _app()
+    for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
+        at.selectbox(key="wi.start").set_value(path.stem).run()
+        assert not at.exception and not at.error, (path.stem, [e.value for e in at.exception])
+        assert float(metric(at, "Output tok/s" if "train" not in path.stem else "Throughput").replace(",", "")) > 0
+        if "train" in path.stem:
+            assert metric(at, "TTFT") == "—"
+        # The YAML on the page is a scenario `engram-planner simulate` loads as is.
+        text = next(c.value for c in at.code if c.language == "yaml")
+        assert scenario_from_dict(yaml.safe_load(text)).name == path.stem
+
+
+def test_span_table_round_trips_to_a_chrome_trace():
+    from app.runs import SpanTable
+    from planner.trace import Span, chrome_trace, spans_from_chrome_trace
+
+    spans = [Span("step", "dev0 engine", 0.0, 1e-3), Span("wait_L1", "dev0 compute", 2e-4, 1e-4, {"rows": 3}),
+             Span("h2d_L1", "dev0 h2d", 1e-4, 2e-4)]
+    table = SpanTable.from_spans(spans)
+    assert len(table) == 3 and table.spans() == spans
+    assert spans_from_chrome_trace(chrome_trace(table.spans(), "t")) == sorted(spans, key=lambda s: s.start_s)

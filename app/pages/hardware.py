@@ -68,6 +68,11 @@ for i, k in enumerate(picked):
                                if "(" in k else "")
     bar_figs[k] = fig
     cols[i % 2].plotly_chart(fig, key=f"{P}.fig.{i}")
+if bar_figs:
+    st.download_button("Bar charts (HTML)",
+                       lambda: "\n".join(f.to_html(include_plotlyjs=(j == 0), full_html=False)
+                                         for j, f in enumerate(bar_figs.values())),
+                       "hardware-profiles.html", "text/html", key=f"{P}.dl.bars", icon=":material/download:")
 
 # ----------------------------------------------------------------------------- calibration
 

@@ -182,5 +182,7 @@ for i, (tab, r) in enumerate(zip(tabs, results)):
                  if c["id"] in front_ids]
         fig = figures.pareto(points, "x", "y", "Engram parameters (B)", "throughput drop (%, screened)", front)
         st.plotly_chart(fig, key=f"{P}.fig.{i}")
+        st.download_button("Pareto figure (HTML)", lambda fig=fig: fig.to_html(include_plotlyjs=True),
+                           f"pareto-{i}.html", "text/html", key=f"{P}.dl.fig.{i}", icon=":material/download:")
         st.caption(f"{len(r['candidates'])} candidates screened; the line joins the verified Pareto front "
                    f"({len(r['pareto'])}). Objectives: " + ", ".join(OBJECTIVE_TEXT.get(o, o) for o in r["objectives"]))
