@@ -73,14 +73,21 @@ def tier_memory(footprint, hardware) -> go.Figure:
     label = {"weights": "weights", "kv_cache": "KV cache (worst case)", "engram_table": "Engram table",
              "engram_cache": "Engram hot-row cache", "engram_host": "Engram table",
              "engram_page_cache": "page cache", "engram_disk": "Engram table"}
+    # Engram tables in purples (one shade per layer), never red: red means a stall elsewhere.
+    shades = {"weights": ["#4c78a8"], "kv_cache": ["#f58518"], "engram_cache": ["#72b7b2", "#9ecae9"],
+              "engram_page_cache": ["#eeca3b", "#f2cf5b"]}
+    purples = ["#b279a2", "#7b4173", "#ce6dbd", "#a55194", "#de9ed6"]
+    seen: dict[str, int] = {}
     fig = go.Figure()
-    for i, (part, nbytes) in enumerate(footprint.breakdown.items()):
+    for part, nbytes in footprint.breakdown.items():
         if nbytes <= 0:
             continue
         stem, _, layer = part.rpartition("_L") if "_L" in part else (part, "", "")
         tier = where.get(stem, "device")
         name = label.get(stem, stem) + (f" L{layer}" if layer else "")
-        fig.add_bar(x=[tiers[tier]], y=[nbytes / 1e9], name=name, marker_color=SERIES[i % len(SERIES)],
+        n = seen[stem] = seen.get(stem, -1) + 1
+        palette = shades.get(stem, purples)
+        fig.add_bar(x=[tiers[tier]], y=[nbytes / 1e9], name=name, marker_color=palette[n % len(palette)],
                     hovertemplate=f"{name}: %{{y:.3g}} GB<extra></extra>")
     caps = [("device", hardware.device.memory), ("host", hardware.host.memory)]
     if hardware.nvme is not None:

@@ -100,11 +100,11 @@ with right:
     for layer in model.engram_layer_ids:
         pl = step.per_layer.get(layer)
         if pl is None:
-            rows.append({"layer": layer, "tier": tiers[layer], "rows / step": "—", "bytes / step": "—",
+            rows.append({"layer": layer, "tier": tiers[layer], "bytes / step": "—",
                          "fetch": "—", "window": "—", "exposed": "—", "status": "on device"})
             continue
         exposed = float(np.asarray(pl["exposed_s"]))
-        rows.append({"layer": layer, "tier": tiers[layer], "rows / step": f"{float(pl['rows']):,.0f}",
+        rows.append({"layer": layer, "tier": tiers[layer],
                      "bytes / step": format_bytes(float(pl["bytes"])),
                      "fetch": format_seconds(float(np.asarray(pl["fetch_s"]))),
                      "window": format_seconds(float(np.asarray(pl["window_s"]))),
