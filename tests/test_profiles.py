@@ -17,7 +17,12 @@ def test_preset_loads_and_is_sane(name):
     assert hw.sources and all(s.strip() for s in hw.sources)
     d = hw.device
     # Dense peaks, not the 2:4-sparse ones (HARDWARE.md): nothing here exceeds 1 PFLOP/s bf16.
-    assert 1e12 <= d.flops_for("bf16") < 1.0e15
+    assert d.flops_for("bf16") < 1.0e15
+    if hw.source == "calibrated":
+        # Measured on the machine itself (a small CI VM is far below any datasheet).
+        assert hw.calibration is not None and d.flops_for("fp32") > 1e9
+        return
+    assert d.flops_for("bf16") >= 1e12
     assert hw.link.h2d_bandwidth * hw.efficiency.link <= hw.host.memory_bandwidth
     if d.kind == "cuda":
         # A host link never outruns device memory.
