@@ -331,6 +331,26 @@ def placement_input(scope: str, default: dict, layer_ids: list[int]) -> dict:
     return out
 
 
+def scenario_inputs(scope: str, raw: dict, *, hardware: bool = True) -> tuple[dict, Exception | None]:
+    """The sidebar's scenario editors (model, hardware if asked, workload, placement), each in
+    an expander. Returns the parts as plain mappings and the input error, if any (shown by
+    the page, which stops there)."""
+    parts: dict = {}
+    try:
+        with st.expander("Model", expanded=False):
+            parts["model"] = model_input(scope, raw.get("model", "engram-27b"))
+        if hardware:
+            with st.expander("Hardware", expanded=False):
+                parts["hardware"] = hardware_input(scope, raw.get("hardware", "h100-sxm"))
+        with st.expander("Workload", expanded=False):
+            parts["workload"] = workload_input(scope, raw.get("workload", {}))
+        with st.expander("Engram placement", expanded=hardware):
+            parts["placement"] = placement_input(scope, raw.get("placement", {}), engram_layer_ids(parts["model"]))
+    except (SpecError, ValueError) as exc:
+        return parts, exc
+    return parts, None
+
+
 def engram_layer_ids(model_data: dict) -> list[int]:
     engram = model_data.get("engram") if isinstance(model_data, dict) else None
     ids = engram.get("layer_ids") if isinstance(engram, dict) else None

@@ -1,54 +1,15 @@
 """N-gram hashing (ENGRAM.md 2.2-2.5) against a slow, independent scalar reference: Python
-ints, a demo-style prime search, and an explicit check that no int64 product wraps."""
+ints, the demo-style prime walk of tests/test_primes.py, and an explicit check that no int64 product wraps."""
 
 import numpy as np
 import pytest
 
 from planner.specs.model import EngramSpec
 from reference_model.hashing import NgramHasher
+# Independent of planner.primes: trial division and the demo's walk (tests/test_primes.py).
+from tests.test_primes import _reference as reference_primes, _slow_is_prime as _is_prime
 
 INT64_MAX = 2**63 - 1
-
-
-def _is_prime(n):
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    if n in small:
-        return True
-    if any(n % p == 0 for p in small):
-        return False
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for a in small:  # deterministic for n < 3.3e24
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def reference_primes(layer_ids, sizes, n_heads):
-    seen, out = set(), {}
-    for layer in layer_ids:
-        out[layer] = []
-        for size in sizes:
-            heads, start = [], size - 1
-            for _ in range(n_heads):
-                cand = start + 1
-                while not (_is_prime(cand) and cand not in seen):
-                    cand += 1
-                seen.add(cand)
-                heads.append(cand)
-                start = cand
-            out[layer].append(heads)
-    return out
 
 
 def reference_hash(e: EngramSpec, vocab, pad, ids_BT, past=None):

@@ -26,16 +26,8 @@ VARIABLES = {
 with st.sidebar:
     start, raw = widgets.scenario_picker(P, "h100-engram27b-host")
     scope = f"{P}.{start}"
-    try:
-        with st.expander("Model", expanded=False):
-            model_data = widgets.model_input(scope, raw.get("model", "engram-27b"))
-        with st.expander("Workload", expanded=False):
-            wl_data = widgets.workload_input(scope, raw.get("workload", {}))
-        with st.expander("Engram placement", expanded=False):
-            pl_data = widgets.placement_input(scope, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
-        input_error = None
-    except (widgets.SpecError, ValueError) as exc:
-        input_error = exc
+    parts, input_error = widgets.scenario_inputs(scope, raw, hardware=False)
+    model_data, wl_data, pl_data = parts.get("model"), parts.get("workload"), parts.get("placement")
     titles = widgets.profile_titles()
     default_hw = raw.get("hardware") if isinstance(raw.get("hardware"), str) else "h100-sxm"
     defaults = list(dict.fromkeys(n for n in (default_hw, "h100-pcie", "gh200") if n in titles))

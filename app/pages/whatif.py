@@ -23,18 +23,9 @@ def card(col, label: str, value: str, help: str | None = None) -> None:
 with st.sidebar:
     start, raw = widgets.scenario_picker(P)
     scope = f"{P}.{start}"
-    try:
-        with st.expander("Model", expanded=False):
-            model_data = widgets.model_input(scope, raw.get("model", "engram-27b"))
-        with st.expander("Hardware", expanded=False):
-            hw_data = widgets.hardware_input(scope, raw.get("hardware", "h100-sxm"))
-        with st.expander("Workload", expanded=False):
-            wl_data = widgets.workload_input(scope, raw.get("workload", {}))
-        with st.expander("Engram placement", expanded=True):
-            pl_data = widgets.placement_input(scope, raw.get("placement", {}), widgets.engram_layer_ids(model_data))
-        input_error = None
-    except (widgets.SpecError, ValueError) as exc:
-        input_error = exc
+    parts, input_error = widgets.scenario_inputs(scope, raw)
+    model_data, hw_data = parts.get("model"), parts.get("hardware")
+    wl_data, pl_data = parts.get("workload"), parts.get("placement")
 
 st.title("What-if")
 if input_error is not None:
