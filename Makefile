@@ -17,8 +17,11 @@ $(BIN)/engram-planner: pyproject.toml
 
 setup: $(BIN)/engram-planner
 
+# The headline question (a 100B-parameter table in host DRAM of an 8x H800 node, 512 sequences),
+# then the bundled plan: table sizes, layers and tiers recommended for three node types.
 demo: setup
-	$(BIN)/engram-planner params engram-27b
+	$(BIN)/engram-planner simulate h800-dense8b-engram100b
+	$(BIN)/engram-planner plan examples/plans/offload.yaml --out out/plan
 
 test: setup
 	$(BIN)/python -m pytest -n 2
