@@ -84,8 +84,22 @@ class MLA(nn.Module):
     no-position part and a RoPE part. Keys/values: ``[c, k_rope] = W_kva x``; ``c`` is
     RMS-normalised and expanded by ``W_kvb`` into per-head no-position keys and values; the
     rotated ``k_rope`` is shared by all heads. Only ``c`` and ``k_rope`` are cached.
-    Simplified: no YaRN scaling, and the cached latent is re-expanded each step (the naive
-    form) rather than absorbed into the query and output projections (same values).
+
+    Two forms, the same values (as DeepSeek-V3 inference and vLLM/SGLang serve MLA):
+
+    * prefill and training (no cache, or several new positions): the *expanded* form, ``W_kvb``
+      applied to every key's latent, then per-head attention over ``N + R`` wide keys and ``V``
+      wide values: ``2 H (N + R + V)`` FLOP per (query, key) pair;
+    * decode (one new position per sequence against the cache): the *absorbed* form. With
+      ``W_kvb = [W_UK; W_UV]`` per head, ``q_nope . (W_UK c) = (W_UK^T q_nope) . c`` and
+      ``sum_s p_s W_UV c_s = W_UV (sum_s p_s c_s)``: fold ``W_UK`` into the query and ``W_UV``
+      into the output and attend straight over the cached ``[c, k_rope]`` (one "KV head" of
+      width ``C + R`` shared by all heads, values ``c``): ``2 H (C + R) + 2 H C`` FLOP per pair;
+      the two absorb matmuls of a token cost what expanding its latent would (``2 H C (N + V)``).
+      The cache is never re-expanded (DeepSeek-V2 section 2.1.2; ``planner.costmodel`` counts
+      both forms).
+
+    Simplified: no YaRN scaling.
     """
 
     def __init__(self, spec: ModelSpec):
@@ -128,6 +142,8 @@ class MLA(nn.Module):
         if cache is not None:
             full = cache.append(start, latent=latent_BTC, k_rope=k_rope_BTR)
             latent_BTC, k_rope_BTR = full["latent"], full["k_rope"]
+            if T == 1:  # decode step
+                return self._absorbed(q_BTHQ, latent_BTC, k_rope_BTR)
         S = latent_BTC.shape[1]
         kv_BSHX = self.wkv_b(latent_BTC).view(B, S, self.n_heads, self.nope + self.v_dim)
         k_nope_BSHN, v_BSHV = kv_BSHX.split([self.nope, self.v_dim], dim=-1)
@@ -138,6 +154,21 @@ class MLA(nn.Module):
             attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _absorbed(self, q_B1HQ: torch.Tensor, latent_BSC: torch.Tensor, k_rope_BSR: torch.Tensor) -> torch.Tensor:
+        """Decode attention over the cached latent for one new position (it sees every cached
+        key, so no mask): queries ``[W_UK^T q_nope, q_rope]`` against keys ``[c, k_rope]``,
+        values ``c``, then ``W_UV`` per head. The heads share the one latent "KV head", so they
+        ride along the query axis of a single-head attention."""
+        B, _, H, _ = q_B1HQ.shape
+        w_HXC = self.wkv_b.weight.view(H, self.nope + self.v_dim, self.kv_rank)
+        w_uk_HNC, w_uv_HVC = w_HXC.split([self.nope, self.v_dim], dim=1)
+        q_lat_BHC = torch.einsum("bhn,hnc->bhc", q_B1HQ[:, 0, :, :self.nope], w_uk_HNC)
+        q_B1HK = torch.cat([q_lat_BHC, q_B1HQ[:, 0, :, self.nope:]], dim=-1).unsqueeze(1)
+        k_B1SK = torch.cat([latent_BSC, k_rope_BSR], dim=-1).unsqueeze(1)
+        out_B1HC = F.scaled_dot_product_attention(q_B1HK, k_B1SK, latent_BSC.unsqueeze(1), scale=self.scale)
+        out_BHV = torch.einsum("bhc,hvc->bhv", out_B1HC[:, 0], w_uv_HVC)
+        return self.wo(out_BHV.reshape(B, 1, H * self.v_dim))
 
 
 def build_attention(spec: ModelSpec) -> nn.Module:

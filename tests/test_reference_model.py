@@ -236,3 +236,20 @@ def test_bf16_and_bad_dtypes():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     with pytest.raises(ValueError, match="fp8"):
         EngramModel(spec.model_copy(update={"dtype": "fp8"}))
+
+
+def test_mla_decode_uses_absorbed_form():
+    """A decode step (one new position against the cache) never re-expands the cached latent
+    through wkv_b (the absorbed form); prefill does (the expanded form)."""
+    torch.manual_seed(0)
+    model = randomise(EngramModel(fp32("tiny"))).eval()
+    calls = []
+    for block in model.blocks:
+        block.attn.wkv_b.register_forward_hook(lambda *_: calls.append(1))
+    ids = torch.randint(0, 2048, (2, 9))
+    with torch.no_grad():
+        cache = model.new_cache(2, 9)
+        model(ids[:, :8], kv_cache=cache)
+        prefill_calls = len(calls)
+        model(ids[:, 8:], kv_cache=cache)
+    assert prefill_calls > 0 and len(calls) == prefill_calls
