@@ -19,8 +19,10 @@ Approximations, stated once:
 * MoE routing is uniform over experts (DeepSeek-V3's auxiliary-loss-free balancing steers it
   there), so ``E * (1 - (1 - k/E)^T)`` distinct experts are touched by T tokens and only their
   weights are read.
-* MLA FLOPs use the non-absorbed form for both prefill and decode; its bytes use the cached
-  latent (``kv_lora_rank + rope``) as DeepSeek-V3 inference stores it.
+* MLA as DeepSeek-V3 inference (and the reference model) runs it: prefill pairs in the expanded
+  form (per-head keys and values from the latent), decode pairs in the absorbed form (attention
+  straight over the cached latent, ``W_UK``/``W_UV`` folded into query and output); bytes read
+  the cached latent (``kv_lora_rank + rope``) in both.
 * Links: ``latency + bytes / rate``. ``efficiency.link`` scales the line-rate figures (h2d,
   d2h); the pageable and UVA figures in a profile are already achieved rates and are used as is.
 """
@@ -136,18 +138,24 @@ class BatchShape:
 
     ``tokens``: query tokens (decode tokens + prefill chunk tokens); ``seqs``: sequences in the
     step (each gets one logit row); ``attn_pairs``: sum over query tokens of keys attended
-    (causal); ``kv_read``: keys read from the cache, summed over sequences.
+    (causal); ``kv_read``: keys read from the cache, summed over sequences. ``decode_tokens``
+    and ``decode_pairs``: the part of ``tokens`` and ``attn_pairs`` that are decode steps (one
+    new token of a sequence against its cache; MLA computes those in the absorbed form), the
+    rest is prefill.
     """
 
     tokens: Number
     seqs: Number
     attn_pairs: Number
     kv_read: Number
+    decode_tokens: Number = 0.0
+    decode_pairs: Number = 0.0
 
     @staticmethod
     def decode(batch: Number, context: Number) -> "BatchShape":
         """``batch`` sequences each decoding one token against ``context`` cached keys."""
-        return BatchShape(tokens=batch, seqs=batch, attn_pairs=batch * (context + 1), kv_read=batch * context)
+        return BatchShape(tokens=batch, seqs=batch, attn_pairs=batch * (context + 1), kv_read=batch * context,
+                          decode_tokens=batch, decode_pairs=batch * (context + 1))
 
     @staticmethod
     def prefill(chunk: Number, prior: Number = 0) -> "BatchShape":
@@ -162,6 +170,8 @@ class BatchShape:
             self.seqs + other.seqs,
             self.attn_pairs + other.attn_pairs,
             self.kv_read + other.kv_read,
+            self.decode_tokens + other.decode_tokens,
+            self.decode_pairs + other.decode_pairs,
         )
 
 
@@ -230,15 +240,25 @@ class CostModel:
         """Attention of one block, with its hyper-connection wrapper.
 
         FLOPs: projections (2 per weight per token) plus QK^T and PV per (query, key) pair.
+        MLA (``reference_model.attention.MLA``): prefill pairs in the expanded form,
+        ``2 H (nope + rope + v)`` each, plus re-expanding the latent of keys cached before a
+        prefill chunk (``2 H C (nope + v)`` each); decode pairs in the absorbed form,
+        ``2 H (C + rope) + 2 H C`` each (C = kv_lora_rank), whose per-token absorb matmuls cost
+        what the ``W_kvb`` projection counted per token does.
         Bytes: weights once, KV cache read (``kv_read``) and written (``tokens``), activations.
         Simplifies: FlashAttention-style fused core (no score matrix in HBM), no paging overhead.
         """
         m, att = self.model, self.model.attention
         if isinstance(att, GQAAttention):
-            pair_flops = 4 * att.n_heads * m.head_dim
+            pair_flops = b.attn_pairs * 4 * att.n_heads * m.head_dim
         else:
-            pair_flops = 2 * att.n_heads * (att.qk_nope_head_dim + att.qk_rope_head_dim + att.v_head_dim)
-        flops = 2 * b.tokens * (self._attn_params + self._hc_params) + b.attn_pairs * pair_flops
+            h, c, r = att.n_heads, att.kv_lora_rank, att.qk_rope_head_dim
+            prefill_pairs = b.attn_pairs - b.decode_pairs
+            prior_keys = b.kv_read - (b.decode_pairs - b.decode_tokens)  # cached keys of prefill chunks
+            pair_flops = (prefill_pairs * 2 * h * (att.qk_nope_head_dim + r + att.v_head_dim)
+                          + prior_keys * 2 * h * c * (att.qk_nope_head_dim + att.v_head_dim)
+                          + b.decode_pairs * (2 * h * (c + r) + 2 * h * c))
+        flops = 2 * b.tokens * (self._attn_params + self._hc_params) + pair_flops
         bytes_ = (
             (self._attn_params + self._hc_params) * self.width
             + (b.kv_read + b.tokens) * self._kv_bytes_layer

@@ -77,3 +77,21 @@ def test_array_inputs_broadcast(cost):
     assert t.shape == (2,) and t[1] > t[0]
     w = cost.attention(BatchShape.decode(np.array([1.0, 64.0]), 1024.0))
     assert np.shape(cost.seconds(w)) == (2,)
+
+
+def test_mla_counts_expanded_prefill_and_absorbed_decode_pairs():
+    """Prefill pairs in the expanded form, decode pairs in the absorbed form (what the
+    reference MLA runs); a mixed step is the sum of its parts."""
+    model = load_model("tiny")
+    att, c = model.attention, CostModel(load_model("tiny"), load_hardware("h800"))
+    h, kv, r = att.n_heads, att.kv_lora_rank, att.qk_rope_head_dim
+    per_token = 2 * (attention_params(model) + c._hc_params)
+    dec, pre = BatchShape.decode(4, 63), BatchShape.prefill(32)
+    assert c.attention(dec).flops == pytest.approx(4 * per_token + 4 * 64 * (2 * h * (kv + r) + 2 * h * kv))
+    expanded = 2 * h * (att.qk_nope_head_dim + r + att.v_head_dim)
+    assert c.attention(pre).flops == pytest.approx(32 * per_token + 32 * 33 / 2 * expanded)
+    assert c.attention(dec + pre).flops == pytest.approx(c.attention(dec).flops + c.attention(pre).flops)
+    # A prefill chunk after cached keys re-expands their latent.
+    chunk = BatchShape.prefill(8, 16)
+    assert c.attention(chunk).flops == pytest.approx(
+        8 * per_token + (8 * 16 + 8 * 9 / 2) * expanded + 16 * 2 * h * kv * (att.qk_nope_head_dim + att.v_head_dim))

@@ -44,7 +44,8 @@ class Replica:
                 continue
             plan = schedule_step(running, waiting, self.workload)
             assert plan.tokens > 0, "scheduler made no progress (validated before the run)"
-            shape = BatchShape(tokens=plan.tokens, seqs=plan.seqs, attn_pairs=plan.attn_pairs, kv_read=plan.kv_read)
+            shape = BatchShape(tokens=plan.tokens, seqs=plan.seqs, attn_pairs=plan.attn_pairs, kv_read=plan.kv_read,
+                               decode_tokens=plan.decode_tokens, decode_pairs=plan.decode_pairs)
             start = env.now
             ready = None
             if self.fetcher is not None and self.offloaded and self.prefetch:

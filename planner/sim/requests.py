@@ -80,6 +80,7 @@ class StepPlan:
     decode_tokens: int = 0
     attn_pairs: float = 0.0
     kv_read: float = 0.0
+    decode_pairs: float = 0.0  # the decode tokens' share of attn_pairs
 
     def add(self, req: Request, n: int) -> None:
         prior = req.computed
@@ -89,6 +90,7 @@ class StepPlan:
         self.attn_pairs += n * prior + n * (n + 1) / 2
         if not req.prefilling:
             self.decode_tokens += 1
+            self.decode_pairs += n * prior + n * (n + 1) / 2
 
     @property
     def seqs(self) -> int:
