@@ -93,6 +93,12 @@ class Efficiency:
     def link(self, bytes_: Number) -> Number:
         return self.spec.link
 
+    def link_copy(self, bytes_: Number, direction: str) -> Number:
+        """Fraction of the host<->device line rate (``link.h2d_bandwidth`` / ``d2h_bandwidth``)
+        a pinned copy of ``bytes_`` reaches, its latency aside. ``link`` here; a calibrated link
+        curve with two bandwidth regimes overrides it."""
+        return self.link(bytes_)
+
     def host_memory(self, bytes_: Number) -> Number:
         return self.spec.host_memory
 
@@ -329,7 +335,7 @@ class CostModel:
         half the pinned rate)."""
         link = self.hardware.link
         line = self.h2d_bandwidth if direction == "h2d" else self.d2h_bandwidth
-        pinned = line * self.eff.link(bytes_)
+        pinned = line * self.eff.link_copy(bytes_, direction)
         if mode == "pinned":
             return pinned
         if mode == "pageable":

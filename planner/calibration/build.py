@@ -9,7 +9,8 @@ Curves (names as in the profile; docs/calibration.md explains each):
 * ``gemm:<dtype>``: square GEMMs, efficiency vs FLOPs; its best sample is the device's peak;
 * ``op:<kind>:<dtype>``: the reference model's ops, efficiency vs the cost model's FLOPs for the
   op (bytes for ``embed``), i.e. ``flops / (peak x measured time)``;
-* ``dram:copy``: stream-like copy rate vs bytes; ``link:<mode>``: ``latency + bytes / bandwidth``;
+* ``dram:copy``: stream-like copy rate vs bytes; ``link:<mode>``: ``latency + bytes / bandwidth``,
+  or two bandwidths either side of a fitted size when one line does not fit (``fit.fit_link``);
 * ``gather:<source>:<width>B:<threads>t``: gathered bytes/s vs rows per batch;
 * ``hash:tokens``: hashed tokens/s on one core vs tokens per call;
 * ``step:layers``: a whole decode step's seconds vs layers (linear: per-step + per-layer cost).
@@ -24,7 +25,8 @@ import numpy as np
 
 from planner.calibration.fit import (
     Fit,
-    fit_latency_bandwidth,
+    bandwidth_of,
+    fit_link,
     fit_linear,
     fit_saturating,
     latency_of,
@@ -84,10 +86,12 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
         k["device_memory_bytes_per_s"] = 2 * float(fit(x.max()))
     for mode, samples in results["link"].items():
         x, t = np.array([s["bytes"] for s in samples]), np.array([s["seconds"] for s in samples])
-        fit = fit_latency_bandwidth(x, t)
-        curves.append(curve(f"link:{mode}", fit, x, x / t, "bytes", "bytes_per_s",
-                            f"{mode} copies: latency + bytes / bandwidth (p = 1)"))
-        k[f"link_{mode}_bytes_per_s"] = fit.params["y_max"]
+        fit = fit_link(x, t, TARGET_ERROR)
+        what = ("latency + bytes / bandwidth (p = 1)" if fit.form == "saturating" else
+                "latency + bytes / bandwidth, one bandwidth below x_break and another above")
+        curves.append(curve(f"link:{mode}", fit, x, x / t, "bytes", "bytes_per_s", f"{mode} copies: {what}"))
+        # The profile's scalar: the bandwidth of the largest copies (the curve keeps the rest).
+        k[f"link_{mode}_bytes_per_s"] = float(bandwidth_of(fit, x.max()))
         k[f"link_{mode}_latency_s"] = latency_of(fit)
     if "uva" in results:
         u = results["uva"]
@@ -151,12 +155,17 @@ def _op_curves(results: dict, peaks: dict[str, float], memory_bw: float) -> list
 
 
 def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, device: str, quick: bool,
-                  wall_s: float, name: str | None = None) -> HardwareSpec:
+                  wall_s: float, name: str | None = None, native: set[str] | None = None) -> HardwareSpec:
     """The calibrated profile: ``base`` (a preset) with every measured number replaced, its
-    ``efficiency`` set to what the curves say for large work, and the calibration section."""
-    from planner.calibration.tasks import HASH_MODEL
+    ``efficiency`` set to what the curves say for large work, and the calibration section.
+    ``native``: dtypes the device computes in hardware (default: ``tasks.native_dtypes``); a
+    GEMM-measured dtype outside it is listed in ``calibration.emulated_dtypes``."""
+    from planner.calibration.tasks import HASH_MODEL, native_dtypes
 
     curves, k = fit_all(results, device)
+    native = native_dtypes(device) if native is None else native
+    emulated = sorted(dt for dt in ("fp32", "bf16", "fp16") if f"peak_flops_{dt}" in k and dt not in native)
+    gather_threads = sorted({s["threads"] for s in results.get("gather", []) + results.get("gather_threads", [])})
     cpu = fingerprint["cpu"]
     data = base.model_dump(mode="json", exclude_none=True)
     data.pop("calibration", None)
@@ -187,10 +196,11 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                     f"{fingerprint['threads']} threads, {fingerprint['date']}",
         source="calibrated", link=link,
         efficiency={"matmul": 1.0, "memory": 1.0, "link": 1.0, "host_memory": 0.5},
-        sources=_sources(fingerprint, base, k, quick, HASH_MODEL),
+        sources=_sources(fingerprint, base, k, quick, HASH_MODEL)
+        + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base),
         calibration={"device": device, "quick": quick, "wall_s": wall_s, "fingerprint": _fp(fingerprint),
                      "curves": [c.model_dump(mode="json", exclude_none=True) for c in curves], "constants": k,
-                     "notes": _notes()},
+                     "notes": _notes(), "emulated_dtypes": emulated},
     )
     return HardwareSpec.model_validate(data)
 
@@ -209,13 +219,28 @@ def _sources(fp: dict, base: HardwareSpec, k: dict, quick: bool, hash_model: str
         "device.flops: best measured square GEMM per dtype (not a datasheet figure)",
         "device.memory_bandwidth, host.memory_bandwidth: 2 x the measured stream-copy rate (read + write); "
         "efficiency.host_memory 0.5 leaves the copy rate itself for row traffic",
-        "link: latency + bytes / bandwidth fitted to measured copies (a host memcpy on a CPU device)",
+        "link: latency + bytes / bandwidth fitted to measured copies (a host memcpy on a CPU device); "
+        "bandwidth = the largest copies' rate; a two_regime link curve gives the rate below its breakpoint "
+        "(the cost model evaluates the curve)",
         f"host.gather_bandwidth_per_core: DenseRows.gather, one thread, {REFERENCE_ROW_BYTES} B rows, largest batch",
         f"host.hash_tokens_per_s_per_core: NgramHasher.row_ids on {hash_model} ({k['hash_indices_per_token']:.0f} "
         f"indices a token), one thread, {REFERENCE_HASH_TOKENS} tokens a call",
         "device.kernel_launch_overhead: one tiny op's dispatch; ops with an op:<kind> curve include their own fixed costs",
         f"unmeasured fields (sockets, NUMA, NVMe, network, prices) from preset {base.name!r}",
     ]
+
+
+def _emulated_sources(emulated: list[str], k: dict) -> list[str]:
+    return [f"{dt}: no native {dt} units on this device (GEMM peak {k[f'peak_flops_{dt}'] / 1e9:.3g} vs fp32 "
+            f"{k['peak_flops_fp32'] / 1e9:.3g} GFLOP/s): model ops measured in fp32; {dt} op times = the fp32 "
+            f"op curves scaled by the measured GEMM ratio ({k['peak_flops_fp32'] / k[f'peak_flops_{dt}']:.3g}x)"
+            for dt in emulated if "peak_flops_fp32" in k]
+
+
+def _gather_sources(threads: list[int], fp: dict, base: HardwareSpec) -> list[str]:
+    engine = base.host.engine_cores
+    return [f"gathers measured with {', '.join(map(str, threads))} thread(s): at most the cores the serving "
+            f"engine leaves free ({fp['cpu_count']} - host.engine_cores {engine}, at least 1)"]
 
 
 def _notes() -> list[str]:

@@ -7,6 +7,13 @@
   fixed launch or Python cost per op is part of the curve, not a separate constant. ``p`` lets
   the knee be sharper (cache and vector-width effects) or softer than that.
 * ``linear``: ``y = intercept + slope * x`` (a step's fixed cost plus a cost per layer).
+* ``two_regime``: a copy whose per-byte rate changes at a size: ``time = latency + x / bw_small``
+  below ``x_break``, ``latency + x / bw_large`` from it on (the rate ``y = x / time``; one fixed
+  cost, two bandwidths, a step at the breakpoint, which lies halfway (geometrically) between
+  the two samples it separates). A CPU ``memcpy`` has two: caches and page-mapping costs
+  below a few MiB, streaming stores beyond. :func:`fit_link` picks it over the one-line
+  latency-bandwidth law only when that law does not suffice and the data pay for the two extra
+  parameters (BIC).
 
 Saturating curves are fitted in log space (``log y``), so every sample weighs by its *relative*
 error whatever its magnitude, which is the error the calibrate command reports. All functions
@@ -38,12 +45,29 @@ class Fit:
             return saturating(x, **self.params)
         if self.form == "linear":
             return self.params["intercept"] + self.params["slope"] * x
+        if self.form == "two_regime":
+            return two_regime(x, **self.params)
         raise ValueError(f"unknown curve form {self.form!r}")
 
 
 def saturating(x, y_max: float, x_half: float, p: float) -> np.ndarray:
     x = np.maximum(np.asarray(x, dtype=float), 1e-300)
     return y_max / (1.0 + (x_half / x) ** p)
+
+
+def two_regime(x, latency: float, bw_small: float, bw_large: float, x_break: float) -> np.ndarray:
+    """Rate ``x / (latency + x / bw)`` with ``bw = bw_small`` below ``x_break``, else ``bw_large``."""
+    x = np.maximum(np.asarray(x, dtype=float), 1e-300)
+    return x / (latency + x / np.where(x < x_break, bw_small, bw_large))
+
+
+def bandwidth_of(fit: Fit, x) -> np.ndarray:
+    """The per-byte rate of a link curve at size ``x``, its fixed latency aside: ``y_max`` of a
+    ``p = 1`` saturating curve, the regime's bandwidth of a two-regime one."""
+    x = np.asarray(x, dtype=float)
+    if fit.form == "two_regime":
+        return np.where(x < fit.params["x_break"], fit.params["bw_small"], fit.params["bw_large"])
+    return fit.params["y_max"] + 0.0 * x
 
 
 def relative_residuals(fit: Fit, x, y) -> np.ndarray:
@@ -102,8 +126,58 @@ def fit_latency_bandwidth(bytes_, seconds) -> Fit:
 
 
 def latency_of(fit: Fit) -> float:
-    """The fixed time of a ``p = 1`` saturating rate curve: ``x_half / y_max``."""
+    """The fixed time of a link curve: ``x_half / y_max`` of a ``p = 1`` saturating rate curve,
+    ``latency`` of a two-regime one."""
+    if fit.form == "two_regime":
+        return fit.params["latency"]
     return fit.params["x_half"] / fit.params["y_max"]
+
+
+def fit_two_regime(bytes_, seconds) -> Fit:
+    """``time = latency + bytes / bw`` with one ``bw`` below a breakpoint and another above,
+    least squares of ``log rate`` (relative error) for every split of the sorted sizes that
+    leaves at least two samples on each side; the best split wins."""
+    x, t = _clean(bytes_, seconds)
+    order = np.argsort(x)
+    x, t = x[order], t[order]
+    lr = np.log(x / t)
+    best, best_cost = None, np.inf
+    for k in range(2, len(x) - 1):
+        x_break = float(np.sqrt(x[k - 1] * x[k]))
+        small = x < x_break
+
+        def resid(theta):
+            lat, bw_s, bw_l = np.exp(theta)
+            return np.log(x / (lat + x / np.where(small, bw_s, bw_l))) - lr
+
+        r_lo, r_hi = x[:k] / t[:k], x[k:] / t[k:]
+        guess = np.log([max(float(t.min()) * 0.5, 1e-9), float(r_lo.max()), float(np.median(r_hi))])
+        sol = least_squares(resid, guess, method="trf", x_scale="jac",
+                            bounds=([np.log(1e-12), -np.inf, -np.inf], [np.log(1.0), np.inf, np.inf]))
+        if sol.cost < best_cost:
+            lat, bw_s, bw_l = np.exp(sol.x)
+            best_cost, best = sol.cost, Fit("two_regime", {"latency": float(lat), "bw_small": float(bw_s),
+                                                           "bw_large": float(bw_l), "x_break": x_break})
+    assert best is not None, "a two-regime fit needs at least 4 samples"
+    return best
+
+
+def fit_link(bytes_, seconds, enough: float) -> Fit:
+    """Model choice for copies: the one-line ``latency + bytes / bandwidth`` law (2 parameters)
+    when its median relative error is within ``enough``; otherwise the two-regime form
+    (4 parameters) if the Bayesian information criterion ``n log(RSS / n) + k log n`` on the
+    log rates prefers it, else still the line."""
+    x, t = _clean(bytes_, seconds)
+    line = fit_latency_bandwidth(x, t)
+    if median_abs_rel_error(line, x, x / t) <= enough or len(x) < 4:
+        return line
+    two = fit_two_regime(x, t)
+
+    def bic(fit: Fit, k: int) -> float:
+        rss = float(np.sum(np.log(fit(x) / (x / t)) ** 2))
+        return len(x) * np.log(max(rss, 1e-300) / len(x)) + k * np.log(len(x))
+
+    return two if bic(two, 4) < bic(line, 2) else line
 
 
 def fit_linear(x, y) -> Fit:

@@ -64,6 +64,30 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, min_time_s: float =
     return statistics.median(samples)
 
 
+def time_calls_interleaved(fns: dict, *, repeats: int = 5, min_time_s: float = 2e-3,
+                            max_inner: int = 10_000) -> dict:
+    """:func:`time_call` of several CPU calls at once, their repeats interleaved (repeat 1 of
+    each, then repeat 2 of each, ...): a burst of load from other processes then lands on all of
+    them alike instead of on one. ``fns``: ``{key: (setup, fn)}``; ``setup()`` runs before each
+    timed loop of ``fn`` (e.g. setting the thread count). Median seconds of one call per key."""
+    inner = {}
+    for key, (setup, fn) in fns.items():
+        setup()
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[key] = int(min(max_inner, max(1, min_time_s / max(time.perf_counter() - t0, 1e-7))))
+    samples: dict = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, (setup, fn) in fns.items():
+            setup()
+            t0 = time.perf_counter()
+            for _ in range(inner[key]):
+                fn()
+            samples[key].append((time.perf_counter() - t0) / inner[key])
+    return {key: statistics.median(v) for key, v in samples.items()}
+
+
 def lower_quartile(samples: list[float]) -> float:
     """The statistic for single calls that cannot be looped (a model span, a whole step): on a
     shared machine a preemption only ever adds time (a scheduler tick, 4 ms at 250 Hz), so the
@@ -236,9 +260,12 @@ def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int],
                         state["i"] = (state["i"] + 1) % sets
                         rows_src.gather(ids[state["i"]], staging)
 
-                    for n_threads in threads:
-                        with torch_threads(n_threads):
-                            t = time_call(gather, repeats=repeats, min_time_s=5e-3)
+                    # Thread counts interleaved, so load from other processes hits all alike.
+                    with torch_threads(None):
+                        times = time_calls_interleaved(
+                            {n: (lambda n=n: torch.set_num_threads(n), gather) for n in threads},
+                            repeats=repeats, min_time_s=5e-3)
+                    for n_threads, t in times.items():
                         out.append({"source": source, "row_bytes": width, "rows": rows,
                                     "threads": n_threads, "seconds": t})
                 del rows_src

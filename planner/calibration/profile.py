@@ -18,7 +18,7 @@ from importlib import metadata
 
 import numpy as np
 
-from planner.calibration.fit import Fit
+from planner.calibration.fit import Fit, bandwidth_of
 from planner.costmodel import Efficiency, Number
 from planner.specs import HardwareSpec
 from planner.specs.hardware import CurveFit
@@ -86,9 +86,17 @@ class CalibratedEfficiency(Efficiency):
     dispatch; a flat extrapolation of a curve fitted on tiny ops charged them the tiny ops'
     overhead share, up to 3x too slow in ``engram-planner validate``).
 
+    Host<->device copies (``link_copy``): a ``link:memcpy`` (CPU device) or
+    ``link:<direction>_pinned`` curve gives the bandwidth of a copy of that size relative to the
+    profile's line rate (the largest copies' bandwidth), so a two-regime copy is charged the
+    regime its size falls in; the fixed latency stays ``link.latency``.
+
     Simplifies: an op's efficiency depends on its FLOPs only (not on which shape produced them);
     a backward pass (2x FLOPs) reads the same curve further out. A kind measured only in another
-    dtype is assumed to reach the same FLOP/s there (its efficiency is rescaled by the peaks).
+    dtype is assumed to reach the same FLOP/s there (its efficiency is rescaled by the peaks),
+    except in a dtype the device emulates (``calibration.emulated_dtypes``, e.g. bf16 on a CPU
+    without bf16 units): there it reaches the same fraction of that dtype's measured GEMM peak,
+    i.e. the fp32 op times scaled by the ratio of the two GEMM peaks.
     """
 
     def __init__(self, hw: HardwareSpec, dtype: str | None = None):
@@ -101,10 +109,14 @@ class CalibratedEfficiency(Efficiency):
         self.op_x_max: dict[str, float] = {}  # largest measured x of each op curve
         self.gemm: tuple[Fit, str, float] | None = None
         self.gemm_rows: tuple[Fit, str, float] | None = None
+        self.links: dict[str, tuple[Fit, float]] = {}  # direction -> (curve, profile line rate)
+        lines = {"h2d": hw.link.h2d_bandwidth, "d2h": hw.link.d2h_bandwidth}
+        emulated = dtype in hw.calibration.emulated_dtypes
         for c in hw.calibration.curves:
-            # Same dtype first; otherwise the same FLOP/s: scale = peak(curve dtype) / peak(here).
+            # Same dtype first; otherwise the same FLOP/s: scale = peak(curve dtype) / peak(here);
+            # an emulated dtype instead the same fraction of its own (measured) GEMM peak.
             exact = c.dtype is None or dtype is None or c.dtype == dtype
-            scale = 1.0 if exact or c.dtype not in peaks or here is None else peaks[c.dtype] / here
+            scale = 1.0 if exact or emulated or c.dtype not in peaks or here is None else peaks[c.dtype] / here
             entry = (Fit(c.form, dict(c.params)), c.x, scale)
             if c.name.startswith("op:"):
                 kind = c.name[3:].rsplit(":", 1)[0] if c.dtype else c.name[3:]
@@ -115,6 +127,10 @@ class CalibratedEfficiency(Efficiency):
                 self.gemm = entry
             elif c.name.startswith("gemm_rows:") and (exact or self.gemm_rows is None):
                 self.gemm_rows = entry
+            elif c.name == "link:memcpy":
+                self.links = {d: (entry[0], line) for d, line in lines.items()}
+            elif c.name in ("link:h2d_pinned", "link:d2h_pinned"):
+                self.links[c.name[5:8]] = (entry[0], lines[c.name[5:8]])
 
     def matmul(self, flops: Number, bytes_: Number) -> Number:
         if self.gemm is None:
@@ -146,6 +162,12 @@ class CalibratedEfficiency(Efficiency):
 
     def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
         return 0.0 * kernels if kind in self.ops else kernels * launch_s
+
+    def link_copy(self, bytes_: Number, direction: str) -> Number:
+        if direction not in self.links:
+            return self.link(bytes_)
+        fit, line = self.links[direction]
+        return bandwidth_of(fit, bytes_) / line
 
     def rows(self, tokens: Number, kind: str) -> Number:
         """The ``gemm_rows:<dtype>`` curve: efficiency of a GEMM with ``tokens`` rows and

@@ -25,7 +25,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 3
+MEASURE_VERSION = 4
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
@@ -58,9 +58,34 @@ class Task:
         return getattr(module, self.function)(**kwargs)
 
 
-def plan(device: str, quick: bool) -> list[Task]:
+def native_dtypes(device: str) -> set[str]:
+    """Dtypes the device computes in hardware: all on CUDA; fp32 on a CPU, plus bf16 when
+    ``/proc/cpuinfo`` lists ``avx512_bf16`` or ``amx_bf16`` (without them torch emulates bf16
+    GEMMs in software, tens of times slower, and few-row and many-row GEMMs slow down unequally,
+    so bf16 op spans fit no one efficiency curve)."""
+    if device == "cuda":
+        return {"fp32", "bf16", "fp16"}
+    try:
+        flags = {word for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("flags") for word in line.split(":", 1)[1].split()}
+    except OSError:
+        flags = set()
+    return {"fp32"} | ({"bf16"} if flags & {"avx512_bf16", "amx_bf16"} else set())
+
+
+def gather_thread_counts(quick: bool, engine_cores: int = 1) -> list[int]:
+    """Thread counts (besides 1) the gathers are measured with: at most the cores the serving
+    engine leaves free (``os.cpu_count() - engine_cores``, at least 1; the engine's own thread
+    takes the rest, and a gather thread on its core measures the collision, not the gather)."""
+    free = max(1, (os.cpu_count() or 1) - engine_cores)
+    return sorted(n for n in ({2, free} if quick else {2, 4, free}) if 2 <= n <= free)
+
+
+def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
     """The measurements of one run, cheapest first. ``quick``: fewer sizes and repeats (under
-    3 minutes on a 2-core machine); full: more sizes, both dtypes and larger model variants."""
+    3 minutes on a 2-core machine); full: more sizes, both dtypes and larger model variants.
+    ``engine_cores``: cores the serving engine occupies (``host.engine_cores``), which bounds the
+    gather thread counts (:func:`gather_thread_counts`)."""
     from planner.calibration.measure_ops import scaled_variant, with_dtype
     from planner.loading import load_model
 
@@ -90,24 +115,27 @@ def plan(device: str, quick: bool) -> list[Task]:
     table = (128 if quick else 512) * mb
     tasks.append(Task("gather", "measure_gathers", {"sources": ["ram", "mmap"], "widths": widths, "rows_list": rows,
                                                    "threads": [1], "table_bytes": table, "repeats": reps}))
-    threads = os.cpu_count() or 1
-    if threads > 1:
+    threads = gather_thread_counts(quick, engine_cores)
+    if threads:
         tasks.append(Task("gather_threads", "measure_gathers", {
             "sources": ["ram"], "widths": [REFERENCE_ROW_BYTES], "rows_list": rows,
-            "threads": sorted({2, threads} if quick else {2, 4, threads}), "table_bytes": table, "repeats": reps}))
+            "threads": threads, "table_bytes": table, "repeats": reps}))
     tasks.append(Task("hash", "measure_hash", {"model": HASH_MODEL, "tokens_list": [64, 512, 4096, 32768],
                                               "repeats": reps}))
     # The reference model's ops: the two tiny test models as shipped (MLA + MoE + HC in bf16,
-    # GQA dense in fp32); the full run adds the other dtype and 4x and 8x wider variants.
-    tiny, gqa = load_model("tiny"), load_model("tiny-gqa")
+    # GQA dense in fp32); the full run adds the other dtype and 4x and 8x wider variants. Only
+    # dtypes the device computes natively: an emulated one (bf16 on most CPUs) is measured as
+    # fp32 and priced from the fp32 curves and the two GEMM peaks (CalibratedEfficiency).
+    native = native_dtypes(device)
+    shipped = load_model("tiny"), load_model("tiny-gqa")
+    tiny, gqa = (s if s.dtype in native else with_dtype(s, "fp32") for s in shipped)
     specs = [tiny, gqa]
     prefill = [8, 32, 128] if quick else [4, 16, 64, 256, 512]
     decode = [(1, 16), (4, 64), (16, 128)] if quick else [(1, 32), (4, 128), (16, 256), (64, 512)]
     if not quick:
-        specs += [with_dtype(tiny, "fp32"), with_dtype(gqa, "bf16")]
-        # bf16 GEMMs are emulated on CPUs without bf16 units (tens of times slower): 4x only.
-        wide = [(4, "fp32"), (8, "fp32"), (4, "bf16")] + ([(8, "bf16")] if device == "cuda" else [])
-        specs += [scaled_variant(s, f, dt) for s in (tiny, gqa) for f, dt in wide]
+        specs += [with_dtype(s, dt) for s in (tiny, gqa) for dt in ("fp32", "bf16") if dt in native and dt != s.dtype]
+        wide = [(f, dt) for f in (4, 8) for dt in ("fp32", "bf16") if dt in native]
+        specs += [scaled_variant(s, f, dt) for s in shipped for f, dt in wide]
     shapes = [("prefill", 1, t) for t in prefill] + [("decode", b, c) for b, c in decode]
     for spec in specs:
         tasks.append(Task(f"ops:{spec.name}", "measure_model_ops", {

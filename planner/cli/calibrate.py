@@ -54,7 +54,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from planner.calibration.build import TARGET_ERROR, build_profile
-    from planner.calibration.tasks import DEFAULT_CACHE, measure_fingerprint, plan, run_task
+    from planner.calibration.tasks import DEFAULT_CACHE, measure_fingerprint, native_dtypes, plan, run_task
     from planner.loading import load_hardware
 
     try:
@@ -70,7 +70,7 @@ def run(args) -> int:
     base = load_hardware(args.base or ("cpu-workstation" if device == "cpu" else "h100-sxm"))
     cache_dir = None if args.no_cache else Path(args.cache_dir or DEFAULT_CACHE)
     fingerprint = measure_fingerprint(device)
-    tasks = plan(device, args.quick)
+    tasks = plan(device, args.quick, base.host.engine_cores)
     started = time.perf_counter()
     results, cached = {}, 0
     with tempfile.TemporaryDirectory(prefix="engram-calibrate-") as workdir:
@@ -81,7 +81,7 @@ def run(args) -> int:
             cached += hit
     measured_s = time.perf_counter() - started
     profile = build_profile(results, base, fingerprint, device=device, quick=args.quick,
-                            wall_s=measured_s, name=args.name)
+                            wall_s=measured_s, name=args.name, native=native_dtypes(device))
     out = write_profile(profile, args.out)
     load_hardware(out)  # what we wrote loads back through the presets' loader
     report = fit_report(profile, TARGET_ERROR)
@@ -136,14 +136,20 @@ def fit_report(profile, target: float) -> dict:
     curves = [{"name": c.name, "form": c.form, "params": c.params, "samples": len(c.samples_x),
                "median_abs_rel_error": c.median_abs_rel_error, "within_target": c.median_abs_rel_error <= target}
               for c in cal.curves]
+    threads = sorted({int(c.name.rsplit(":", 1)[1][:-1]) for c in cal.curves if c.name.startswith("gather:")})
     return {"target_median_abs_rel_error": target, "curves": curves, "constants": cal.constants,
-            "fingerprint": cal.fingerprint.model_dump(exclude_none=True)}
+            "fingerprint": cal.fingerprint.model_dump(exclude_none=True),
+            "emulated_dtypes": list(cal.emulated_dtypes), "gather_threads": threads,
+            "engine_cores": profile.host.engine_cores}
 
 
 def _params(c: dict) -> str:
     p = c["params"]
     if c["form"] == "linear":
         return f"intercept {p['intercept']:.3g}, slope {p['slope']:.3g}"
+    if c["form"] == "two_regime":
+        return (f"lat {p['latency']:.3g}, bw {p['bw_small']:.3g} < {p['x_break']:.3g} B <= "
+                f"{p['bw_large']:.3g}")
     return f"y_max {p['y_max']:.3g}, x_half {p['x_half']:.3g}, p {p['p']:.2f}"
 
 
@@ -160,7 +166,13 @@ def format_report(r: dict) -> str:
     lines.append(f"peak GEMM: {peaks}")
     lines.append(f"DRAM copy: {format_si(k['dram_copy_bytes_per_s'], 'B/s')} (memory_bandwidth "
                  f"{format_si(2 * k['dram_copy_bytes_per_s'], 'B/s')} read + write)")
-    lines.append(f"gather, 1 core, 160 B rows: {format_si(k['gather_bytes_per_s_per_core'], 'B/s')}")
+    lines.append(f"gather, 1 core, 160 B rows: {format_si(k['gather_bytes_per_s_per_core'], 'B/s')}; threads measured: "
+                 f"{', '.join(map(str, r['gather_threads']))} (up to the {r['fingerprint']['cpu_count']} cores minus "
+                 f"host.engine_cores {r['engine_cores']}: more would collide with the engine)")
+    for dt in r["emulated_dtypes"]:
+        if "peak_flops_fp32" in k:
+            lines.append(f"{dt}: emulated (no native {dt} units): ops measured in fp32; {dt} op times = fp32 op "
+                         f"curves x GEMM ratio {k['peak_flops_fp32'] / k[f'peak_flops_{dt}']:.3g}")
     for key in sorted(k):
         if key.startswith("link_") and key.endswith("_bytes_per_s"):
             mode = key[5:-12]

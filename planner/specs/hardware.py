@@ -142,18 +142,20 @@ class CurveFit(Spec):
     Forms (``planner.calibration.fit``): ``saturating`` is ``y = y_max / (1 + (x_half / x)^p)``
     (a rate or efficiency that grows with the size of the work and levels off; ``p = 1`` is
     exactly ``time = latency + size / rate`` with ``latency = x_half / y_max``); ``linear`` is
-    ``y = intercept + slope * x``.
+    ``y = intercept + slope * x``; ``two_regime`` is a copy rate ``x / (latency + x / bw)`` whose
+    ``bw`` is ``bw_small`` below ``x_break`` bytes and ``bw_large`` from there on.
     """
 
     name: str
     description: str = ""
-    form: Literal["saturating", "linear"]
+    form: Literal["saturating", "linear", "two_regime"]
     x: Literal["flops", "bytes", "rows", "tokens", "layers"] = Field(description="what x counts")
     y: Literal["efficiency", "flop_per_s", "bytes_per_s", "tokens_per_s", "seconds"] = Field(
         description="what y measures; efficiency is a fraction of the profile's own peak"
     )
     dtype: DType | None = Field(default=None, description="compute curves: the dtype measured")
-    params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope")
+    params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope; "
+                                     "two_regime: latency, bw_small, bw_large, x_break")
     samples_x: list[float] = Field(min_length=1)
     samples_y: list[float] = Field(min_length=1)
     residuals: list[float] = Field(description="(fitted - measured) / measured, one per sample")
@@ -167,7 +169,8 @@ class CurveFit(Spec):
                 f"curve {self.name!r}: samples_x, samples_y and residuals must have equal lengths "
                 f"(got {n}, {len(self.samples_y)}, {len(self.residuals)})"
             )
-        need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"}}[self.form]
+        need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"},
+                "two_regime": {"latency", "bw_small", "bw_large", "x_break"}}[self.form]
         if set(self.params) != need:
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
         return self
@@ -203,6 +206,12 @@ class CalibrationSpec(Spec):
         default_factory=dict, description="scalar results in SI units, e.g. per_layer_overhead_s"
     )
     notes: list[str] = Field(default_factory=list)
+    emulated_dtypes: list[DType] = Field(
+        default_factory=list,
+        description="dtypes the device has no native units for (e.g. bf16 on a CPU without "
+        "avx512_bf16/amx_bf16): its ops were measured in fp32 and take the fp32 op curves' "
+        "efficiency against this dtype's measured GEMM peak (times scale by the GEMM ratio)",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CalibrationSpec":
