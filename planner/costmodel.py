@@ -90,6 +90,12 @@ class Efficiency:
         step's few tokens cannot use the peak). None here; calibration measures it."""
         return 1.0
 
+    def lookup(self, rows: Number) -> Number:
+        """Seconds of host work one offloaded lookup of ``rows`` requested rows costs besides
+        gathering them (de-duplication, cache index, assembly). None here; calibration measures
+        it (``lookup:overhead``)."""
+        return 0.0 * rows
+
     def link(self, bytes_: Number) -> Number:
         return self.spec.link
 
@@ -362,6 +368,11 @@ class CostModel:
         alone on the node: per-core rate x cores, bounded by DRAM. Simplifies: row size does not
         change the per-core rate (rows of 64 B-4 KiB are all cache-line granular)."""
         return np.minimum(cores * self.hardware.host.gather_bandwidth_per_core, self.host_dram_rate(bytes_))
+
+    def lookup_overhead(self, rows: Number) -> Number:
+        """Host seconds of one lookup of ``rows`` requested rows besides the gather itself
+        (plan, de-duplication, assembly): the profile's ``lookup:overhead`` curve, else 0."""
+        return self.eff.lookup(rows)
 
     def gather(self, bytes_: Number, cores: Number) -> Number:
         """Time to gather ``bytes_`` of rows with ``cores`` cores, alone on the node."""

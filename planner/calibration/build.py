@@ -113,6 +113,12 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
                             f"random {width} B rows into staging, {threads} thread(s)"))
         if source == "ram" and width == REFERENCE_ROW_BYTES and threads == 1:
             k["gather_bytes_per_s_per_core"] = float(fit(x.max()))
+    if "lookup" in results:
+        lk = results["lookup"]
+        x, t = np.array([s["rows"] for s in lk], float), np.array([s["seconds"] for s in lk])
+        curves.append(curve("lookup:overhead", fit_linear(x, t), x, t, "rows", "seconds",
+                            "LayerStore.lookup minus the gather of its rows (plan, de-duplication, "
+                            "assembly), CPU path, one thread: fixed + per-row seconds of one lookup"))
     h = results["hash"]
     x = np.array([s["tokens"] for s in h], float)
     rate = x / np.array([s["seconds"] for s in h])

@@ -223,6 +223,41 @@ def measure_uva(row_bytes: int, rows_list: list[int], table_bytes: int, repeats:
 # ----------------------------------------------------------------------------- host gathers
 
 
+def measure_lookup_overhead(rows_list: list[int], row_bytes: int, table_rows: int, repeats: int) -> list[dict]:
+    """Host work of one offloaded lookup beyond its row gather: the table store's plan (bounds
+    check, de-duplication with ``torch.unique``), stage hand-off and assembly (expanding the
+    distinct rows back to ``[B, T, K, D]``), CPU path, no cache. Per call size: seconds of
+    ``LayerStore.lookup`` minus seconds of ``DenseRows.gather`` of the same distinct rows, both
+    timed in loops over 8 id sets of random rows (nearly all distinct in a large table)."""
+    from reference_model.store import LayerStore
+    from reference_model.store_sources import DenseRows
+
+    d = row_bytes // 4
+    table = torch.empty(table_rows, d).uniform_()
+    store = LayerStore(0, DenseRows(table, "host", pin=False), dedup=True)
+    out = []
+    for rows in rows_list:
+        ids = torch.randint(0, table_rows, (8, 1, rows, 1))
+        distinct = [torch.unique(ids[i].reshape(-1)) for i in range(8)]
+        staging = torch.empty(rows, d)
+        state = {"i": 0}
+
+        def lookup():
+            state["i"] = (state["i"] + 1) % 8
+            store.lookup(ids[state["i"]])
+
+        def gather():
+            state["i"] = (state["i"] + 1) % 8
+            ids_m = distinct[state["i"]]
+            store.source.gather(ids_m, staging[: ids_m.shape[0]])
+
+        t_lookup = time_call(lookup, repeats=repeats, min_time_s=5e-3)
+        t_gather = time_call(gather, repeats=repeats, min_time_s=5e-3)
+        out.append({"rows": rows, "row_bytes": row_bytes, "lookup_s": t_lookup, "gather_s": t_gather,
+                    "seconds": max(t_lookup - t_gather, 1e-7)})
+    return out
+
+
 def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int], threads: list[int],
                     table_bytes: int, repeats: int, workdir: str | Path,
                     max_batch_bytes: int = 64 << 20) -> list[dict]:

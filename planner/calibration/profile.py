@@ -109,6 +109,7 @@ class CalibratedEfficiency(Efficiency):
         self.op_x_max: dict[str, float] = {}  # largest measured x of each op curve
         self.gemm: tuple[Fit, str, float] | None = None
         self.gemm_rows: tuple[Fit, str, float] | None = None
+        self.lookup_fit: Fit | None = None  # lookup:overhead, seconds vs rows
         self.links: dict[str, tuple[Fit, float]] = {}  # direction -> (curve, profile line rate)
         lines = {"h2d": hw.link.h2d_bandwidth, "d2h": hw.link.d2h_bandwidth}
         emulated = dtype in hw.calibration.emulated_dtypes
@@ -127,6 +128,8 @@ class CalibratedEfficiency(Efficiency):
                 self.gemm = entry
             elif c.name.startswith("gemm_rows:") and (exact or self.gemm_rows is None):
                 self.gemm_rows = entry
+            elif c.name == "lookup:overhead":
+                self.lookup_fit = entry[0]
             elif c.name == "link:memcpy":
                 self.links = {d: (entry[0], line) for d, line in lines.items()}
             elif c.name in ("link:h2d_pinned", "link:d2h_pinned"):
@@ -168,6 +171,12 @@ class CalibratedEfficiency(Efficiency):
             return self.link(bytes_)
         fit, line = self.links[direction]
         return bandwidth_of(fit, bytes_) / line
+
+    def lookup(self, rows: Number) -> Number:
+        """The ``lookup:overhead`` line (seconds vs rows), never negative; 0 without it."""
+        if self.lookup_fit is None:
+            return 0.0 * rows
+        return np.maximum(self.lookup_fit(np.asarray(rows, float)), 0.0)
 
     def rows(self, tokens: Number, kind: str) -> Number:
         """The ``gemm_rows:<dtype>`` curve: efficiency of a GEMM with ``tokens`` rows and

@@ -115,6 +115,9 @@ def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
     table = (128 if quick else 512) * mb
     tasks.append(Task("gather", "measure_gathers", {"sources": ["ram", "mmap"], "widths": widths, "rows_list": rows,
                                                    "threads": [1], "table_bytes": table, "repeats": reps}))
+    tasks.append(Task("lookup", "measure_lookup_overhead", {"rows_list": [32, 256, 2048, 16384],
+                                                          "row_bytes": REFERENCE_ROW_BYTES,
+                                                          "table_rows": table // REFERENCE_ROW_BYTES, "repeats": reps}))
     threads = gather_thread_counts(quick, engine_cores)
     if threads:
         tasks.append(Task("gather_threads", "measure_gathers", {

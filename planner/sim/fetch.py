@@ -150,6 +150,10 @@ class Fetcher:
         with self.ports.pool.request() as slot:
             yield slot
             start = env.now
+            # The lookup's own host work (plan, de-duplication, assembly) on the same worker.
+            overhead = float(self.cost.lookup_overhead(plan.lookups))
+            if overhead > 0:
+                yield env.timeout(overhead)
             yield self.node.dram.transfer(plan.bytes, cap=self.gather_cap)
         if self.cpu_device:
             self.rec.cpu_gathered += plan.bytes
