@@ -92,7 +92,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     out.data = report.result_dict(
         fingerprint=fp, profile=profile, results=results, summary=summary, regimes=regimes,
         weakest=compare.weakest_regime(regimes), threshold=threshold, wall_s=time.perf_counter() - t0,
-        notes=notes + _load_notes(load), extra={"machine_state": load, "device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
+        notes=notes + _load_notes(load), extra={"code": _code_version(), "machine_state": load, "device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
                             "band_quantile": compare.BAND_QUANTILE})
     return out
 
@@ -105,3 +105,15 @@ def _load_notes(load: dict) -> list[str]:
     return [f"the machine ran a 512-GEMM at {slow:.0%} of the speed its profile predicts (load average "
             f"{load['loadavg_before']:.1f} -> {load['loadavg_after']:.1f}): other work shares the cores, so "
             "measured times are inflated and errors here overstate the model's (docs/validation.md, Reliability)"]
+
+
+def _code_version() -> str | None:
+    """``git describe`` of the checkout that ran (with ``-dirty``), when there is one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
