@@ -214,6 +214,11 @@ class CostModel:
         moe = model.ffn.moe
         self._expert_params = swiglu_params(model.d_model, moe.expert_width) if moe else 0
         self._engram_params = engram_dense_params(model)
+        # Sublayers wrapped in dynamic hyper-connections (hc_mult > 1) run a dozen extra small
+        # kernels (norm, two projections, tanh, branch mixing) per call, and the embedding
+        # broadcasts to the branches: different ops for calibrated curves, whose kinds say so
+        # (``attention:mla+hc``, ``ffn:dense+hc``, ``embed+hc``).
+        self._hc_kind = "+hc" if model.hc_mult > 1 else ""
 
     def with_rates(self, **rates: Number) -> "CostModel":
         """A copy with some rates replaced (scalars or arrays): ``peak_flops``,
@@ -276,7 +281,7 @@ class CostModel:
             + (b.kv_read + b.tokens) * self._kv_bytes_layer
             + b.tokens * m.d_model * self.width * 2 * m.hc_mult
         )
-        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}", b.tokens)
+        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}{self._hc_kind}", b.tokens)
 
     def ffn(self, layer_id: int, b: BatchShape) -> Work:
         """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
@@ -291,7 +296,7 @@ class CostModel:
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
-            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense", b.tokens)
+            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense" + self._hc_kind, b.tokens)
         moe = m.ffn.moe
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
@@ -300,7 +305,7 @@ class CostModel:
             ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
-        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe", b.tokens)
+        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens)
 
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
@@ -319,8 +324,11 @@ class CostModel:
         return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens)
 
     def embed(self, b: BatchShape) -> Work:
-        """Input embedding: one row read and written per token."""
-        return Work(0.0 * b.tokens, b.tokens * self.model.d_model * self.width * 2, KERNELS["embed"], "embed")
+        """Input embedding: one row read per token and written to each of the ``hc_mult``
+        hyper-connection branches."""
+        m = self.model
+        return Work(0.0 * b.tokens, b.tokens * m.d_model * self.width * (1 + m.hc_mult), KERNELS["embed"],
+                    "embed" + self._hc_kind)
 
     def head(self, b: BatchShape) -> Work:
         """Final norm and LM head for one logit row per sequence (vLLM computes logits only

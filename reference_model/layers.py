@@ -76,8 +76,9 @@ def apply_rope(x_BTHR: torch.Tensor, cos_TR: torch.Tensor, sin_TR: torch.Tensor)
 
 def attention_mask(q_len: int, k_len: int, start: int, device) -> torch.Tensor | None:
     """Boolean [q_len, k_len] mask: query i (absolute position start + i) sees keys <= it.
-    None for a plain causal square (the fast path of scaled_dot_product_attention)."""
-    if start == 0 and q_len == k_len:
+    None where no mask is needed (the fast paths of scaled_dot_product_attention): a plain
+    causal square (``is_causal``), or one query after all the keys (a decode step sees them all)."""
+    if (start == 0 and q_len == k_len) or (q_len == 1 and k_len == start + 1):
         return None
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     return torch.arange(k_len, device=device)[None, :] <= q_pos

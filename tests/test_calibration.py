@@ -20,7 +20,7 @@ from planner.calibration import (
     warn_if_mismatched,
 )
 from planner.calibration.build import build_profile
-from planner.calibration.fit import latency_of, median_abs_rel_error, saturating
+from planner.calibration.fit import fit_link, fit_two_regime, latency_of, median_abs_rel_error, saturating
 from planner.cli.calibrate import write_profile
 from planner.costmodel import BatchShape, CostModel
 from planner.loading import ROOT, load_hardware, load_model, load_scenario
@@ -53,6 +53,67 @@ def test_falling_curve_and_latency_bandwidth_and_linear():
     assert line.params == pytest.approx({"intercept": 2e-3, "slope": 5e-4})
 
 
+def test_two_regime_link_is_chosen_only_when_one_line_does_not_fit():
+    x = np.array([4096 * 4.0**i for i in range(8)])
+    t = 3e-6 + x / np.where(x < 8e6, 2e9, 5.7e9)
+    fit = fit_link(x, t, 0.10)
+    assert fit.form == "two_regime" and median_abs_rel_error(fit, x, x / t) < 1e-3
+    assert fit.params["bw_small"] == pytest.approx(2e9, rel=1e-3)
+    assert fit.params["bw_large"] == pytest.approx(5.7e9, rel=1e-3)
+    assert 4 << 20 < fit.params["x_break"] < 16 << 20 and latency_of(fit) == pytest.approx(3e-6, rel=1e-2)
+    line = 3e-6 + x / 5e9
+    assert fit_link(x, line, 0.10).form == "saturating"
+    assert fit_two_regime(x, t)(x) == pytest.approx(x / t, rel=1e-3)
+
+
+def test_cost_model_evaluates_a_two_regime_link():
+    res = synthetic_results()
+    sizes = [4096 * 4**i for i in range(8)]
+    res["link"] = {"memcpy": [{"bytes": float(s), "seconds": 3e-6 + s / (2e9 if s < 8e6 else 5.7e9)} for s in sizes]}
+    hw = build_profile(res, load_hardware("cpu-workstation"), FINGERPRINT, device="cpu", quick=True, wall_s=1.0)
+    assert hw.link.h2d_bandwidth == pytest.approx(5.7e9, rel=1e-3)
+    cost = CostModel(load_model("tiny-gqa"), hw)
+    for size in (1e5, 1e6, 64e6):
+        assert float(cost.transfer(size)) == pytest.approx(3e-6 + size / (2e9 if size < 8e6 else 5.7e9), rel=1e-2)
+
+
+def test_gather_threads_leave_the_engine_its_cores(monkeypatch):
+    import planner.calibration.tasks as tasks
+
+    monkeypatch.setattr(tasks.os, "cpu_count", lambda: 2)
+    assert tasks.gather_thread_counts(True, engine_cores=1) == []
+    assert "gather_threads" not in {t.name for t in tasks.plan("cpu", True, engine_cores=1)}
+    monkeypatch.setattr(tasks.os, "cpu_count", lambda: 16)
+    assert tasks.gather_thread_counts(True, engine_cores=1) == [2, 15]
+    assert tasks.gather_thread_counts(False, engine_cores=2) == [2, 4, 14]
+
+
+def test_emulated_dtype_is_priced_from_fp32_curves_by_the_gemm_ratio(monkeypatch):
+    import planner.calibration.tasks as tasks
+
+    assert tasks.native_dtypes("cuda") >= {"fp32", "bf16"}
+    monkeypatch.setattr(tasks, "native_dtypes", lambda device: {"fp32"})
+    assert all(t.kwargs["spec"]["dtype"] == "fp32" for t in tasks.plan("cpu", True) if t.name.startswith("ops:"))
+    res = synthetic_results()
+    res["gemm:bf16"] = [{"n": n, "flops": 2.0 * n**3, "seconds": 5e-6 + 2.0 * n**3 / 1e9} for n in (32, 64, 128, 256)]
+    hw = build_profile(res, load_hardware("cpu-workstation"), FINGERPRINT, device="cpu", quick=True, wall_s=1.0,
+                       native={"fp32"})
+    assert hw.calibration.emulated_dtypes == ["bf16"] and any("GEMM ratio" in s for s in hw.sources)
+    fp32, bf16 = load_model("tiny-gqa"), load_model("tiny-gqa").model_copy(update={"dtype": "bf16"})
+    ratio = hw.device.flops["fp32"] / hw.device.flops["bf16"]
+    shape = BatchShape.prefill(32)
+    a, b = CostModel(fp32, hw), CostModel(bf16, hw)
+    assert float(b.seconds(b.ffn(0, shape))) == pytest.approx(ratio * float(a.seconds(a.ffn(0, shape))), rel=1e-6)
+
+
+def test_hyper_connection_sublayers_are_their_own_op_kinds():
+    hw = load_hardware("cpu-workstation")
+    tiny, gqa = CostModel(load_model("tiny"), hw), CostModel(load_model("tiny-gqa"), hw)
+    shape = BatchShape.decode(4, 64)
+    assert tiny.attention(shape).kind == "attention:mla+hc" and tiny.ffn(0, shape).kind == "ffn:dense+hc"
+    assert tiny.embed(shape).kind == "embed+hc" and gqa.ffn(0, shape).kind == "ffn:dense"
+
+
 # ----------------------------------------------------------------------------- synthetic run
 
 
@@ -67,7 +128,7 @@ def _op_samples(spec, rate_flops, fixed_s):
         works += [cost.engram(shape)] if spec.engram else []
         works += [cost.head(shape)] if phase == "decode" else []
         for w in works:
-            secs = fixed_s + (w.flops if w.kind != "embed" else w.bytes) / rate_flops
+            secs = fixed_s + (w.flops if not w.kind.startswith("embed") else w.bytes) / rate_flops
             out.append({"model": spec.name, "dtype": spec.dtype, "kind": w.kind, "phase": phase, "batch": b,
                         "tokens": t, "context": c, "flops": float(w.flops), "bytes": float(w.bytes), "seconds": secs})
     return out

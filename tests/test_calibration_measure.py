@@ -39,7 +39,7 @@ def test_real_gemm_and_gather_samples_fit_within_target():
         assert any(measure() <= 0.10 for _ in range(3)), measure.__name__
 
 
-def small_plan(device, quick):
+def small_plan(device, quick, engine_cores=1):
     mb = 1 << 20
     gqa = load_model("tiny-gqa").model_dump(mode="json")
     return [

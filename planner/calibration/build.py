@@ -148,7 +148,7 @@ def _op_curves(results: dict, peaks: dict[str, float], memory_bw: float) -> list
     for (kind, dtype), samples in sorted(groups.items()):
         t = np.array([s["seconds"] for s in samples])
         models = sorted({s["model"] for s in samples})
-        if kind == "embed":  # no FLOPs: efficiency of its bytes against the memory bandwidth
+        if kind.startswith("embed"):  # no FLOPs: efficiency of its bytes against the memory bandwidth
             x = np.array([s["bytes"] for s in samples])
             eff, axis, what = x / (memory_bw * t), "bytes", "bytes"
         else:

@@ -24,6 +24,7 @@ from planner.specs import HardwareSpec
 from planner.specs.hardware import CurveFit
 
 # Op kinds of the cost model (``Work.kind``) that a calibration measures; curve "op:<kind>".
+# Attention and FFN kinds of a model with hyper-connections end in "+hc" (``attention:mla+hc``).
 OP_KINDS = ("attention:mla", "attention:gqa", "ffn:dense", "ffn:moe", "engram", "embed", "head")
 
 _X_LABELS = {"flops": "FLOP per op", "bytes": "bytes", "rows": "rows per batch",
@@ -141,7 +142,17 @@ class CalibratedEfficiency(Efficiency):
         fit, _, scale = self.gemm
         return fit(np.maximum(flops, 1.0)) * scale
 
+    def _kind(self, kind: str) -> str:
+        """The curve a kind reads: its own; for a hyper-connection-wrapped sublayer
+        (``...+hc``) measured only bare, the bare sublayer's (the wrapper's cost then missing),
+        and the other way round."""
+        if kind in self.ops:
+            return kind
+        other = kind[:-3] if kind.endswith("+hc") else kind + "+hc"
+        return other if other in self.ops else kind
+
     def op_matmul(self, flops: Number, bytes_: Number, kind: str) -> Number:
+        kind = self._kind(kind)
         op = self.ops.get(kind)
         if op is None:
             return self.matmul(flops, bytes_)
@@ -157,14 +168,14 @@ class CalibratedEfficiency(Efficiency):
         return np.where(flops > x_max, beyond, inside)
 
     def op_memory(self, bytes_: Number, kind: str) -> Number:
-        op = self.ops.get(kind)
+        op = self.ops.get(self._kind(kind))
         if op is None:
             return self.memory(bytes_)
         fit, axis, _ = op
         return fit(np.maximum(bytes_, 1.0)) if axis == "bytes" else _ONE
 
     def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
-        return 0.0 * kernels if kind in self.ops else kernels * launch_s
+        return 0.0 * kernels if self._kind(kind) in self.ops else kernels * launch_s
 
     def link_copy(self, bytes_: Number, direction: str) -> Number:
         if direction not in self.links:
