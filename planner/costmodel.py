@@ -429,6 +429,20 @@ class CostModel:
 
     # ---- host core budget
 
+    def cpu_compute_cores(self) -> int:
+        """Cores a CPU device's compute occupies: the intra-op threads it was calibrated with
+        (``calibration.fingerprint.threads``), else every core."""
+        host, cal = self.hardware.host, self.hardware.calibration
+        threads = cal.fingerprint.threads if cal is not None else host.cores
+        return max(1, min(host.cores, threads))
+
+    def cpu_fetch_cores(self, prefetch: bool) -> int:
+        """Cores a CPU device's lookups run on: with prefetch, the cores compute leaves free
+        (the prefetch worker runs beside the compute thread; 0 = none free, no overlap);
+        without, the compute cores themselves (the lookup runs in the compute thread)."""
+        spare = self.hardware.host.cores - self.cpu_compute_cores()
+        return spare if prefetch else self.cpu_compute_cores()
+
     def engram_cores_per_device(self) -> int:
         """Host cores one device's Engram workers get: the node's cores minus the serving
         engine's own (``engine_cores`` per device), split evenly across devices (at least 1).

@@ -11,7 +11,7 @@ Consecutive ops without a wait are one SimPy timeout (the stream's clock is dete
 waits), so a 32-block step costs a handful of events; spans are still written per op.
 
 Simplifies: one stream (no overlap between ops of one step, as in a single-stream engine); no
-CPU launch gaps other than the per-kernel overhead; on a CPU device, fetches run on the stream.
+CPU launch gaps other than the per-kernel overhead; on a CPU device without a free core, fetches run on the stream.
 """
 
 from __future__ import annotations

@@ -64,10 +64,13 @@ class Fetcher:
         self.cpu_device = cpu_device
         self.offloaded = [l for l in traffic if placement.tier_of(l) != "device"]
         host = cost.hardware.host
-        # A CPU device gathers on all of its cores (they are the compute cores); a GPU's
-        # workers are its share of the host cores.
-        self.gather_cap = (host.cores if cpu_device else ports.pool_cores) * host.gather_bandwidth_per_core
-        self.hash_cores = host.cores if cpu_device else ports.pool_cores
+        # A CPU device's lookups run on its compute cores (on demand) or on the cores compute
+        # leaves free (prefetch worker); a GPU's workers are its share of the host cores.
+        cpu_cores = cost.cpu_fetch_cores(placement.prefetch) if cpu_device else 0
+        if cpu_device and cpu_cores < 1:
+            cpu_cores = cost.cpu_compute_cores()  # no free core: prefetch off, on demand
+        self.gather_cap = (cpu_cores if cpu_device else ports.pool_cores) * host.gather_bandwidth_per_core
+        self.hash_cores = cpu_cores if cpu_device else ports.pool_cores
         self.tag = f"dev{ports.index} "
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
         self.copies_on_stream = not placement.pinned and not cpu_device and placement.host_mode == "staged"

@@ -8,7 +8,8 @@ whose prompt is done gets a token at the step's end.
 
 Simplifies: scheduling, sampling and detokenising take no time (their CPU cost is what
 ``host.engine_cores`` reserves); a request arriving mid-step joins at the next step; a CPU device
-cannot prefetch (its cores are busy computing), so it fetches on demand.
+prefetches only onto cores its compute leaves free (``CostModel.cpu_fetch_cores``: a profile
+calibrated with fewer threads than cores), else it fetches on demand.
 """
 
 from __future__ import annotations

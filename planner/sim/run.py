@@ -64,7 +64,9 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
     rec = Recorder(trace=trace)
     traffic = traffic_for(scenario, model, base_dir)
     cpu = hw.device.kind == "cpu"
-    prefetch = placement.prefetch and not cpu
+    # A CPU device prefetches only onto cores its compute leaves free (calibrated with fewer
+    # intra-op threads than cores); otherwise its lookups run in the compute thread, on demand.
+    prefetch = placement.prefetch and (not cpu or cost.cpu_fetch_cores(True) >= 1)
     offloaded = [l for l in model.engram_layer_ids if placement.tier_of(l) != "device"]
     requests = []
     if isinstance(w, InferenceWorkload):
