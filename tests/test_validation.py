@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -15,7 +16,11 @@ from planner.sim.run import simulate
 from planner.trace import Span
 from planner.validation import compare, grid, report
 
-PROFILE = "hw_profiles/calibrated-ci-cpu.yaml"
+# The gate's profile: a full `calibrate --threads 1` of this machine, committed with the
+# validation results it produced. The quick calibration (hw_profiles/calibrated-ci-cpu.yaml)
+# times only the tiny models and under-predicts the grid's 4-8x wider backbones by about 20%
+# (docs/validation.md): it is validated too, but not gated on.
+PROFILE = "validation_results/cpu-ci-epyc/profile.yaml"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -72,7 +77,9 @@ def test_summary_errors_coverage_and_weakest_regime():
     regimes = compare.by_regime(results)
     assert regimes["prefetch"]["on"]["median_abs_error"] == pytest.approx(0.175)
     weakest = compare.weakest_regime(regimes)
-    assert (weakest["dimension"], weakest["label"]) == ("prefetch", "on")
+    assert (weakest["dimension"], weakest["label"], weakest["runs"]) == ("prefetch", "on", 2)
+    lone = compare.weakest_regime(compare.by_regime(results + [_result("e", 1.0, 3.0, prefetch="off", batch="B=64")]))
+    assert (lone["label"], lone["runs"]) == ("B=64", 1)  # a regime sampled once still counts
 
 
 def test_band_turns_curve_residuals_into_time_quantiles():
@@ -144,15 +151,34 @@ def test_measure_one_tiny_run_matches_metric_definitions(tmp_path):
     assert {s.name for s in m.spans} >= {"step", "hash", "embed", "wait_L1", "gather_L1", "engram_L1", "head"}
 
 
+def _wait_until_as_fast_as_calibrated(hw, timeout_s: float = 240.0, quiet: float = 0.9) -> float:
+    """Under `pytest -n 2` the other worker may be running torch on the other vCPU, which slows
+    this one's GEMMs to 40-70%: wait (bounded) until a 512-GEMM runs at >= 90% of what the
+    profile predicts, then measure. A precondition on the machine, not on the result: after the
+    timeout the gate runs anyway and its report says how fast the machine was."""
+    from planner.validation.compare import gemm_efficiency
+    from planner.validation.measure import speed_probe
+
+    expected = hw.device.flops["fp32"] * gemm_efficiency(hw, 2.0 * 512**3, "fp32")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ratio = speed_probe("cpu", hw.calibration.fingerprint.threads) / expected
+        if ratio >= quiet or time.monotonic() > deadline:
+            return ratio
+        time.sleep(5)
+
+
 @pytest.mark.slow
 def test_quick_validation_gate(tmp_path):
     """The gate: the quick grid, measured here against the committed calibrated profile, must
     have a median |step-time error| <= 10% (the bound `validate` exits non-zero above). Timing
-    on a shared 2-core machine: see docs/validation.md ("Reliability") for what moves it."""
+    on a shared 2-core machine: see docs/validation.md ("Reliability of the gate") for what
+    moves it; the assertion message prints the report, machine-state line included."""
     pytest.importorskip("torch")
     from planner.validation.run import validate
 
     hw = load_hardware(os.path.join(ROOT, PROFILE))
+    _wait_until_as_fast_as_calibrated(hw)
     v = validate(hw, PROFILE, tmp_path, quick=True)
     s = v.data["summary"]["step_time_s"]
     table = report.format_text(v.data)

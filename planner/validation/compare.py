@@ -212,12 +212,12 @@ def by_regime(results: list[RunResult], metric: str = "step_time_s") -> dict[str
 
 
 def weakest_regime(regimes: dict[str, dict[str, dict]]) -> dict | None:
-    """The (dimension, label) group with the largest median error among groups of 2+ runs
-    (falling back to single runs when no group has two)."""
-    cands = [(g["median_abs_error"], dim, label, g["runs"]) for dim, groups in regimes.items()
+    """The (dimension, label) group with the largest median |step error|, single-run groups
+    included (a regime the grid samples once can still be the one the model gets wrong; its
+    ``runs`` says how much evidence there is)."""
+    cands = [(g["median_abs_error"], g["runs"], dim, label) for dim, groups in regimes.items()
              for label, g in groups.items()]
-    multi = [c for c in cands if c[3] >= 2] or cands
-    if not multi:
+    if not cands:
         return None
-    err, dim, label, runs = max(multi)
+    err, runs, dim, label = max(cands)
     return {"dimension": dim, "label": label, "median_abs_error": err, "runs": runs}
