@@ -23,8 +23,10 @@ demo: setup
 	$(BIN)/engram-planner simulate h800-dense8b-engram100b
 	$(BIN)/engram-planner plan examples/plans/offload.yaml --out out/plan
 
+# Timing gates (marker `serial`) measure this machine, so they run alone after the rest.
 test: setup
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -169,6 +169,7 @@ def _wait_until_as_fast_as_calibrated(hw, timeout_s: float = 240.0, quiet: float
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_quick_validation_gate(tmp_path):
     """The gate: the quick grid, measured here against the committed calibrated profile, must
     have a median |step-time error| <= 10% (the bound `validate` exits non-zero above). Timing
