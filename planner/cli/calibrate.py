@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.cli.common import HELP_FORMATTER, format_table, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
 from planner.units import format_seconds, format_si
 
 EPILOG = """\
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--name", help="profile name (default: from the machine)")
     p.add_argument("--cache-dir", metavar="DIR", help="raw-measurement cache (default ~/.cache/engram-planner/calibration)")
     p.add_argument("--no-cache", action="store_true", help="measure everything again, cache nothing")
-    p.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    add_json_flag(p, help="print the fit report as JSON")
     p.set_defaults(func=run)
 
 

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+def add_json_flag(parser: argparse.ArgumentParser,
+                  help: str = "print machine-readable JSON instead of text") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
 
 
 def _jsonable(value: Any) -> Any:

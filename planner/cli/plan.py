@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cli.common import HELP_FORMATTER, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, print_json
 
 EPILOG = """\
 examples:
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="directory for results, report.html, manifest.json and the resume cache")
     p.add_argument("--cluster", help="ray://HOST:PORT or auto: run studies as Ray tasks on an existing cluster")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_flag(p, help="print the results as JSON")
     p.set_defaults(func=run)
 
 

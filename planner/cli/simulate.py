@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.cli.common import HELP_FORMATTER, format_table, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
 from planner.loading import load_scenario
 from planner.sim import simulate
 from planner.trace import write_chrome_trace
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         formatter_class=HELP_FORMATTER,
     )
     p.add_argument("scenario", help="scenario YAML file or bundled name (see examples/scenarios/)")
-    p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    add_json_flag(p, help="print every metric as JSON")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of the run")
     p.add_argument("--no-baseline", action="store_true", help="skip the run without Engram")
     p.set_defaults(func=run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from planner.cli.common import HELP_FORMATTER, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, print_json
 
 EPILOG = """\
 examples:
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, help="timed repetitions of each run (default 5 quick, 7 full)")
     p.add_argument("--runs", metavar="NAME,...", help="only these runs of the grid")
     p.add_argument("--no-plot", action="store_true", help="skip the HTML plot")
-    p.add_argument("--json", action="store_true", help="print validation.json instead of the table")
+    add_json_flag(p, help="print validation.json instead of the table")
     p.set_defaults(func=run)
 
 
