@@ -1,6 +1,5 @@
 """Spec validation: bad input is refused with a message naming the field."""
 
-import copy
 
 import pytest
 import yaml

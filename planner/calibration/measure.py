@@ -291,9 +291,10 @@ def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int],
                     staging = torch.empty(rows, d, dtype=torch.float32, pin_memory=cuda_ok("cuda"))
                     state = {"i": 0}
 
-                    def gather():
+                    def gather(src=rows_src, ids=ids, staging=staging, sets=sets, state=state):
+                        # Bound now: the loop rebinds these names (and deletes rows_src).
                         state["i"] = (state["i"] + 1) % sets
-                        rows_src.gather(ids[state["i"]], staging)
+                        src.gather(ids[state["i"]], staging)
 
                     # Thread counts interleaved, so load from other processes hits all alike.
                     with torch_threads(None):

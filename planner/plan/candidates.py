@@ -23,7 +23,7 @@ import numpy as np
 
 from planner.accounting import param_counts
 from planner.plan.spec import Study
-from planner.specs import EngramPlacement, EngramSpec, ModelSpec, Scenario
+from planner.specs import EngramSpec, ModelSpec, Scenario
 
 # The paper's Engram-27B geometry, used when the base model has no Engram module.
 DEFAULT_ENGRAM = {"max_ngram": 3, "n_heads": 8, "embed_dim_per_ngram": 640, "dtype": "bf16"}
