@@ -56,7 +56,7 @@ def analytic(scenario_json_text: str) -> dict:
     run = base_run = None
     if isinstance(scenario.workload, InferenceWorkload):
         run, base_run = estimate_run(scenario), estimate_run(base)
-        ours, theirs = run["throughput_output_tokens_per_s"], base_run["throughput_output_tokens_per_s"]
+        ours, theirs = run.throughput_output_tokens_per_s, base_run.throughput_output_tokens_per_s
     else:
         ours, theirs = float(step.throughput_tokens_per_s), float(base_step.throughput_tokens_per_s)
     kv_tokens = resident_kv_tokens(scenario)

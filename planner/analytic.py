@@ -1,17 +1,24 @@
-"""Closed-form per-step estimate, vectorised over many configurations (sweeps, planner pass 1).
+"""Closed-form per-step and per-run estimates, vectorised over many configurations (sweeps, the
+planner's screen, the dashboard's instant numbers).
 
-For one engine step of one device the model is the simulator's critical path without queueing:
+The estimate is the simulator without queueing, built on the same stage definitions
+(:mod:`planner.stages`): one engine step of one device is
 
-    compute  = embed + sum over blocks (engram + attention + FFN) + head      (cost model)
-    ready_j  = when layer j's rows are on the device: hash, then FIFO pipelines
-               (NVMe read) -> gather -> copy, all layers issued at the step start (prefetch)
-    reach_j  = compute before layer j's Engram op + stalls of earlier layers  (the window)
-    exposed_j = max(0, ready_j - reach_j)          with prefetch
-              = hash_j + disk_j + gather_j + copy_j   without (the fetch starts at the layer)
-    step     = compute + sum_j exposed_j
+    compute   = embed + sum over blocks (engram + attention + FFN) + head      (cost model)
+    overhead  = the engine's own per-step seconds (+ the hash, on the engine thread, without
+                prefetch; + the worker's whole work when it shares the compute cores)
+    ready_j   = when layer j's rows are usable: the hash, then FIFO pipelines
+                (NVMe read) -> host lookup (overhead + gather) -> copy, from the step start
+    reach_j   = overhead + compute before layer j's Engram op + stalls of earlier layers
+    exposed_j = max(0, ready_j - reach_j) (+ a pageable copy, on the stream)   with prefetch
+              = the whole lookup, stage after stage                            without
+    step      = overhead + compute + sum_j exposed_j (+ device-tier waits for the hash)
 
 Every input may be a numpy array; they broadcast together (see :func:`estimate_step`), so one
-call evaluates tens of thousands of configurations.
+call evaluates tens of thousands of configurations. :func:`estimate_run_arrays` turns steps into
+whole offline runs (waves of ``max_num_seqs``) for arrays of engine settings, the planner's
+screen; :func:`estimate_run` is its one-configuration form. Tests hold the estimate to the
+simulator within 2% in steady regimes (tests/test_analytic.py).
 
 What it cannot see (the simulator can): contention between devices for a shared PCIe uplink
 (each device is assumed to own its link), queueing of requests (arrival bursts, TTFT under
@@ -27,9 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.accounting import engram_row_bytes, engram_table_rows
-from planner.costmodel import BatchShape, CostModel, Efficiency, Number
+from planner.costmodel import BatchShape, CostModel, Number
+from planner.efficiency import Efficiency
 from planner.ngram_model import ZipfTraffic, traffic_model
 from planner.specs import InferenceWorkload, Scenario
+from planner.stages import host_placement, layer_fetch
 
 OVERRIDES = {
     "batch_size": "decode sequences per device in the step",
@@ -48,7 +57,9 @@ OVERRIDES = {
 
 @dataclass(frozen=True)
 class AnalyticResult:
-    """Arrays of one estimate per configuration (seconds; tokens/s per node)."""
+    """Arrays of one estimate per configuration (seconds; tokens/s per node). ``compute_s``:
+    the ops; ``host_s``: the engine's own per-step seconds, its hash, and the worker's work when
+    it holds the compute cores; ``exposed_s``: stalls waiting for offloaded layers' rows."""
 
     step_s: np.ndarray
     compute_s: np.ndarray
@@ -58,6 +69,7 @@ class AnalyticResult:
     tokens_per_step: np.ndarray
     throughput_tokens_per_s: np.ndarray
     bound: np.ndarray
+    host_s: np.ndarray = None
     per_layer: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -101,101 +113,184 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     shape = BatchShape.decode(b, c) + BatchShape(tokens=pf, seqs=ps, attn_pairs=ps * chunk * (chunk + 1) / 2,
                                                  kv_read=0.0 * pf)
     tokens = b + pf
-
-    attn = cost.seconds(cost.attention(shape))
-    dense = cost.seconds(cost.ffn(_first(model, moe=False), shape)) if _count(model, moe=False) else 0.0
-    moe = cost.seconds(cost.ffn(_first(model, moe=True), shape)) if _count(model, moe=True) else 0.0
-    embed, head = cost.seconds(cost.embed(shape)), cost.seconds(cost.head(shape))
-    engram = cost.seconds(cost.engram(shape)) if model.engram else 0.0
-    layers = model.engram_layer_ids
-    compute = (embed + head + model.n_layers * attn + _count(model, False) * dense
-               + _count(model, True) * moe + len(layers) * engram)
+    ops = _op_seconds(cost, model, shape)
+    compute = (ops["embed"] + ops["head"] + model.n_layers * ops["attn"] + _count(model, False) * ops["dense"]
+               + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"])
+    overhead = cost.step_overhead() + 0.0 * compute
     zero = np.zeros(np.shape(b))
-    if not layers:
-        return _result(compute, zero, zero, zero, tokens, hw, compute_bound(cost, shape, model), {})
+    if not model.engram_layer_ids:
+        return _result(overhead + compute, compute, zero, zero, tokens, hw, compute_bound(cost, shape, model), {},
+                       host=overhead)
+    pf_on = arrays["prefetch"] > 0
+    on = _fetch_pipeline(scenario, cost, ops, tokens, arrays, overhead, True, base_dir)
+    off = _fetch_pipeline(scenario, cost, ops, tokens, arrays, overhead, False, base_dir)
+    pick = {k: np.where(pf_on, on[k], off[k]) for k in ("exposed", "stall", "host", "fetch", "window", "bound")}
+    per_layer = {layer: {k: np.where(pf_on, on["per_layer"][layer][k], off["per_layer"][layer][k])
+                         for k in on["per_layer"][layer]} for layer in on["per_layer"]}
+    bound = np.where(pick["exposed"] > 0, pick["bound"], compute_bound(cost, shape, model))
+    step = compute + pick["host"] + pick["exposed"] + pick["stall"]
+    return _result(step, compute, pick["exposed"], pick["fetch"], tokens, hw, bound, per_layer, pick["window"],
+                   host=pick["host"])
 
-    offloaded = [l for l in layers if placement.tier_of(l) != "device"]
-    cpu = hw.device.kind == "cpu"
-    prefetch = (arrays["prefetch"] > 0) & (not cpu)
-    cores = hw.host.cores if cpu else cost.engram_cores_per_device()
-    dram_share = cost.host_dram_rate() / (1 if cpu else hw.device.count)
-    gather_rate = np.minimum(cores * hw.host.gather_bandwidth_per_core, dram_share)
-    row_bytes = engram_row_bytes(model)
-    table_rows = engram_table_rows(model)
-    hash_all = cost.hash(tokens, cores)
 
-    exposed_total, per_layer = zero.copy(), {}
-    gather_end = copy_end = disk_end = hash_all * prefetch
+def _op_seconds(cost: CostModel, model, shape: BatchShape) -> dict[str, Number]:
+    """Seconds of each op kind of one block (one dense and one MoE FFN serve every such block)."""
+    return {"attn": cost.seconds(cost.attention(shape)),
+            "dense": cost.seconds(cost.ffn(_first(model, moe=False), shape)) if _count(model, moe=False) else 0.0,
+            "moe": cost.seconds(cost.ffn(_first(model, moe=True), shape)) if _count(model, moe=True) else 0.0,
+            "embed": cost.seconds(cost.embed(shape)), "head": cost.seconds(cost.head(shape)),
+            "engram": cost.seconds(cost.engram(shape)) if model.engram else 0.0}
+
+
+def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arrays: dict, overhead,
+                    prefetch: bool, base_dir) -> dict:
+    """Exposed, stall and host seconds of the Engram lookups of one step with prefetch on or off
+    (see the module docstring and :mod:`planner.stages`)."""
+    model, hw = scenario.model, scenario.hardware
+    placement = scenario.placement.model_copy(update={"prefetch": prefetch})
+    host = host_placement(cost, placement)
+    devices = 1 if hw.device.kind == "cpu" else hw.device.count
+    zero = np.zeros(np.shape(tokens))
+    offloaded = [l for l in model.engram_layer_ids if placement.tier_of(l) != "device"]
+    hashing = cost.hash(tokens, host.hash_cores) + zero
+    fetches = {}
+    for layer in offloaded:
+        rows_total = arrays["table_rows"] if "table_rows" in arrays else engram_table_rows(model)[layer]
+        traffic = _traffic(scenario, model, rows_total, base_dir)
+        table_bytes = rows_total * engram_row_bytes(model) if "table_rows" in arrays else None
+        fetches[layer] = layer_fetch(cost, placement, traffic, layer, tokens, host, arrays["cache_fraction"],
+                                     devices, table_bytes)
+    exposed_total, stall_total, per_layer = zero.copy(), zero.copy(), {}
     fetch_last, window_last = zero.copy(), zero.copy()
     stage_max = {k: zero.copy() for k in ("cpu", "host_gather", "link", "disk")}
-    for j, layer in enumerate(layers):
+    if not host.prefetch:  # on demand: hash on the engine thread, each lookup at its layer
+        for layer, lf in fetches.items():
+            exposed_total = exposed_total + lf.alone_s
+            for key, part in (("host_gather", lf.host_s), ("link", lf.copy_s), ("disk", lf.disk_s)):
+                stage_max[key] = np.maximum(stage_max[key], part)
+            per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": lf.alone_s, "window_s": zero,
+                                "exposed_s": lf.alone_s}
+            fetch_last = lf.alone_s
+        return _pipeline_out(exposed_total, stall_total, overhead + hashing, fetch_last, window_last, stage_max,
+                             per_layer)
+    if host.shared:  # the worker holds the compute cores: its work delays compute, hides nothing
+        work = hashing + sum((lf.host_s + lf.disk_s for lf in fetches.values()), zero)
+        for layer, lf in fetches.items():
+            per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": lf.alone_s, "window_s": zero,
+                                "exposed_s": zero}
+        return _pipeline_out(zero, zero, overhead + work, fetch_last, window_last, stage_max, per_layer)
+    gather_end = copy_end = disk_end = hashing  # every pipeline starts after the step's hash
+    for j, layer in enumerate(model.engram_layer_ids):
         layer_pos = arrays.get("layer_id", float(layer))
-        reach = (embed + layer_pos * attn + _dense_before(model, layer_pos) * dense
-                 + (layer_pos - _dense_before(model, layer_pos)) * moe + j * engram + exposed_total)
-        if layer not in offloaded:
+        reach = (overhead + ops["embed"] + layer_pos * ops["attn"] + _dense_before(model, layer_pos) * ops["dense"]
+                 + (layer_pos - _dense_before(model, layer_pos)) * ops["moe"] + j * ops["engram"]
+                 + exposed_total + stall_total)
+        if layer not in fetches:  # device tier: its in-layer gather needs the worker's ids
+            stall_total = stall_total + np.maximum(0.0, hashing - reach)
             continue
-        rows_total = arrays["table_rows"] if "table_rows" in arrays else table_rows[layer]
-        traffic = _traffic(scenario, model, rows_total, base_dir)
-        rows = traffic.rows_fetched(tokens, arrays["cache_fraction"], placement.dedup)
-        nbytes = rows * row_bytes
-        disk = _disk_time(cost, traffic, rows, placement, layer, row_bytes, hw.device.count)
-        uva = placement.host_mode == "uva" and not cpu
-        gather = zero if uva else nbytes / gather_rate
-        link_mode = "uva" if uva else ("pinned" if placement.pinned else "pageable")
-        copy = zero if cpu else cost.transfer(nbytes, "h2d", link_mode)
-        sync_copy = copy if (link_mode == "pageable") else zero
-        async_copy = copy - sync_copy
-        hash_j = hash_all / len(offloaded)
-        # Prefetch: FIFO pipelines from the step start (disk reads, gathers, copies in layer order).
-        disk_end = disk_end + disk
-        gather_end = np.maximum(gather_end, disk_end) + gather
-        copy_end = np.maximum(copy_end, gather_end) + async_copy
-        ready = copy_end
-        exposed_pf = np.maximum(0.0, ready - reach) + sync_copy
-        exposed_od = hash_j + disk + gather + copy
-        exposed = np.where(prefetch, exposed_pf, exposed_od)
+        lf = fetches[layer]
+        sync_copy = lf.copy_s if lf.copy_mode == "pageable" else zero
+        disk_end = disk_end + lf.disk_s
+        gather_end = np.maximum(gather_end, disk_end) + lf.host_s
+        copy_end = np.maximum(copy_end, gather_end) + (lf.copy_s - sync_copy)
+        exposed = np.maximum(0.0, copy_end - reach) + sync_copy
         exposed_total = exposed_total + exposed
-        fetch = np.where(prefetch, ready + sync_copy, exposed_od)
-        window = np.where(prefetch, reach, 0.0)
-        for key, part in (("cpu", hash_j), ("host_gather", gather), ("link", copy), ("disk", disk)):
+        for key, part in (("cpu", hashing), ("host_gather", lf.host_s), ("link", lf.copy_s), ("disk", lf.disk_s)):
             stage_max[key] = np.maximum(stage_max[key], np.where(exposed > 0, part, 0.0))
-        per_layer[layer] = {"rows": rows, "bytes": nbytes, "fetch_s": fetch, "window_s": window,
+        fetch_last, window_last = copy_end + sync_copy, reach
+        per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": fetch_last, "window_s": reach,
                             "exposed_s": exposed}
-        fetch_last, window_last = fetch, window
+    return _pipeline_out(exposed_total, stall_total, overhead, fetch_last, window_last, stage_max, per_layer)
+
+
+def _pipeline_out(exposed, stall, host, fetch, window, stage_max, per_layer) -> dict:
     names = np.array(list(stage_max))
-    fetch_bound = names[np.argmax(np.stack([stage_max[k] for k in names]), axis=0)]
-    bound = np.where(exposed_total > 0, fetch_bound, compute_bound(cost, shape, model))
-    return _result(compute + exposed_total, compute, exposed_total, fetch_last, tokens, hw, bound,
-                   per_layer, window_last)
+    bound = names[np.argmax(np.stack([stage_max[k] for k in names]), axis=0)]
+    return {"exposed": exposed, "stall": stall, "host": host, "fetch": fetch, "window": window, "bound": bound,
+            "per_layer": per_layer}
 
 
-def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_dir=None) -> dict:
-    """Whole offline run (all requests at t = 0) from per-step estimates: per device, waves of
-    ``max_num_seqs`` sequences, each one prefill (in ``max_batched_tokens`` chunks) then
-    ``output - 1`` decode steps at the mean context. Exact for fixed lengths when each wave's
-    prompts fit the prefill budget; cannot model arrivals (``arrival_rate`` is ignored)."""
+@dataclass(frozen=True)
+class RunEstimate:
+    """Whole offline runs, one per configuration (arrays): every request at t = 0, per device
+    waves of ``max_num_seqs`` sequences, each a prefill in ``max_batched_tokens`` chunks then
+    ``output - 1`` decode steps at the wave's mean context. TTFT/TPOT quantiles are a screen,
+    not a prediction: queueing under arrivals is invisible here (the simulator sees it)."""
+
+    duration_s: np.ndarray
+    throughput_output_tokens_per_s: np.ndarray
+    ttft_s: np.ndarray
+    decode_step_s: np.ndarray
+    exposed_decode_s: np.ndarray
+    stall_fraction: np.ndarray
+    first_layer_exposed_s: np.ndarray
+    bound: np.ndarray
+    ttft_quantiles_s: dict[int, np.ndarray]
+    tpot_quantiles_s: dict[int, np.ndarray]
+
+    def item(self) -> "RunEstimate":
+        """The same estimate with scalar (0-d) fields: one configuration."""
+        return RunEstimate(**{k: (np.asarray(v).reshape(-1)[0].item() if not isinstance(v, dict)
+                                  else {q: float(np.asarray(a).reshape(-1)[0]) for q, a in v.items()})
+                              for k, v in self.__dict__.items()})
+
+
+def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_tokens=None,
+                        efficiency: Efficiency | None = None, base_dir=None, **overrides) -> RunEstimate:
+    """:class:`RunEstimate` of ``scenario`` (an inference workload) for arrays of
+    ``max_num_seqs`` and ``max_batched_tokens`` (default: the workload's), and any step
+    :data:`OVERRIDES` (e.g. ``cache_fraction``, ``prefetch``)."""
     w, hw = scenario.workload, scenario.hardware
     if not isinstance(w, InferenceWorkload):
         raise ValueError("estimate_run models inference workloads")
+    max_num_seqs = w.max_num_seqs if max_num_seqs is None else max_num_seqs
+    max_batched_tokens = w.max_batched_tokens if max_batched_tokens is None else max_batched_tokens
     prompt, output = _mean_len(w.prompt_len), _mean_len(w.output_len)
-    per_device = int(np.ceil(w.num_sequences / hw.devices_total))
-    total = ttft = 0.0
-    left = per_device
-    while left > 0:
-        b = min(left, w.max_num_seqs)
-        steps = int(np.ceil(b * prompt / w.max_batched_tokens))
+    n = int(np.ceil(w.num_sequences / hw.devices_total))
+    b = np.minimum(np.asarray(max_num_seqs, float), n)
+    mbt = np.asarray(max_batched_tokens, float)
+    full = np.floor(n / b)
+    rem = n - full * b
+    decode_steps = max(output - 1, 0)
+
+    def wave(batch):
+        steps = np.ceil(batch * prompt / mbt)
         pre = estimate_step(scenario, efficiency, base_dir, batch_size=0.0, context_len=0.0,
-                            prefill_tokens=b * prompt / steps, prefill_seqs=b / steps)
-        pre_s = float(pre.step_s) * steps
-        dec = estimate_step(scenario, efficiency, base_dir, batch_size=float(b),
-                            context_len=prompt + (output - 2) / 2.0)
-        if total == 0.0:
-            ttft = pre_s
-        total += pre_s + float(dec.step_s) * max(output - 1, 0)
-        left -= b
-    out_tokens = w.num_sequences * output
-    return {"duration_s": total, "throughput_output_tokens_per_s": out_tokens / total,
-            "ttft_s": ttft, "mean_decode_step_s": float(dec.step_s)}
+                            prefill_tokens=batch * prompt / steps, prefill_seqs=batch / steps, **overrides)
+        dec = estimate_step(scenario, efficiency, base_dir, batch_size=batch, context_len=prompt + (output - 2) / 2.0,
+                            **overrides)
+        return pre.step_s * steps, dec
+
+    pre_f, dec_f = wave(b)
+    pre_r, dec_r = wave(np.where(rem > 0, rem, 1.0))
+    wave_f = pre_f + dec_f.step_s * decode_steps
+    total = full * wave_f + (rem > 0) * (pre_r + dec_r.step_s * decode_steps)
+    waves = full + (rem > 0)
+    # With chunked prefill a request whose prompt finishes early decodes through the wave's
+    # remaining prefill chunks; the request at quantile q sees about q of them.
+    chunks = np.ceil(b * prompt / mbt)
+    chunk_s = pre_f / chunks
+    ttft, tpot = {}, {}
+    for q in (50, 90, 99):
+        k = np.minimum(np.floor(q / 100 * (n - 1) / b), waves - 1)
+        within = np.clip(q / 100 * n / b - k, 0.0, 1.0)  # position inside its wave
+        ttft[q] = k * wave_f + chunk_s * np.maximum(1.0, np.ceil(within * chunks))
+        seen = np.minimum(np.floor(q / 100 * (chunks - 1)), decode_steps)
+        tpot[q] = (seen * np.maximum(chunk_s, dec_f.step_s) + (decode_steps - seen) * dec_f.step_s) \
+            / max(decode_steps, 1)
+    first = min(scenario.model.engram_layer_ids, default=None)
+    first_exposed = dec_f.per_layer[first]["exposed_s"] if first in dec_f.per_layer else np.zeros_like(total)
+    return RunEstimate(duration_s=total, throughput_output_tokens_per_s=w.num_sequences * output / total,
+                       ttft_s=pre_f, decode_step_s=dec_f.step_s, exposed_decode_s=dec_f.exposed_s,
+                       stall_fraction=dec_f.exposed_s / dec_f.step_s, first_layer_exposed_s=first_exposed,
+                       bound=np.asarray(dec_f.bound).astype(str), ttft_quantiles_s=ttft, tpot_quantiles_s=tpot)
+
+
+def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_dir=None) -> RunEstimate:
+    """Whole offline run of ``scenario`` as the workload sets it (one configuration; see
+    :class:`RunEstimate`). Exact for fixed lengths when each wave's prompts fit the prefill
+    budget; cannot model arrivals (``arrival_rate`` is ignored)."""
+    return estimate_run_arrays(scenario, efficiency=efficiency, base_dir=base_dir).item()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -203,21 +298,21 @@ def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_
 
 def compute_bound(cost: CostModel, shape: BatchShape, model) -> np.ndarray:
     """``compute`` or ``hbm``: whichever roofline term dominates the attention + FFN work."""
-    work = cost.attention(shape) + cost.ffn(model.n_layers - 1, shape)
-    flops_s = work.flops / (cost.peak_flops * cost.eff.matmul(work.flops, work.bytes))
-    bytes_s = work.bytes / (cost.hbm_bandwidth * cost.eff.memory(work.bytes))
-    return np.where(flops_s >= bytes_s, "compute", "hbm")
+    attn = cost.eff.op_terms(cost.attention(shape), cost.peak_flops, cost.hbm_bandwidth, cost.launch_s)
+    ffn = cost.eff.op_terms(cost.ffn(model.n_layers - 1, shape), cost.peak_flops, cost.hbm_bandwidth, cost.launch_s)
+    return np.where(attn.compute_s + ffn.compute_s >= attn.memory_s + ffn.memory_s, "compute", "hbm")
 
 
-def _result(step, compute, exposed, fetch, tokens, hw, bound, per_layer, window=None) -> AnalyticResult:
+def _result(step, compute, exposed, fetch, tokens, hw, bound, per_layer, window=None, host=0.0) -> AnalyticResult:
     shape = np.shape(step)
     throughput = np.asarray(tokens, float) * hw.device.count * hw.nodes / np.asarray(step)
     return AnalyticResult(
         step_s=np.asarray(step, float), compute_s=np.broadcast_to(compute, shape).astype(float),
-        exposed_s=np.asarray(exposed, float), fetch_s=np.asarray(fetch, float),
-        window_s=np.zeros(shape) if window is None else np.asarray(window, float),
+        exposed_s=np.broadcast_to(exposed, shape).astype(float), fetch_s=np.broadcast_to(fetch, shape).astype(float),
+        window_s=np.zeros(shape) if window is None else np.broadcast_to(window, shape).astype(float),
         tokens_per_step=np.broadcast_to(tokens, shape).astype(float),
-        throughput_tokens_per_s=throughput, bound=np.broadcast_to(bound, shape), per_layer=per_layer)
+        throughput_tokens_per_s=throughput, bound=np.broadcast_to(bound, shape),
+        host_s=np.broadcast_to(host, shape).astype(float), per_layer=per_layer)
 
 
 def _traffic(scenario: Scenario, model, rows_total, base_dir):
@@ -225,16 +320,6 @@ def _traffic(scenario: Scenario, model, rows_total, base_dir):
     if scenario.ngram_stats is None:
         return ZipfTraffic(rows_per_head=np.asarray(rows_total, float) / r, rows_per_token=r)
     return traffic_model(r, float(np.max(rows_total)), scenario.ngram_stats, base_dir)
-
-
-def _disk_time(cost: CostModel, traffic, rows, placement, layer, row_bytes, devices) -> Number:
-    if placement.tier_of(layer) != "disk":
-        return 0.0
-    f, fh = placement.cache_fraction, placement.host_cache_fraction
-    hit_dev, hit_both = traffic.hit_rate(f), traffic.hit_rate(np.minimum(1.0, np.asarray(f) + fh))
-    in_dram = np.where(hit_dev < 1, (hit_both - hit_dev) / np.maximum(1 - hit_dev, 1e-300), 1.0)
-    pages = cost.nvme_pages(rows * (1 - in_dram), row_bytes)
-    return np.where(pages > 0, cost.hardware.nvme.read_latency + pages * devices / cost.nvme_page_rate(), 0.0)
 
 
 def _default_decode(scenario: Scenario) -> tuple[float, float]:

@@ -11,9 +11,11 @@ k = top-k, M = hyper-connection branches, r = Engram rows per token.
 
 Approximations, stated once:
 
-* Roofline per op: ``max(flops / (peak * eff.matmul), bytes / (hbm * eff.memory))`` plus a fixed
-  launch overhead per kernel (Williams et al. 2009, "Roofline"). Compute and memory of one op
-  overlap perfectly; ops of a block run back to back on one stream.
+* Roofline per op: ``fixed + max(flops / flop_rate, bytes / byte_rate)``, rates bounded by the
+  profile's peak and memory bandwidth (Williams et al. 2009, "Roofline"); the fixed cost and the
+  two rates come from :mod:`planner.efficiency` (a preset's constant fractions and kernel
+  launches, or a calibrated profile's engine-timed fits). Compute and memory of one op overlap
+  perfectly; ops of a block run back to back on one stream.
 * Bytes are the compulsory HBM traffic: weights read once per step (they are shared by every
   token of the batch), KV cache read and written, activations in and out. L2 reuse is ignored.
 * MoE routing is uniform over experts (DeepSeek-V3's auxiliary-loss-free balancing steers it
@@ -25,6 +27,8 @@ Approximations, stated once:
   the cached latent (``kv_lora_rank + rope``) in both.
 * Links: ``latency + bytes / rate``. ``efficiency.link`` scales the line-rate figures (h2d,
   d2h); the pageable and UVA figures in a profile are already achieved rates and are used as is.
+* Host gathers: one core copies random rows at the rate the profile gives for the table's size
+  (a table beyond the LLC and the TLB's reach pays a DRAM miss and a page walk per row).
 """
 
 from __future__ import annotations
@@ -38,86 +42,19 @@ from planner.accounting import (
     attention_params,
     engram_dense_params,
     engram_row_bytes,
+    engram_table_bytes,
     hyper_connection_params,
     kv_cache_bytes_per_token,
     swiglu_params,
 )
-from planner.specs import DTYPE_BYTES, EfficiencySpec, GQAAttention, HardwareSpec, ModelSpec
+from planner.efficiency import Efficiency, default_efficiency
+from planner.specs import DTYPE_BYTES, GQAAttention, HardwareSpec, ModelSpec
 
 Number = Union[float, np.ndarray]
 
 # Kernels launched per op (forward). Counted from a typical eager implementation; CUDA graphs
 # (vLLM decode) hide most launch cost, which calibration captures as a smaller overhead.
 KERNELS = {"attention": 6, "ffn": 3, "moe": 10, "engram": 8, "embed": 1, "head": 2}
-
-
-# ----------------------------------------------------------------------------- efficiency
-
-
-class Efficiency:
-    """Fractions of the datasheet ceilings that real work reaches.
-
-    Models: a constant fraction per resource (the profile's ``efficiency`` section).
-    Simplifies: no dependence on op size. Calibration (issue 5) subclasses this and overrides
-    the methods with fitted curves, e.g. a small GEMM reaching less of the peak than a large one;
-    every cost function asks these methods, never the spec directly.
-    """
-
-    def __init__(self, spec: EfficiencySpec):
-        self.spec = spec
-
-    def matmul(self, flops: Number, bytes_: Number) -> Number:
-        return self.spec.matmul
-
-    def memory(self, bytes_: Number) -> Number:
-        return self.spec.memory
-
-    # Per-op hooks (``kind`` is ``Work.kind``): the cost model asks these; by default they
-    # defer to the kind-blind methods above. Calibrated curves override them per op kind.
-
-    def op_matmul(self, flops: Number, bytes_: Number, kind: str) -> Number:
-        return self.matmul(flops, bytes_)
-
-    def op_memory(self, bytes_: Number, kind: str) -> Number:
-        return self.memory(bytes_)
-
-    def launch(self, kernels: Number, launch_s: float, kind: str) -> Number:
-        """Fixed seconds of an op's kernel launches."""
-        return kernels * launch_s
-
-    def rows(self, tokens: Number, kind: str) -> Number:
-        """Ceiling on the matmul efficiency of an op whose GEMMs have ``tokens`` rows (a decode
-        step's few tokens cannot use the peak). None here; calibration measures it."""
-        return 1.0
-
-    def lookup(self, rows: Number) -> Number:
-        """Seconds of host work one offloaded lookup of ``rows`` requested rows costs besides
-        gathering them (de-duplication, cache index, assembly). None here; calibration measures
-        it (``lookup:overhead``)."""
-        return 0.0 * rows
-
-    def link(self, bytes_: Number) -> Number:
-        return self.spec.link
-
-    def link_copy(self, bytes_: Number, direction: str) -> Number:
-        """Fraction of the host<->device line rate (``link.h2d_bandwidth`` / ``d2h_bandwidth``)
-        a pinned copy of ``bytes_`` reaches, its latency aside. ``link`` here; a calibrated link
-        curve with two bandwidth regimes overrides it."""
-        return self.link(bytes_)
-
-    def host_memory(self, bytes_: Number) -> Number:
-        return self.spec.host_memory
-
-
-def default_efficiency(hardware: HardwareSpec, dtype: str | None = None) -> Efficiency:
-    """The profile's own efficiency: fitted curves when it carries a calibration section
-    (:class:`planner.calibration.CalibratedEfficiency`, for a model computing in ``dtype``),
-    else its constant fractions."""
-    if hardware.calibration is not None:
-        from planner.calibration.profile import CalibratedEfficiency  # imports this module
-
-        return CalibratedEfficiency(hardware, dtype)
-    return Efficiency(hardware.efficiency)
 
 
 # ----------------------------------------------------------------------------- work and shapes
@@ -214,6 +151,9 @@ class CostModel:
         moe = model.ffn.moe
         self._expert_params = swiglu_params(model.d_model, moe.expert_width) if moe else 0
         self._engram_params = engram_dense_params(model)
+        e = model.engram
+        self.row_bytes = float(engram_row_bytes(model)) if e else 0.0
+        self.hash_indices_per_token = float(e.rows_per_token * len(e.layer_ids)) if e else 0.0
         # Sublayers wrapped in dynamic hyper-connections (hc_mult > 1) run a dozen extra small
         # kernels (norm, two projections, tanh, branch mixing) per call, and the embedding
         # broadcasts to the branches: different ops for calibrated curves, whose kinds say so
@@ -233,23 +173,18 @@ class CostModel:
 
     # ---- roofline
 
-    def _matmul_eff(self, work: Work) -> Number:
-        eff = self.eff.op_matmul(work.flops, work.bytes, work.kind)
-        return np.where(np.asarray(work.tokens) > 0, np.minimum(eff, self.eff.rows(np.maximum(work.tokens, 1.0), work.kind)), eff)
-
     def seconds(self, work: Work) -> Number:
-        """Roofline time of one op: compute and HBM traffic overlap, launches do not. The
-        compute efficiency is capped by the few-row ceiling of the op's ``tokens``."""
-        compute = work.flops / (self.peak_flops * self._matmul_eff(work))
-        memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
-        return np.maximum(compute, memory) + self.eff.launch(work.kernels, self.launch_s, work.kind)
+        """Roofline time of one op: compute and memory traffic overlap, the fixed cost does not
+        (:meth:`planner.efficiency.Efficiency.op_terms`)."""
+        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s).seconds
 
     def bound(self, work: Work) -> str:
         """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
-        compute = work.flops / (self.peak_flops * self._matmul_eff(work))
-        memory = work.bytes / (self.hbm_bandwidth * self.eff.op_memory(work.bytes, work.kind))
-        launch = self.eff.launch(work.kernels, self.launch_s, work.kind)
-        return max((compute, "compute"), (memory, "hbm"), (launch, "launch"))[1]
+        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s).bound
+
+    def extrapolation(self, work: Work) -> Number:
+        """1 where the profile's op model was fitted on work like this, else how far beyond."""
+        return self.eff.extrapolation(work)
 
     # ---- per-block work
 
@@ -349,7 +284,7 @@ class CostModel:
         half the pinned rate)."""
         link = self.hardware.link
         line = self.h2d_bandwidth if direction == "h2d" else self.d2h_bandwidth
-        pinned = line * self.eff.link_copy(bytes_, direction)
+        pinned = line * self.eff.link_fraction(bytes_, direction)
         if mode == "pinned":
             return pinned
         if mode == "pageable":
@@ -369,27 +304,45 @@ class CostModel:
 
     def host_dram_rate(self, bytes_: Number = 0.0) -> Number:
         """Achievable DRAM bandwidth of the whole node (shared by every host-side stream)."""
-        return self.host_memory_bandwidth * self.eff.host_memory(bytes_)
+        return self.host_memory_bandwidth * self.eff.host_memory_fraction(bytes_)
 
-    def gather_rate(self, cores: Number, bytes_: Number = 0.0) -> Number:
-        """Bytes/s that ``cores`` cores achieve copying scattered rows into a staging buffer,
-        alone on the node: per-core rate x cores, bounded by DRAM. Simplifies: row size does not
-        change the per-core rate (rows of 64 B-4 KiB are all cache-line granular)."""
-        return np.minimum(cores * self.hardware.host.gather_bandwidth_per_core, self.host_dram_rate(bytes_))
+    def table_bytes(self, layer: int) -> float:
+        """Bytes of Engram layer ``layer``'s whole table (what its random rows are drawn from)."""
+        return float(engram_table_bytes(self.model)[layer])
+
+    def gather_rate(self, cores: Number, table_bytes: Number, huge_pages: bool = False) -> Number:
+        """Bytes/s that ``cores`` cores achieve copying random rows of a ``table_bytes`` table
+        into a staging buffer, alone on the node: the per-core rate for that table size and this
+        model's row size, times the cores, bounded by DRAM. Simplifies: perfect scaling over
+        cores up to the DRAM bound."""
+        per_core = self.eff.gather_rate(table_bytes, self.row_bytes, huge_pages)
+        return np.minimum(cores * per_core, self.host_dram_rate())
+
+    def gather_regime(self, table_bytes: float, huge_pages: bool = False) -> str:
+        """Where a table's random rows come from (``llc`` or ``dram``, page size)."""
+        return self.eff.gather_regime(table_bytes, huge_pages)
 
     def lookup_overhead(self, rows: Number) -> Number:
         """Host seconds of one lookup of ``rows`` requested rows besides the gather itself
         (plan, de-duplication, assembly): the profile's ``lookup:overhead`` curve, else 0."""
-        return self.eff.lookup(rows)
+        return self.eff.lookup_overhead_s(rows)
 
-    def gather(self, bytes_: Number, cores: Number) -> Number:
-        """Time to gather ``bytes_`` of rows with ``cores`` cores, alone on the node."""
-        return bytes_ / self.gather_rate(cores, bytes_)
+    def gather(self, bytes_: Number, cores: Number, table_bytes: Number, huge_pages: bool = False) -> Number:
+        """Time to gather ``bytes_`` of rows of a ``table_bytes`` table with ``cores`` cores,
+        alone on the node."""
+        return bytes_ / self.gather_rate(cores, table_bytes, huge_pages)
 
     def hash(self, tokens: Number, cores: Number) -> Number:
-        """N-gram hashing of ``tokens`` tokens (all Engram layers' ids) on ``cores`` cores.
-        Simplifies: perfectly parallel over cores; compression lookup included in the rate."""
-        return tokens / (cores * self.hardware.host.hash_tokens_per_s_per_core)
+        """N-gram hashing of ``tokens`` tokens (every Engram layer's ids, device-tier layers
+        too: their in-layer gather needs them) on ``cores`` cores, the call's fixed cost
+        included (:meth:`planner.efficiency.Efficiency.hash_s`). Simplifies: perfectly
+        parallel over cores; compression included in the rate."""
+        return self.eff.hash_s(tokens, self.hash_indices_per_token, cores)
+
+    def step_overhead(self) -> float:
+        """The engine's own seconds per step outside every op, hash and lookup (Python between
+        ops, the first block's cold caches): the profile's ``step:overhead``, else 0."""
+        return float(self.eff.step_overhead_s(self.model.n_layers))
 
     def optimizer_bytes(self, rows: Number, optimizer: str = "adam") -> Number:
         """DRAM bytes of a sparse update of ``rows`` table rows: read the gradient, read and
@@ -425,7 +378,7 @@ class CostModel:
         """One message between nodes: latency + bytes / (bandwidth x efficiency.link)."""
         net = self.hardware.network
         assert net is not None
-        return net.latency + bytes_ / (net.bandwidth * self.eff.link(bytes_))
+        return net.latency + bytes_ / (net.bandwidth * self.eff.network_fraction(bytes_))
 
     # ---- host core budget
 

@@ -19,7 +19,9 @@ from typing import Any, Iterable
 # Span names used by both measured and simulated runs. ``{i}`` is a block (layer) id.
 SPAN_NAMES = {
     "step": "one engine step (a forward pass over the scheduled batch), on track 'engine'",
-    "hash": "n-gram hashing of the step's token ids, all Engram layers at once",
+    "overhead": "the engine's own host work of a step outside every op and lookup (simulated only)",
+    "hash": "n-gram hashing of the step's token ids, all Engram layers at once (track 'engine' without "
+            "prefetch, the worker's 'host_cpu' with it)",
     "gather_L{i}": "collecting layer i's rows from their tier (host RAM, disk, cache) into staging",
     "h2d_L{i}": "host-to-device copy of layer i's gathered rows",
     "wait_L{i}": "compute stalled waiting for layer i's rows (the exposed lookup time)",

@@ -17,8 +17,9 @@ Contract with the table store / prefetcher (issue 4)
   row ids into each layer's fused table (hash index + the head's offset), on the model's
   device. ``past_ids_BP`` are the raw ids just before ``input_ids_BT`` (the last N-1 are read;
   fewer means the sequence starts there and pads fill in).
-* ``forward(input_ids_BT, *, row_ids=None, engram_rows=None, kv_cache=None, tracer=None)
-  -> logits [B, T, V]``. Without ``engram_rows`` the model computes row ids (unless given) and
+* ``forward(input_ids_BT, *, row_ids=None, engram_rows=None, kv_cache=None, tracer=None,
+  last_logits=False) -> logits [B, T, V]`` (``[B, 1, V]`` with ``last_logits``: the head runs on
+  each sequence's last position only, as a serving engine samples). Without ``engram_rows`` the model computes row ids (unless given) and
   gathers from ``block.engram.table`` (an ``nn.Embedding`` of [rows, E]). With
   ``engram_rows = {layer_id: handle}`` the model calls ``handle.wait()`` immediately before
   that block's Engram module runs (not earlier, so a prefetch overlaps the blocks before it);
@@ -30,8 +31,9 @@ Contract with the table store / prefetcher (issue 4)
   ``head`` on track ``"compute"`` (names from ``planner.trace.SPAN_NAMES``).
 * ``generate(input_ids_BT, max_new_tokens, *, temperature=0.0, row_provider=None,
   tracer=None, seed=None) -> LongTensor[B, T + max_new_tokens]``: prefill once, then one token
-  per step with the KV cache; greedy at temperature 0. With a ``row_provider`` every forward
-  gets ``engram_rows = row_provider.fetch(engram_row_ids(new_ids, past_ids))``.
+  per step with the KV cache; greedy at temperature 0. Each step is one
+  :meth:`reference_model.engine.Engine.step` (with a ``row_provider``, the provider hashes and
+  fetches the step's rows, on its worker when prefetching).
 """
 
 from __future__ import annotations
@@ -194,13 +196,21 @@ class EngramModel(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.spec.vocab_size}), got {arr.min()}..{arr.max()}")
         return self.compressor(arr) if self.compressor is not None else arr.astype(np.int64)
 
-    def engram_row_ids(self, input_ids_BT, past_ids_BP=None) -> dict[int, torch.Tensor]:
-        """Global row ids ``{layer_id: LongTensor[B, T, K]}`` (see the module docstring)."""
+    def engram_row_ids(self, input_ids_BT, past_ids_BP=None, device=None) -> dict[int, torch.Tensor]:
+        """Global row ids ``{layer_id: LongTensor[B, T, K]}`` (see the module docstring), on
+        ``device`` (default the model's). A row provider takes them on the host, where the
+        store plans its lookups: moving them to a GPU and back would put a synchronising copy
+        on the prefetch path."""
         if self.hasher is None:
             return {}
         past = None if past_ids_BP is None else self.compress(past_ids_BP)
         rows = self.hasher.row_ids(self.compress(input_ids_BT), past)
-        return {layer: torch.from_numpy(np.ascontiguousarray(r)).to(self.device) for layer, r in rows.items()}
+        target = self.device if device is None else torch.device(device)
+        return {layer: torch.from_numpy(np.ascontiguousarray(r)).to(target) for layer, r in rows.items()}
+
+    def host_row_ids(self, input_ids_BT, past_ids_BP=None) -> dict[int, torch.Tensor]:
+        """:meth:`engram_row_ids` on the host (the row providers' ``hash_fn``)."""
+        return self.engram_row_ids(input_ids_BT, past_ids_BP, device="cpu")
 
     # ------------------------------------------------------------------ forward
 
@@ -209,7 +219,7 @@ class EngramModel(nn.Module):
 
     def forward(self, input_ids_BT: torch.Tensor, *, row_ids: Mapping[int, torch.Tensor] | None = None,
                 engram_rows: Mapping | None = None, kv_cache: KVCache | None = None,
-                tracer: Tracer | None = None) -> torch.Tensor:
+                tracer: Tracer | None = None, last_logits: bool = False) -> torch.Tensor:
         trace = tracer or _no_trace
         input_ids_BT = torch.as_tensor(input_ids_BT, device=self.device)
         if input_ids_BT.ndim != 2:
@@ -242,6 +252,8 @@ class EngramModel(nn.Module):
         for block in self.blocks:
             H_BTMD = block(H_BTMD, rows_for(block.layer_id), start, kv_cache, trace)
         with trace("head", TRACK):
+            if last_logits:  # an engine samples from each sequence's last position only (vLLM)
+                H_BTMD = H_BTMD[:, -1:]
             h_BTD = self.norm(H_BTMD.sum(dim=2))  # HC paper: the branches are summed at the end
             logits_BTV = F.linear(h_BTD, self.embed.weight) if self.head is None else self.head(h_BTD)
         if kv_cache is not None:
@@ -264,18 +276,14 @@ class EngramModel(nn.Module):
         B, T = ids_BT.shape
         if T == 0:
             raise ValueError("generate needs at least one prompt token")
+        from reference_model.engine import Engine
+
         cache = self.new_cache(B, T + max_new_tokens)
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        trace = tracer or _no_trace
+        engine = Engine(self, row_provider, tracer=tracer)
         out, new_ids = ids_BT, ids_BT
         for _ in range(max_new_tokens):
-            rows = None
-            if row_provider is not None:
-                # cache.recent_ids: the ids before new_ids (empty at the sequence start).
-                with trace("hash", TRACK):
-                    row_ids = self.engram_row_ids(new_ids, cache.recent_ids)
-                rows = row_provider.fetch(row_ids)
-            logits = self(new_ids, engram_rows=rows, kv_cache=cache, tracer=tracer)[:, -1].float()
+            logits = engine.step(new_ids, cache)[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:

@@ -1,9 +1,19 @@
 """Row providers: hand the model each Engram layer's rows, fetched ahead or on demand.
 
-The model calls ``provider.fetch(row_ids)`` once per forward with ``{layer: [B, T, K] global
-row ids}`` (known from token ids alone, before any block runs) and, just before block ``i``'s
-Engram module, ``handles[i].wait()`` for ``[B, T, K, D]`` rows on its device. Between the two
-the blocks before layer ``i`` run: that is the window prefetch hides the lookup in.
+The engine (:mod:`reference_model.engine`) calls ``provider.fetch_tokens(ids, past, hash_fn)``
+once per step with the step's token ids (known before any block runs), and the model, just
+before block ``i``'s Engram module, ``handles[i].wait()`` for ``[B, T, K, D]`` rows on its
+device. Between the two the blocks before layer ``i`` run: that is the window prefetch hides the
+lookup in. ``fetch(row_ids)`` is the same with row ids already hashed.
+
+Where the host work runs is the placement choice the simulator models the same way
+(:mod:`planner.sim.fetch`):
+
+* **prefetch on**: the worker thread hashes the step's ids (every Engram layer's, device-tier
+  ones included: their in-layer gather needs them) and then runs each offloaded layer's lookup,
+  all overlapped with the engine thread's blocks;
+* **prefetch off**: the engine thread hashes before the forward (on the critical path) and each
+  lookup runs inside its layer's ``wait()``.
 
 * **Prefetch on, CUDA.** A worker thread plans each layer's lookup and gathers its missed rows
   on the CPU into a pinned staging buffer (double-buffered per layer), then enqueues the
@@ -42,15 +52,20 @@ class RowHandle:
 
 
 class _OnDemand(RowHandle):
-    """Prefetch off (and the device tier): the lookup runs inside ``wait()``, once."""
+    """Prefetch off (and the device tier): the lookup runs inside ``wait()``, once. ``ids`` is
+    the ``[B, T, K]`` row ids, or a future of ``{layer: ids}`` still being hashed by the
+    worker."""
 
-    def __init__(self, store: LayerStore, ids: torch.Tensor, tracer):
+    def __init__(self, store: LayerStore, ids: torch.Tensor | Future, tracer):
         self._store, self._ids, self._tracer = store, ids, tracer
         self._rows: torch.Tensor | None = None
 
     def wait(self) -> torch.Tensor:
         if self._rows is None:
-            self._rows = self._store.lookup(self._ids, self._tracer)
+            ids = self._ids
+            if isinstance(ids, Future):
+                ids = ids.result()[self._store.layer_id]
+            self._rows = self._store.lookup(ids, self._tracer)
             self._ids = None
         return self._rows
 
@@ -101,17 +116,32 @@ class RowProvider:
 
     # ----------------------------------------------------------------- the model-facing call
 
+    def fetch_tokens(self, ids_BT: torch.Tensor, past_BP: torch.Tensor | None, hash_fn) -> dict[int, RowHandle]:
+        """Hash the step's token ids with ``hash_fn(ids_BT, past_BP) -> {layer: [B, T, K]}`` and
+        fetch every layer's rows: on the worker thread with prefetch on, on the calling thread
+        first with it off (a ``hash`` span on track ``host_cpu`` or ``engine``)."""
+        if not self.prefetch:
+            with self.tracer("hash", "engine"):
+                row_ids = hash_fn(ids_BT, past_BP)
+            return self.fetch(row_ids)
+        hashed = self._executor.submit(self._hash, hash_fn, ids_BT, past_BP)
+        ready = self._ready_event()
+        handles: dict[int, RowHandle] = {}
+        for layer in sorted(self.store.layers):
+            store = self.store.layers[layer]
+            if store.needs_fetch:
+                handles[layer] = _Prefetched(self._executor.submit(self._fetch_one, store, hashed, ready))
+            else:
+                handles[layer] = _OnDemand(store, hashed, self.tracer)
+        return handles
+
     def fetch(self, row_ids: dict[int, torch.Tensor]) -> dict[int, RowHandle]:
         """Handles for every layer in ``row_ids`` (``{layer: LongTensor[B, T, K]}``)."""
         unknown = sorted(set(row_ids) - set(self.store.layers))
         if unknown:
             raise ValueError(f"row ids for layers {unknown}, but the store holds {sorted(self.store.layers)}")
         handles: dict[int, RowHandle] = {}
-        ready = None
-        if self.prefetch and self.cuda:
-            # Copy-stream work must not start before the compute work already enqueued when the
-            # ids were handed over (they, and the previous step's reads, may still be in flight).
-            ready = torch.cuda.current_stream(self.device).record_event()
+        ready = self._ready_event()
         for layer in sorted(row_ids):
             store, ids = self.store.layers[layer], row_ids[layer]
             if self.prefetch and store.needs_fetch:
@@ -120,8 +150,25 @@ class RowProvider:
                 handles[layer] = _OnDemand(store, ids, self.tracer)
         return handles
 
-    def _fetch_one(self, store: LayerStore, ids: torch.Tensor, ready):
-        """Worker thread: one layer's whole lookup; returns ``(rows, event or None)``."""
+    def _ready_event(self):
+        """CUDA prefetch: copy-stream work must not start before the compute work already
+        enqueued when the ids were handed over (they, and the previous step's reads, may still
+        be in flight). None otherwise."""
+        if self.prefetch and self.cuda:
+            return torch.cuda.current_stream(self.device).record_event()
+        return None
+
+    def _hash(self, hash_fn, ids_BT, past_BP) -> dict[int, torch.Tensor]:
+        """Worker thread: the step's row ids, every Engram layer's."""
+        with self.tracer("hash", "host_cpu"):
+            return hash_fn(ids_BT, past_BP)
+
+    def _fetch_one(self, store: LayerStore, ids: torch.Tensor | Future, ready):
+        """Worker thread: one layer's whole lookup; returns ``(rows, event or None)``. ``ids``
+        may be the future of this step's hashing (submitted earlier to this same one-thread
+        worker, so it is done by now)."""
+        if isinstance(ids, Future):
+            ids = ids.result()[store.layer_id]
         if not self.cuda:
             return store.lookup(ids, self.tracer), None
         with torch.cuda.device(self.device):

@@ -18,7 +18,7 @@ def steady(hw, placement=None):
 
 def agreement(s):
     des = simulate(s, baseline=False).throughput_output_tokens_per_s
-    ana = estimate_run(s)["throughput_output_tokens_per_s"]
+    ana = estimate_run(s).throughput_output_tokens_per_s
     return des / ana - 1
 
 

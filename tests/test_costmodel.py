@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from planner.accounting import attention_params, engram_row_bytes, swiglu_params
-from planner.costmodel import BatchShape, CostModel, Efficiency
+from planner.costmodel import BatchShape, CostModel
+from planner.efficiency import Efficiency
 from planner.loading import load_hardware, load_model
 from planner.specs import NVMeSpec
 
@@ -37,10 +38,10 @@ def test_roofline_takes_the_larger_term_plus_launches(cost):
 
 def test_efficiency_is_a_replaceable_strategy(cost):
     class Half(Efficiency):
-        def matmul(self, flops, bytes_):
-            return 0.5 * super().matmul(flops, bytes_)
+        def matmul_fraction(self, flops):
+            return 0.5 * super().matmul_fraction(flops)
 
-    slow = CostModel(cost.model, cost.hardware, Half(cost.hardware.efficiency))
+    slow = CostModel(cost.model, cost.hardware, Half(cost.hardware))
     w = cost.ffn(0, BatchShape.prefill(8192))
     launch = w.kernels * cost.launch_s
     assert slow.seconds(w) - launch == pytest.approx(2 * (cost.seconds(w) - launch))
@@ -55,10 +56,10 @@ def test_moe_decode_reads_only_touched_experts():
 
 
 def test_host_gather_is_bounded_by_cores_then_dram(cost):
-    host = cost.hardware.host
-    assert cost.gather_rate(1) == pytest.approx(host.gather_bandwidth_per_core)
-    assert cost.gather_rate(10_000) == pytest.approx(host.memory_bandwidth * cost.hardware.efficiency.host_memory)
-    assert cost.gather(4e9, 1) == pytest.approx(1.0)
+    host, table = cost.hardware.host, cost.table_bytes(cost.model.engram_layer_ids[0])
+    assert cost.gather_rate(1, table) == pytest.approx(host.gather_bandwidth_per_core)
+    assert cost.gather_rate(10_000, table) == pytest.approx(host.memory_bandwidth * cost.hardware.efficiency.host_memory)
+    assert cost.gather(4e9, 1, table) == pytest.approx(1.0)
 
 
 def test_nvme_reads_whole_pages():

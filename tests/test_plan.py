@@ -111,7 +111,7 @@ def test_vectorised_run_equals_estimate_run():
     got = run_arrays(s, seqs, tokens)["throughput_output_tokens_per_s"]
     for k in range(len(seqs)):
         w = s.workload.model_copy(update={"max_num_seqs": int(seqs[k]), "max_batched_tokens": int(tokens[k])})
-        want = estimate_run(s.model_copy(update={"workload": w}))["throughput_output_tokens_per_s"]
+        want = estimate_run(s.model_copy(update={"workload": w})).throughput_output_tokens_per_s
         assert got[k] == pytest.approx(want, rel=1e-12)
 
 

@@ -16,13 +16,16 @@ def one_step(**kw):
 
 
 def fetch_and_window(s):
-    """The closed form of one step: rows hashed, gathered, copied vs the blocks before L1."""
+    """The closed form of one step: rows hashed (on the worker with prefetch, on the engine
+    thread without), gathered at the table's rate, copied; vs the blocks before L1."""
     cost = CostModel(s.model, s.hardware)
     shape = BatchShape(tokens=16, seqs=1, attn_pairs=16 * 17 / 2, kv_read=0)
     rows = ZipfTraffic(engram_table_rows(s.model)[1] / 16, 16).rows_fetched(16, 0.0)
     nbytes = rows * engram_row_bytes(s.model)
     cores = cost.engram_cores_per_device()
-    fetch = cost.hash(16, cores) + cost.gather(nbytes, cores) + cost.transfer(nbytes)
+    lookup = cost.gather(nbytes, cores, cost.table_bytes(1)) + cost.transfer(nbytes)
+    hashing = cost.hash(16, cores if s.placement.prefetch else 1)
+    fetch = (hashing if s.placement.prefetch else 0.0) + lookup
     window = sum(float(cost.seconds(w)) for w in (cost.embed(shape), cost.attention(shape), cost.ffn(0, shape)))
     return float(fetch), window
 
@@ -50,11 +53,16 @@ def test_fetch_longer_than_window_adds_exactly_the_difference():
     assert host.layers[1].bound == "link"
 
 
-def test_without_prefetch_the_whole_fetch_is_exposed():
+def test_without_prefetch_the_whole_lookup_is_exposed_and_the_hash_is_the_engines():
     s = one_step(placement={"tier": "host", "prefetch": False})
-    fetch, _ = fetch_and_window(s)
-    m = simulate(s, baseline=False)
-    assert m.exposed_engram_s[1] == pytest.approx(fetch, rel=1e-9)
+    lookup, _ = fetch_and_window(s)
+    m = simulate(s, baseline=False, trace=True)
+    assert m.exposed_engram_s[1] == pytest.approx(lookup, rel=1e-9)
+    hashes = [sp for sp in m.spans if sp.name == "hash"]
+    cost = CostModel(s.model, s.hardware)
+    assert [sp.track for sp in hashes] == ["dev0 engine"] and hashes[0].dur_s == pytest.approx(float(cost.hash(16, 1)))
+    device = simulate(one_step(placement={"tier": "device", "prefetch": False}), baseline=False)
+    assert m.duration_s - device.duration_s == pytest.approx(lookup, rel=1e-9)  # both hash on the engine
 
 
 def test_pageable_copy_blocks_compute():
@@ -109,11 +117,16 @@ def test_training_writes_gradients_back_and_updates_on_host():
 
 
 def test_cpu_device_gathers_on_its_own_cores():
+    """A CPU device computing on every core has no core for a prefetch worker: the worker's
+    hash and lookups hold the compute cores (nothing overlaps, nothing is exposed); on demand
+    the lookups are exposed; the step costs the same host work either way."""
     from planner.loading import load_hardware
-    s = scenario(model="tiny", hw=load_hardware("cpu-workstation"))
-    m = simulate(s)
-    assert m.bytes_moved["to_device"] == pytest.approx(m.bytes_requested["to_device"], rel=1e-9)
-    assert m.exposed_fraction > 0  # no overlap possible: the cores that compute also gather
+    hw = load_hardware("cpu-workstation")
+    shared = simulate(scenario(model="tiny", hw=hw), baseline=False)
+    demand = simulate(scenario(model="tiny", hw=hw, placement={"tier": "host", "prefetch": False}), baseline=False)
+    assert shared.bytes_moved["to_device"] == pytest.approx(shared.bytes_requested["to_device"], rel=1e-9)
+    assert shared.exposed_fraction == 0 and demand.exposed_fraction > 0
+    assert shared.duration_s == pytest.approx(demand.duration_s, rel=0.02)
 
 
 def test_poisson_arrivals_and_metrics_shape():

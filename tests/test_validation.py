@@ -1,13 +1,12 @@
 """Validation (planner/validation, `engram-planner validate`): the grid is disjoint from the
 calibration shapes, each scenario reproduces its measured step sequence, the comparison and
-report arithmetic, the result format the dashboard reads, and the real gate: the quick grid
-measured on this machine against the committed calibrated profile."""
+report arithmetic, the result format the dashboard reads, a foreign profile said to be one, and
+the real gate: this machine calibrated, then the quick grid measured against that profile."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -16,11 +15,9 @@ from planner.sim.run import simulate
 from planner.trace import Span
 from planner.validation import compare, grid, report
 
-# The gate's profile: a full `calibrate --threads 1` of this machine, committed with the
-# validation results it produced. The quick calibration (hw_profiles/calibrated-ci-cpu.yaml)
-# times only the tiny models and under-predicts the grid's 4-8x wider backbones by about 20%
-# (docs/validation.md): it is validated too, but not gated on.
-PROFILE = "validation_results/cpu-ci-epyc/profile.yaml"
+# A calibrated profile to simulate with where a test only needs one (any machine's: no test
+# compares this machine's speed with it).
+PROFILE = "hw_profiles/calibrated-ci-cpu.yaml"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -151,53 +148,42 @@ def test_measure_one_tiny_run_matches_metric_definitions(tmp_path):
     assert {s.name for s in m.spans} >= {"step", "hash", "embed", "wait_L1", "gather_L1", "engram_L1", "head"}
 
 
-def _wait_until_as_fast_as_calibrated(hw, timeout_s: float = 240.0, quiet: float = 0.9) -> float:
-    """Under `pytest -n 2` the other worker may be running torch on the other vCPU, which slows
-    this one's GEMMs to 40-70%: wait (bounded) until a 512-GEMM runs at >= 90% of what the
-    profile predicts, then measure. A precondition on the machine, not on the result: after the
-    timeout the gate runs anyway and its report says how fast the machine was."""
-    from planner.validation.compare import gemm_efficiency
-    from planner.validation.measure import speed_probe
+def test_a_profile_from_another_machine_is_reported_as_such():
+    from planner.validation.run import profile_origin
 
-    expected = hw.device.flops["fp32"] * gemm_efficiency(hw, 2.0 * 512**3, "fp32")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ratio = speed_probe("cpu", hw.calibration.fingerprint.threads) / expected
-        if ratio >= quiet or time.monotonic() > deadline:
-            return ratio
-        time.sleep(5)
-
-
-GATE_ATTEMPTS = 3
+    hw = load_hardware(os.path.join(ROOT, PROFILE))
+    here = profile_origin(hw, True, {"speed_before": 0.6, "speed_after": 0.7})
+    assert not here["foreign"]  # calibrated here: a slow probe is load, not another machine
+    other = profile_origin(hw, False, {"speed_before": 1.0, "speed_after": 1.0})
+    assert other["foreign"] and "another machine" in other["why"] and hw.calibration.fingerprint.date in other["why"]
+    unknown = profile_origin(hw, None, {"speed_before": 2.4, "speed_after": 2.5})
+    assert unknown["foreign"] and "250%" in unknown["why"]
+    data = {"profile": "p", "runs": [], "summary": {"step_time_s": {"median_abs_error": 0.05, "p90_abs_error": 0.1,
+                                                                   "coverage": 1.0, "runs": 0}},
+            "regimes": {}, "threshold": 0.1, "passed": True, "wall_s": 1.0, "profile_origin": other,
+            "notes": [other["why"]]}
+    text = report.format_text(data)
+    assert "PASS (foreign profile: not a test of the model)" in text and "FOREIGN PROFILE" in text
 
 
 @pytest.mark.slow
 @pytest.mark.serial
 def test_quick_validation_gate(tmp_path):
-    """The gate: the quick grid, measured here against the committed calibrated profile, must
-    have a median |step-time error| <= 10% (the bound `validate` exits non-zero above).
-
-    This 2-vCPU VM drifts: the same grid minutes apart moved its median by up to 12 points, and
-    whole runs came out uniformly 5-15% slower after other work (docs/validation.md,
-    "Reliability of the gate"). So the grid is measured up to GATE_ATTEMPTS times, each after
-    waiting for the machine to run at its calibrated speed, and the gate passes on the first
-    measurement within the bound; a model that is really off fails every attempt. The bound
-    itself is not relaxed, and every failed attempt's report is printed."""
+    """The gate, as a user runs it on a machine we have never seen: `calibrate --quick` with an
+    empty cache, then `validate --quick` against that profile. The median |step-time error|
+    must be <= 10% (the bound `validate` exits non-zero above) and the bytes moved within 10%.
+    Measured once: each run's steps are already repeated and their lower quartile scored, and a
+    gate retried until it passes proves nothing."""
     pytest.importorskip("torch")
+    from planner.cli import main
     from planner.validation.run import validate
 
-    hw = load_hardware(os.path.join(ROOT, PROFILE))
-    reports = []
-    for attempt in range(GATE_ATTEMPTS):
-        _wait_until_as_fast_as_calibrated(hw)
-        v = validate(hw, PROFILE, tmp_path / f"attempt{attempt}", quick=True)
-        summary = v.data["summary"]
-        table = report.format_text(v.data)
-        # Bytes moved do not depend on timing: one attempt decides them.
-        assert summary["bytes_to_device"]["median_abs_error"] <= 0.10, table
-        if summary["step_time_s"]["median_abs_error"] <= 0.10:
-            break
-        reports.append(f"attempt {attempt + 1}:\n{table}")
-        print(reports[-1])
-    else:
-        pytest.fail("median |step-time error| above 10% in every attempt:\n\n" + "\n\n".join(reports))
+    profile = tmp_path / "profile.yaml"
+    assert main(["calibrate", "--quick", "--no-cache", "--out", str(profile)]) == 0
+    hw = load_hardware(profile)
+    v = validate(hw, str(profile), tmp_path / "validation", quick=True)
+    summary, table = v.data["summary"], report.format_text(v.data)
+    print(table)
+    assert not v.data["profile_origin"]["foreign"], table
+    assert summary["bytes_to_device"]["median_abs_error"] <= 0.10, table
+    assert summary["step_time_s"]["median_abs_error"] <= 0.10, table

@@ -56,7 +56,7 @@ card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f
                help="Analytic: whole offline run for inference (planner.analytic.estimate_run), "
                     "one steady step for training")
 card(cols[1], "Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%")
-card(cols[2], "TTFT (first wave)", format_seconds(est["run"]["ttft_s"]) if est["run"] else "—")
+card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
 card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
 card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s")
 card(cols[5], "Step bound", str(np.asarray(step.bound).item()))

@@ -135,35 +135,29 @@ def measure_gather(table, disk_path, ids_BTK, repeats: int) -> dict:
 
 
 def run_steps(model, provider, workload: dict, steps: int, trace=None) -> dict:
-    """Time ``steps`` engine steps (after two warm-up steps); returns offload metrics."""
+    """Time ``steps`` engine steps (after two warm-up steps) of :class:`reference_model.engine.Engine`,
+    the loop validation and calibration time; returns offload metrics."""
     import torch
 
+    from reference_model.engine import Engine
     from reference_model.instrument import SpanRecorder, offload_metrics
 
     g = torch.Generator().manual_seed(0)
     B, T, decode = workload["batch"], workload["tokens"], workload["decode"]
     vocab = model.spec.vocab_size
-    cuda = model.device.type == "cuda"
+    engine = Engine(model, provider, tracer=SpanRecorder(enabled=False))
     cache = None
     if decode:
         cache = model.new_cache(B, 2 + steps + 8)
-        prompt = torch.randint(3, vocab, (B, 2), generator=g)
-        model(prompt.to(model.device), engram_rows=provider.fetch(model.engram_row_ids(prompt)), kv_cache=cache)
-    rec = SpanRecorder(enabled=False)
+        engine.step(torch.randint(3, vocab, (B, 2), generator=g), cache)
     for i in range(steps + 2):
         if i == 2:  # warm-up done: fresh recorder and counters
-            rec = trace if trace is not None else SpanRecorder()
-            provider.tracer = rec
+            engine.set_tracer(trace if trace is not None else SpanRecorder())
             provider.store.reset_stats()
         ids = torch.randint(3, vocab, (B, T), generator=g)
-        with rec("step", "engine"):
-            with rec("hash", "host_gather"):
-                row_ids = model.engram_row_ids(ids, cache.recent_ids if decode else None)
-            rows = provider.fetch(row_ids)
-            model(ids.to(model.device), engram_rows=rows, kv_cache=cache, tracer=rec)
-            if cuda:
-                torch.cuda.synchronize()
-    provider.tracer = None
+        engine.step(ids, cache if decode else model.new_cache(B, T))
+    rec = engine.tracer
+    engine.set_tracer(None)
     metrics = offload_metrics(rec.spans(), provider.stats())
     steps_s = sorted(s.dur_s for s in rec.spans() if s.name == "step")
     metrics["step_time_median_s"] = statistics.median(steps_s)

@@ -19,7 +19,6 @@ Curves (names as in the profile; docs/calibration.md explains each):
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 
 import numpy as np
 
@@ -27,9 +26,9 @@ from planner.calibration.fit import (
     Fit,
     bandwidth_of,
     fit_link,
-    fit_linear,
     fit_saturating,
     latency_of,
+    piecewise_params,
     relative_residuals,
 )
 from planner.calibration.tasks import REFERENCE_HASH_TOKENS, REFERENCE_ROW_BYTES
@@ -40,11 +39,14 @@ TARGET_ERROR = 0.10  # median relative error each curve should reach on its own 
 
 
 def curve(name: str, fit: Fit, x, y, x_kind: str, y_kind: str, description: str = "",
-          dtype: str | None = None) -> CurveFit:
+          dtype: str | None = None, aux: dict | None = None, predicted=None) -> CurveFit:
+    """A :class:`CurveFit` with its samples and residuals; ``predicted`` (the fit at each sample)
+    for forms that are not functions of x alone."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    res = relative_residuals(fit, x, y)
+    res = (np.asarray(predicted, float) - y) / y if predicted is not None else relative_residuals(fit, x, y)
     return CurveFit(name=name, description=description, form=fit.form, x=x_kind, y=y_kind, dtype=dtype,
                     params=fit.params, samples_x=x.tolist(), samples_y=y.tolist(),
+                    samples_aux={key: np.asarray(v, float).tolist() for key, v in (aux or {}).items()},
                     residuals=res.tolist(), median_abs_rel_error=float(np.median(np.abs(res))))
 
 
@@ -100,25 +102,7 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
         fit = fit_saturating(x, rate)
         curves.append(curve("uva:read", fit, x, rate, "rows", "bytes_per_s", "GPU index_select from the pinned table's UVA view"))
         k["uva_read_bytes_per_s"] = float(fit(x.max()))
-    groups = defaultdict(list)
-    for s in results.get("gather", []) + results.get("gather_threads", []):
-        groups[(s["source"], s["row_bytes"], s["threads"])].append(s)
-    for (source, width, threads), samples in sorted(groups.items()):
-        x = np.array([s["rows"] for s in samples], float)
-        rate = x * width / np.array([s["seconds"] for s in samples])
-        fit = fit_saturating(x, rate)
-        name = f"gather:{source}:{width}B:{threads}t"
-        curves.append(curve(name, fit, x, rate, "rows", "bytes_per_s",
-                            f"{'DenseRows (RAM)' if source == 'ram' else 'DiskRows (mapped file, warm)'}.gather of "
-                            f"random {width} B rows into staging, {threads} thread(s)"))
-        if source == "ram" and width == REFERENCE_ROW_BYTES and threads == 1:
-            k["gather_bytes_per_s_per_core"] = float(fit(x.max()))
-    if "lookup" in results:
-        lk = results["lookup"]
-        x, t = np.array([s["rows"] for s in lk], float), np.array([s["seconds"] for s in lk])
-        curves.append(curve("lookup:overhead", fit_linear(x, t), x, t, "rows", "seconds",
-                            "LayerStore.lookup minus the gather of its rows (plan, de-duplication, "
-                            "assembly), CPU path, one thread: fixed + per-row seconds of one lookup"))
+    curves += _gather_curves(results.get("gather_tables", []), k)
     h = results["hash"]
     x = np.array([s["tokens"] for s in h], float)
     rate = x / np.array([s["seconds"] for s in h])
@@ -128,35 +112,123 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
     k["hash_tokens_per_s_per_core"] = float(fit(REFERENCE_HASH_TOKENS))
     k["hash_indices_per_token"] = float(h[0]["indices_per_token"])
     k["launch_s"] = float(results["launch"])
-    curves += _op_curves(results, peaks, k["device_memory_bytes_per_s"])
-    st = results["step"]
-    x, t = np.array([s["layers"] for s in st], float), np.array([s["seconds"] for s in st])
-    fit = fit_linear(x, t)
-    curves.append(curve("step:layers", fit, x, t, "layers", "seconds",
-                        "whole decode step of tiny-gqa (batch 1) cut to L layers: per-step + per-layer cost"))
-    k["per_step_overhead_s"], k["per_layer_overhead_s"] = fit.params["intercept"], fit.params["slope"]
+    if "engine" in results:
+        curves += _engine_curves(results["engine"], curves, k, device)
     return curves, k
 
 
-def _op_curves(results: dict, peaks: dict[str, float], memory_bw: float) -> list[CurveFit]:
-    groups = defaultdict(list)
-    for name, samples in results.items():
-        if name.startswith("ops:"):
-            for s in samples:
-                groups[(s["kind"], s["dtype"])].append(s)
+def _gather_curves(samples: list[dict], k: dict) -> list[CurveFit]:
+    """Per page size: a random row's seconds ``latency(table) + row_bytes / bandwidth(table)``
+    on one core, both ``piecewise`` in the table's bytes (fitted per table size across the row
+    widths); the thread counts' parallel efficiency at the largest table."""
     out = []
-    for (kind, dtype), samples in sorted(groups.items()):
-        t = np.array([s["seconds"] for s in samples])
-        models = sorted({s["model"] for s in samples})
-        if kind.startswith("embed"):  # no FLOPs: efficiency of its bytes against the memory bandwidth
-            x = np.array([s["bytes"] for s in samples])
-            eff, axis, what = x / (memory_bw * t), "bytes", "bytes"
-        else:
-            x = np.array([s["flops"] for s in samples])
-            eff, axis, what = x / (peaks.get(dtype, max(peaks.values())) * t), "flops", "FLOPs"
-        out.append(curve(f"op:{kind}:{dtype}", fit_saturating(x, eff), x, eff, axis, "efficiency",
-                         f"reference-model {kind} spans ({', '.join(models)}; {len(samples)} shapes): "
-                         f"cost-model {what} / (peak x measured time)", dtype))
+    single = [s for s in samples if s["threads"] == 1]
+    for huge in sorted({s["huge_pages"] for s in single}):
+        tag = "ram+thp" if huge else "ram"
+        lat, bw, sizes = [], [], []
+        mine = [s for s in single if s["huge_pages"] == huge]
+        for size in sorted({round(s["table_bytes"] / (1 << 20)) for s in mine}):
+            group = [s for s in mine if round(s["table_bytes"] / (1 << 20)) == size]
+            w = np.array([s["row_bytes"] for s in group], float)
+            per_row = np.array([s["seconds"] / s["rows"] for s in group])
+            slope, intercept = np.polyfit(w, per_row, 1) if len(group) > 1 else (per_row[0] / w[0], 0.0)
+            sizes.append(float(np.mean([s["table_bytes"] for s in group])))
+            lat.append(max(float(intercept), 0.0))
+            bw.append(1.0 / max(float(slope), 1e-13))
+        pages = "2 MiB (transparent huge) pages" if huge else "4 KiB pages"
+        out.append(curve(f"gather:{tag}:latency", Fit("piecewise", piecewise_params(sizes, lat)), sizes,
+                         np.maximum(lat, 1e-12), "table_bytes", "seconds",
+                         f"DenseRows.gather of random rows, one thread, {pages}: seconds per row "
+                         "independent of its width (cache and TLB misses), vs the table's bytes"))
+        out.append(curve(f"gather:{tag}:bandwidth", Fit("piecewise", piecewise_params(sizes, bw)), sizes, bw,
+                         "table_bytes", "bytes_per_s", "the same gathers: bytes/s of each row's width beyond "
+                         f"its fixed cost, vs the table's bytes ({pages})"))
+        if not huge:
+            largest = max(sizes)
+            per_row = lat[sizes.index(largest)] + REFERENCE_ROW_BYTES / bw[sizes.index(largest)]
+            k["gather_bytes_per_s_per_core"] = REFERENCE_ROW_BYTES / per_row
+            k["gather_largest_table_bytes"] = largest
+    multi = [s for s in samples if s["threads"] > 1]
+    if multi:
+        ref = next(s for s in single if not s["huge_pages"] and s["table_bytes"] == multi[0]["table_bytes"]
+                   and s["row_bytes"] == multi[0]["row_bytes"])
+        n = [1.0] + [float(s["threads"]) for s in multi]
+        eff = [1.0] + [ref["seconds"] / (s["seconds"] * s["threads"]) for s in multi]
+        out.append(curve("gather:ram:threads", Fit("piecewise", piecewise_params(n, eff)), n, eff, "rows",
+                         "efficiency", "parallel efficiency of one gather over intra-op threads (time on 1 / "
+                         "(time on n x n)), largest table, 4 KiB pages"))
+    return out
+
+
+def _engine_curves(samples: list[dict], curves: list[CurveFit], k: dict, device: str) -> list[CurveFit]:
+    """Op rooflines, the hash call, the lookup overhead and the step overhead from engine-timed
+    spans (:mod:`planner.calibration.engine_fit`)."""
+    from planner.calibration import engine_fit as ef
+    from planner.calibration.fit import roofline_seconds
+    from planner.calibration.tasks import engine_runs
+    from planner.loading import load_hardware
+    from planner.specs import ModelSpec
+
+    counting = load_hardware("cpu-workstation")  # work counts only: hardware-free
+    specs = {}
+    for quick in (True, False):
+        for run in engine_runs(device, quick):
+            specs[run["spec"]["name"]] = ModelSpec.model_validate(run["spec"])
+    by_name = {c.name: Fit(c.form, dict(c.params)) for c in curves}
+    peaks = {dt[len("peak_flops_"):]: v for dt, v in k.items() if dt.startswith("peak_flops_")}
+    bandwidth = k["device_memory_bytes_per_s"]
+
+    def rows_fraction_of(dtype):
+        fit = by_name.get(f"gemm_rows:{dtype}")
+        return None if fit is None else (lambda t: np.minimum(fit(t), 1.0))
+
+    out, ops = [], {}
+    models = sorted({s["model"] for s in samples})
+    for dtype in sorted({specs[s["model"]].dtype for s in samples}):
+        mine = [s for s in samples if specs[s["model"]].dtype == dtype]
+        for (kind, dt), (fit, arr) in ef.fit_ops(mine, specs, counting, peaks, bandwidth,
+                                                 rows_fraction_of(dtype)).items():
+            ops[(kind, dt)] = (fit, arr)
+            predicted = roofline_seconds(fit.params, arr[:, 0], arr[:, 1], arr[:, 2],
+                                         peaks.get(dt, max(peaks.values())), bandwidth, rows_fraction_of(dt))
+            out.append(curve(f"op:{kind}:{dt}", fit, arr[:, 0], arr[:, 3], "flops", "seconds",
+                             f"reference-model {kind} spans timed in the engine loop ({len(arr)} steps of "
+                             f"{len(models)} backbones): fixed + max(FLOPs / rate, bytes / rate)", dt,
+                             aux={"bytes": arr[:, 1], "tokens": arr[:, 2]}, predicted=predicted))
+    fit, x, t = ef.fit_hash(samples, specs)
+    out.append(curve("hash:call", fit, x, t, "indices", "seconds",
+                     "the engine thread's hash span (compress, hash every Engram layer, hand the ids over): "
+                     "fixed seconds per call + seconds per index"))
+    k["hash_call_s"] = max(fit.params["intercept"], 0.0)
+    lat, bw = by_name.get("gather:ram:latency"), by_name.get("gather:ram:bandwidth")
+    link = by_name.get("link:h2d_pinned")
+
+    def fetch_s(spec, layer, fetched):
+        from planner.accounting import engram_row_bytes, engram_table_bytes
+
+        row = float(engram_row_bytes(spec))
+        table = float(engram_table_bytes(spec)[layer])
+        seconds = fetched * (max(float(lat(table)), 0.0) + row / float(bw(table))) if lat is not None else 0.0
+        if device == "cuda" and link is not None and fetched:
+            seconds += k.get("link_h2d_pinned_latency_s", 0.0) + fetched * row / float(bandwidth_of(link, fetched * row))
+        return seconds
+
+    x, t = ef.lookup_samples(samples, specs, fetch_s)
+    if len(x):
+        fit = ef.fit_positive_linear(x, t)
+        out.append(curve("lookup:overhead", fit, x, np.maximum(t, 1e-7), "rows", "seconds",
+                         "each wait_L span of an on-demand lookup less its rows' gather at the table-gather rate: "
+                         "plan, de-duplication, assembly (fixed + per requested row)"))
+
+    def ops_s(s, spec):
+        return ef.predicted_ops_s(s, spec, counting, ops, peaks, bandwidth, rows_fraction_of(spec.dtype))
+
+    x, t = ef.step_residuals(samples, specs, ops_s)
+    fit = ef.fit_positive_linear(x, t)
+    out.append(curve("step:overhead", fit, x, np.maximum(t, 1e-7), "layers", "seconds",
+                     "engine step span less its ops (as fitted), hash and lookups (as measured): the Python "
+                     "between spans and the first block's cold caches, per step"))
+    k["per_step_overhead_s"], k["per_layer_overhead_s"] = fit.params["intercept"], fit.params["slope"]
     return out
 
 
@@ -171,7 +243,9 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
     curves, k = fit_all(results, device)
     native = native_dtypes(device) if native is None else native
     emulated = sorted(dt for dt in ("fp32", "bf16", "fp16") if f"peak_flops_{dt}" in k and dt not in native)
-    gather_threads = sorted({s["threads"] for s in results.get("gather", []) + results.get("gather_threads", [])})
+    gather_threads = sorted({s["threads"] for s in results.get("gather_tables", [])})
+    if fingerprint.get("llc_bytes"):
+        k["llc_bytes"] = float(fingerprint["llc_bytes"])
     cpu = fingerprint["cpu"]
     data = base.model_dump(mode="json", exclude_none=True)
     data.pop("calibration", None)
@@ -213,7 +287,7 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
 
 def _fp(fingerprint: dict) -> dict:
     keys = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "python", "platform",
-            "package_version", "date")
+            "package_version", "date", "machine")
     return {key: fingerprint.get(key) for key in keys if fingerprint.get(key) is not None}
 
 
@@ -228,10 +302,12 @@ def _sources(fp: dict, base: HardwareSpec, k: dict, quick: bool, hash_model: str
         "link: latency + bytes / bandwidth fitted to measured copies (a host memcpy on a CPU device); "
         "bandwidth = the largest copies' rate; a two_regime link curve gives the rate below its breakpoint "
         "(the cost model evaluates the curve)",
-        f"host.gather_bandwidth_per_core: DenseRows.gather, one thread, {REFERENCE_ROW_BYTES} B rows, largest batch",
+        f"host.gather_bandwidth_per_core: DenseRows.gather, one thread, {REFERENCE_ROW_BYTES} B rows of the largest "
+        "table measured, 4 KiB pages (the gather:ram curves give every table size)",
         f"host.hash_tokens_per_s_per_core: NgramHasher.row_ids on {hash_model} ({k['hash_indices_per_token']:.0f} "
         f"indices a token), one thread, {REFERENCE_HASH_TOKENS} tokens a call",
-        "device.kernel_launch_overhead: one tiny op's dispatch; ops with an op:<kind> curve include their own fixed costs",
+        "device.kernel_launch_overhead: one tiny op's dispatch; ops with an op:<kind> curve carry their own "
+        "fixed cost, fitted to engine-timed spans",
         f"unmeasured fields (sockets, NUMA, NVMe, network, prices) from preset {base.name!r}",
     ]
 
@@ -251,9 +327,11 @@ def _gather_sources(threads: list[int], fp: dict, base: HardwareSpec) -> list[st
 
 def _notes() -> list[str]:
     return [
-        "op curves: efficiency = cost-model FLOPs / (device peak x measured span time); the cost model "
-        "uses them in place of efficiency.matmul and the per-kernel launch term for those op kinds",
-        "the cost model's head counts one logit row per sequence: head curves are fitted on decode steps only",
+        "op curves (roofline): seconds = fixed_s + max(FLOPs / (flop_fraction x device peak), bytes / "
+        "(byte_fraction x device.memory_bandwidth)), fitted to the reference model's spans timed inside the "
+        "engine loop (caches evicted before each step, as a deployment's weights evict them)",
+        "hash:call, lookup:overhead, step:overhead: the engine's own host seconds, fitted to the same runs",
+        "the engine computes logits for each sequence's last position only (as the cost model's head counts)",
     ]
 
 

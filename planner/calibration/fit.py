@@ -47,7 +47,9 @@ class Fit:
             return self.params["intercept"] + self.params["slope"] * x
         if self.form == "two_regime":
             return two_regime(x, **self.params)
-        raise ValueError(f"unknown curve form {self.form!r}")
+        if self.form == "piecewise":
+            return piecewise(x, self.params)
+        raise ValueError(f"a {self.form!r} curve is not a function of x alone")
 
 
 def saturating(x, y_max: float, x_half: float, p: float) -> np.ndarray:
@@ -59,6 +61,64 @@ def two_regime(x, latency: float, bw_small: float, bw_large: float, x_break: flo
     """Rate ``x / (latency + x / bw)`` with ``bw = bw_small`` below ``x_break``, else ``bw_large``."""
     x = np.maximum(np.asarray(x, dtype=float), 1e-300)
     return x / (latency + x / np.where(x < x_break, bw_small, bw_large))
+
+
+def piecewise(x, params: dict[str, float]) -> np.ndarray:
+    """Linear in ``log x`` between the knots ``(x0, y0), (x1, y1), ...`` (ascending x), flat
+    beyond the first and the last."""
+    k = len(params) // 2
+    xs = np.log([params[f"x{i}"] for i in range(k)])
+    ys = np.array([params[f"y{i}"] for i in range(k)])
+    return np.interp(np.log(np.maximum(np.asarray(x, dtype=float), 1e-300)), xs, ys)
+
+
+def piecewise_params(xs, ys) -> dict[str, float]:
+    """Knots as the ``piecewise`` form's params (sorted by x; equal x averaged)."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    out: dict[str, float] = {}
+    for i, x in enumerate(np.unique(xs)):
+        out[f"x{i}"] = float(x)
+        out[f"y{i}"] = float(np.mean(ys[xs == x]))
+    return out
+
+
+def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float,
+                     rows_fraction=None) -> np.ndarray:
+    """Seconds of the ``roofline`` form: ``fixed_s + max(flops / rate, bytes / byte rate)`` with
+    ``rate = peak x min(flop_fraction, rows_fraction(tokens))`` (the few-row ceiling; none
+    without ``rows_fraction``) and ``byte rate = bandwidth x byte_fraction``."""
+    flops, bytes_ = np.asarray(flops, float), np.asarray(bytes_, float)
+    frac = params["flop_fraction"]
+    if rows_fraction is not None:
+        frac = np.minimum(frac, rows_fraction(np.maximum(np.asarray(tokens, float), 1.0)))
+    return params["fixed_s"] + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"]))
+
+
+def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, rows_fraction=None) -> Fit:
+    """Least squares of ``log seconds`` (relative error) over the three ``roofline`` numbers,
+    each rate at most its ceiling (fractions in (1e-5, 1]) and the fixed cost in [1e-8, 1] s.
+    Several starts: the max() makes the objective piecewise smooth."""
+    flops, bytes_, seconds = (np.asarray(v, float) for v in (flops, bytes_, seconds))
+    tokens = np.asarray(tokens, float)
+    lt = np.log(seconds)
+
+    def unpack(theta):
+        return {"fixed_s": float(np.exp(theta[0])), "flop_fraction": float(np.exp(theta[1])),
+                "byte_fraction": float(np.exp(theta[2]))}
+
+    def resid(theta):
+        return np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth, rows_fraction)) - lt
+
+    lower, upper = np.log([1e-8, 1e-5, 1e-5]), np.log([1.0, 1.0, 1.0])
+    best = None
+    for fixed0 in (0.1, 0.5, 0.9):
+        for flop0 in (0.02, 0.2, 0.9):
+            for byte0 in (0.05, 0.3, 0.9):
+                guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0])
+                sol = least_squares(resid, guess, bounds=(lower, upper), method="trf")
+                if best is None or sol.cost < best.cost:
+                    best = sol
+    return Fit("roofline", unpack(best.x))
 
 
 def bandwidth_of(fit: Fit, x) -> np.ndarray:

@@ -310,6 +310,78 @@ def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int],
     return out
 
 
+HUGE_PAGE = 2 << 20
+
+
+def thp_mode() -> str | None:
+    """Transparent huge pages setting (``always``, ``madvise`` or ``never``), None if unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
+
+
+def host_table(n_bytes: int, huge_pages: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float32 host buffer of ``n_bytes`` whose pages are asked to be 2 MiB
+    (``madvise(MADV_HUGEPAGE)``) or 4 KiB (``MADV_NOHUGEPAGE``) before first touch, then filled.
+    Returns ``(keep_alive, table)``. Linux only; elsewhere the kernel's default pages."""
+    import ctypes
+
+    raw = torch.empty(n_bytes // 4 + HUGE_PAGE // 4, dtype=torch.float32)
+    start = (raw.data_ptr() + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+    offset = (start - raw.data_ptr()) // 4
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(n_bytes // HUGE_PAGE * HUGE_PAGE),
+                     14 if huge_pages else 15)  # MADV_HUGEPAGE / MADV_NOHUGEPAGE
+    except (OSError, AttributeError):
+        pass
+    table = raw[offset:offset + n_bytes // 4]
+    table.uniform_()
+    return raw, table
+
+
+def measure_table_gathers(table_sizes: list[int], widths: list[int], rows: int, repeats: int,
+                          huge_pages: list[bool], threads: list[int] = (1,)) -> list[dict]:
+    """Random rows gathered by :class:`reference_model.store_sources.DenseRows` (one thread,
+    ``index_select`` into a staging buffer) from tables of each size in ``table_sizes``, for each
+    row width: the per-row cost of a table inside the last-level cache, in DRAM, and beyond the
+    TLB's reach (4 KiB pages) or with 2 MiB pages. Each table size is a prefix of one buffer of the
+    largest size, so one allocation serves every size; each call reads a fresh set of ``rows``
+    random rows (sets rotate through >= 64 MiB of rows, so no call finds the previous one's rows
+    in a cache unless the whole table fits there). ``threads`` beyond 1: the same gather with
+    that many intra-op threads, at the largest table and the second width, 4 KiB pages."""
+    from reference_model.store_sources import DenseRows
+
+    out = []
+    for huge in huge_pages:
+        keep, base = host_table(max(table_sizes), huge)
+        for size in sorted(table_sizes):
+            for width in widths:
+                d = width // 4
+                n_rows = size // width
+                src = DenseRows(base[: n_rows * d].view(n_rows, d), "host", pin=False)
+                counts = [1] + ([n for n in threads if n > 1] if not huge and size == max(table_sizes)
+                                and width == widths[min(1, len(widths) - 1)] else [])
+                sets = max(8, (64 << 20) // (rows * width))
+                ids = torch.randint(0, n_rows, (sets, rows))
+                staging = torch.empty(rows, d, dtype=torch.float32)
+                state = {"i": 0}
+
+                def gather(src=src, ids=ids, staging=staging, sets=sets, state=state):
+                    state["i"] = (state["i"] + 1) % sets
+                    src.gather(ids[state["i"]], staging)
+
+                for n in counts:
+                    with torch_threads(n):
+                        t = time_call(gather, repeats=repeats, min_time_s=5e-3)
+                    out.append({"table_bytes": float(n_rows * width), "row_bytes": width, "rows": rows,
+                                "huge_pages": huge, "threads": n, "seconds": t})
+        del keep, base
+    return out
+
+
 # ----------------------------------------------------------------------------- hashing
 
 

@@ -25,7 +25,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 4
+MEASURE_VERSION = 5
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
@@ -58,6 +58,25 @@ class Task:
         return getattr(module, self.function)(**kwargs)
 
 
+def thp_available() -> bool:
+    """Whether transparent huge pages can be asked for here (``madvise`` or ``always``)."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    return "[never]" not in text
+
+
+def _free_bytes() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def native_dtypes(device: str) -> set[str]:
     """Dtypes the device computes in hardware: all on CUDA; fp32 on a CPU, plus bf16 when
     ``/proc/cpuinfo`` lists ``avx512_bf16`` or ``amx_bf16`` (without them torch emulates bf16
@@ -86,8 +105,6 @@ def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
     3 minutes on a 2-core machine); full: more sizes, both dtypes and larger model variants.
     ``engine_cores``: cores the serving engine occupies (``host.engine_cores``), which bounds the
     gather thread counts (:func:`gather_thread_counts`)."""
-    from planner.calibration.measure_ops import scaled_variant, with_dtype
-    from planner.loading import load_model
 
     reps = 15 if quick else 21
     tasks = [Task("launch", "measure_launch", {"device": device, "repeats": reps})]
@@ -110,44 +127,83 @@ def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
     if device == "cuda":
         tasks.append(Task("uva", "measure_uva", {"row_bytes": 256, "rows_list": [1000, 10_000, 100_000, 1_000_000],
                                                  "table_bytes": 1 << 30, "repeats": reps}))
-    widths = [64, REFERENCE_ROW_BYTES, 1024, 4096]
-    rows = [64, 256, 1024, 4096, 16384, 65536]
-    table = (128 if quick else 512) * mb
-    tasks.append(Task("gather", "measure_gathers", {"sources": ["ram", "mmap"], "widths": widths, "rows_list": rows,
-                                                   "threads": [1], "table_bytes": table, "repeats": reps}))
-    tasks.append(Task("lookup", "measure_lookup_overhead", {"rows_list": [32, 256, 2048, 16384],
-                                                          "row_bytes": REFERENCE_ROW_BYTES,
-                                                          "table_rows": table // REFERENCE_ROW_BYTES, "repeats": reps}))
-    threads = gather_thread_counts(quick, engine_cores)
-    if threads:
-        tasks.append(Task("gather_threads", "measure_gathers", {
-            "sources": ["ram"], "widths": [REFERENCE_ROW_BYTES], "rows_list": rows,
-            "threads": threads, "table_bytes": table, "repeats": reps}))
+    # Random-row gathers from host tables inside the LLC up to a large share of RAM (quick:
+    # 512 MiB; full: 4 GiB, at most a quarter of the free memory), 4 KiB and 2 MiB pages.
+    mib = 1 << 20
+    sizes = [8 * mib, 32 * mib, 128 * mib, 512 * mib]
+    if not quick:
+        sizes += [s for s in (2048 * mib, 4096 * mib) if s <= _free_bytes() / 4]
+    tasks.append(Task("gather_tables", "measure_table_gathers", {
+        "table_sizes": sizes, "widths": [64, 256, 1024], "rows": 4096, "repeats": reps,
+        "huge_pages": [False, True] if thp_available() else [False],
+        "threads": [1] + gather_thread_counts(quick, engine_cores)}))
     tasks.append(Task("hash", "measure_hash", {"model": HASH_MODEL, "tokens_list": [64, 512, 4096, 32768],
                                               "repeats": reps}))
-    # The reference model's ops: the two tiny test models as shipped (MLA + MoE + HC in bf16,
-    # GQA dense in fp32); the full run adds the other dtype and 4x and 8x wider variants. Only
-    # dtypes the device computes natively: an emulated one (bf16 on most CPUs) is measured as
-    # fp32 and priced from the fp32 curves and the two GEMM peaks (CalibratedEfficiency).
-    native = native_dtypes(device)
-    shipped = load_model("tiny"), load_model("tiny-gqa")
-    tiny, gqa = (s if s.dtype in native else with_dtype(s, "fp32") for s in shipped)
-    specs = [tiny, gqa]
-    prefill = [8, 32, 128] if quick else [4, 16, 64, 256, 512]
-    decode = [(1, 16), (4, 64), (16, 128)] if quick else [(1, 32), (4, 128), (16, 256), (64, 512)]
-    if not quick:
-        specs += [with_dtype(s, dt) for s in (tiny, gqa) for dt in ("fp32", "bf16") if dt in native and dt != s.dtype]
-        wide = [(f, dt) for f in (4, 8) for dt in ("fp32", "bf16") if dt in native]
-        specs += [scaled_variant(s, f, dt) for s in shipped for f, dt in wide]
-    shapes = [("prefill", 1, t) for t in prefill] + [("decode", b, c) for b, c in decode]
-    for spec in specs:
-        tasks.append(Task(f"ops:{spec.name}", "measure_model_ops", {
-            "spec": spec.model_dump(mode="json"), "shapes": shapes, "repeats": reps, "device": device},
-            module="measure_ops"))
-    tasks.append(Task("step", "measure_step_overhead", {
-        "spec": gqa.model_dump(mode="json"), "layers_list": [1, 2, 4, 8] if quick else [1, 2, 4, 8, 16],
-        "repeats": 2 * reps, "device": device}, module="measure_ops"))
+    # The reference model's ops, hashing, lookups and per-step engine cost, timed inside the
+    # engine's own loop (measure_engine): backbones 1x-8x the tiny models' widths, so the
+    # planner's questions fall between the shapes, not beyond them.
+    tasks.append(Task("engine", "measure_engine", {"runs": engine_runs(device, quick), "repeats": 5 if quick else 7,
+                                                   "device": device}, module="measure_engine"))
     return tasks
+
+
+# Engram geometry of every calibration run: orders 2-3 x 4 heads, 48-float rows (192 B in fp32),
+# 40,000 rows a head (8 tables x 40,000 x 192 B = 61 MB a layer, twice the CI VM's LLC).
+CALIBRATION_ENGRAM = {"max_ngram": 3, "n_heads": 4, "table_size_per_head": [40_000, 40_000],
+                      "embed_dim_per_ngram": 192, "dtype": "fp32"}
+
+
+def engine_spec(base: str, factor: int, n_layers: int, engram_layers: tuple[int, ...], dtype: str):
+    """A calibration backbone: bundled ``base`` with every width times ``factor``
+    (:func:`planner.calibration.measure_ops.scaled_variant`), ``n_layers`` blocks, the
+    calibration Engram geometry at ``engram_layers``, computing in ``dtype``."""
+    from planner.calibration.measure_ops import scaled_variant
+    from planner.loading import load_model
+    from planner.specs import ModelSpec
+
+    data = scaled_variant(load_model(base), factor, dtype).model_dump()
+    data["name"] = f"{data['name'].split(' ')[0]} x{factor} L{n_layers} E{','.join(map(str, engram_layers))}"
+    data["n_layers"] = n_layers
+    data["max_seq_len"] = 512
+    data["engram"].update(CALIBRATION_ENGRAM, layer_ids=list(engram_layers))
+    if data["ffn"].get("moe"):
+        data["ffn"]["moe"]["n_leading_dense_layers"] = 1
+    return ModelSpec.model_validate(data)
+
+
+def engine_runs(device: str, quick: bool) -> list[dict]:
+    """The engine runs of a calibration (:mod:`planner.calibration.measure_engine`): each a
+    backbone, a batch, a prompt and an output length. They span widths 64-512, decode batches
+    2-16 (full: 1-32), prefill steps of 128-288 tokens and contexts up to 300, in the native
+    dtype of the device (fp32 on a CPU without bf16 units); the validation grid's backbones
+    differ from all of them (``tests/test_validation.py``)."""
+    dtype = "bf16" if device == "cuda" else "fp32"
+    gqa, mla = "tiny-gqa", "tiny"
+    plan = [  # (base, width factor, layers, Engram layers, batch, prompt, output)
+        (gqa, 2, 4, (1,), 16, 16, 8),
+        (gqa, 4, 4, (1,), 4, 64, 8),
+        (gqa, 4, 4, (1,), 12, 24, 8),
+        (gqa, 6, 5, (1, 3), 2, 144, 6),
+        (gqa, 8, 4, (2,), 6, 40, 6),
+        (mla, 1, 4, (1, 2), 8, 24, 6),
+        (mla, 2, 4, (1, 2), 4, 32, 6),
+    ]
+    if not quick:
+        plan += [
+            (gqa, 1, 4, (1,), 8, 32, 8),
+            (gqa, 3, 6, (2,), 1, 200, 8),
+            (gqa, 4, 4, (0, 2), 32, 8, 6),
+            (gqa, 5, 4, (1,), 3, 96, 8),
+            (gqa, 8, 4, (1,), 2, 300, 6),
+            (mla, 3, 4, (1, 2), 6, 48, 6),
+            (mla, 4, 4, (1, 2), 2, 128, 6),
+        ]
+    runs = []
+    for base, factor, layers, engram, batch, prompt, output in plan:
+        spec = engine_spec(base, factor, layers, engram, dtype)
+        runs.append({"name": f"{spec.name} B{batch} P{prompt}", "spec": spec.model_dump(mode="json"),
+                     "batch": batch, "prompt_len": prompt, "output_len": output})
+    return runs
 
 
 def run_task(task: Task, fingerprint: dict, cache_dir: Path | None, workdir: Path) -> tuple[object, bool]:
@@ -175,14 +231,30 @@ def measure_fingerprint(device: str) -> dict:
 
     from planner.bench import _cpu_model
 
+    from reference_model.engine import llc_bytes
+
     fp = {"cpu": _cpu_model(), "cpu_count": os.cpu_count() or 1, "threads": torch.get_num_threads(),
+          "llc_bytes": llc_bytes(),
           "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-          "package_version": _package_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+          "package_version": _package_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+          "machine": machine_identity()}
     if device == "cuda" and torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(0)
         fp["cuda"] = torch.version.cuda
         fp["driver"] = _nvidia_driver()
     return fp
+
+
+def machine_identity() -> str | None:
+    """This machine and boot: a short hash of ``/etc/machine-id`` and the kernel's boot id
+    (a fresh VM of the same image gets a new boot id). None where neither can be read."""
+    parts = []
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            parts.append(Path(path).read_text().strip())
+        except OSError:
+            pass
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else None
 
 
 def _package_version() -> str:

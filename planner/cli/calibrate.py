@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
-from planner.units import format_seconds, format_si
+from planner.units import format_bytes, format_seconds, format_si
 
 EPILOG = """\
 examples:
@@ -136,7 +136,7 @@ def fit_report(profile, target: float) -> dict:
     curves = [{"name": c.name, "form": c.form, "params": c.params, "samples": len(c.samples_x),
                "median_abs_rel_error": c.median_abs_rel_error, "within_target": c.median_abs_rel_error <= target}
               for c in cal.curves]
-    threads = sorted({int(c.name.rsplit(":", 1)[1][:-1]) for c in cal.curves if c.name.startswith("gather:")})
+    threads = next(([int(x) for x in c.samples_x] for c in cal.curves if c.name == "gather:ram:threads"), [1])
     return {"target_median_abs_rel_error": target, "curves": curves, "constants": cal.constants,
             "fingerprint": cal.fingerprint.model_dump(exclude_none=True),
             "emulated_dtypes": list(cal.emulated_dtypes), "gather_threads": threads,
@@ -150,6 +150,12 @@ def _params(c: dict) -> str:
     if c["form"] == "two_regime":
         return (f"lat {p['latency']:.3g}, bw {p['bw_small']:.3g} < {p['x_break']:.3g} B <= "
                 f"{p['bw_large']:.3g}")
+    if c["form"] == "roofline":
+        return (f"fixed {p['fixed_s']:.3g} s, {100 * p['flop_fraction']:.3g}% of peak, "
+                f"{100 * p['byte_fraction']:.3g}% of bandwidth")
+    if c["form"] == "piecewise":
+        k = len(p) // 2
+        return f"{k} knots, {p['y0']:.3g} at {p['x0']:.3g} .. {p[f'y{k - 1}']:.3g} at {p[f'x{k - 1}']:.3g}"
     return f"y_max {p['y_max']:.3g}, x_half {p['x_half']:.3g}, p {p['p']:.2f}"
 
 
@@ -166,7 +172,8 @@ def format_report(r: dict) -> str:
     lines.append(f"peak GEMM: {peaks}")
     lines.append(f"DRAM copy: {format_si(k['dram_copy_bytes_per_s'], 'B/s')} (memory_bandwidth "
                  f"{format_si(2 * k['dram_copy_bytes_per_s'], 'B/s')} read + write)")
-    lines.append(f"gather, 1 core, 160 B rows: {format_si(k['gather_bytes_per_s_per_core'], 'B/s')}; threads measured: "
+    lines.append(f"gather, 1 core, 160 B rows of a {format_bytes(k['gather_largest_table_bytes'])} table: "
+                 f"{format_si(k['gather_bytes_per_s_per_core'], 'B/s')}; threads measured: "
                  f"{', '.join(map(str, r['gather_threads']))} (up to the {r['fingerprint']['cpu_count']} cores minus "
                  f"host.engine_cores {r['engine_cores']}: more would collide with the engine)")
     for dt in r["emulated_dtypes"]:
@@ -179,8 +186,9 @@ def format_report(r: dict) -> str:
             lines.append(f"link {mode}: {format_si(k[key], 'B/s')}, latency {format_seconds(k[f'link_{mode}_latency_s'])}")
     lines.append(f"hashing: {format_si(k['hash_tokens_per_s_per_core'], 'tokens/s')} per core "
                  f"({k['hash_indices_per_token']:.0f} indices a token)")
-    lines.append(f"overheads: dispatch {format_seconds(k['launch_s'])}, per step "
-                 f"{format_seconds(k['per_step_overhead_s'])}, per layer {format_seconds(k['per_layer_overhead_s'])}")
+    lines.append(f"engine (timed in its own loop): hash call {format_seconds(k.get('hash_call_s', 0.0))}, per step "
+                 f"{format_seconds(k.get('per_step_overhead_s', 0.0))} + {format_seconds(k.get('per_layer_overhead_s', 0.0))}"
+                 f" per layer outside ops and lookups; dispatch {format_seconds(k['launch_s'])}")
     fp = r["fingerprint"]
     lines.append(f"fingerprint: {fp['cpu']}, {fp.get('gpu', 'no GPU')}, torch {fp['torch']}, "
                  f"{fp['threads']} threads, {fp['date']}")

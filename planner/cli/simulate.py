@@ -80,11 +80,11 @@ def report(m) -> str:
             continue
         rows.append((layer.layer, layer.tier, f"{layer.rows_per_step:,.0f}", format_bytes(layer.bytes_per_step),
                      format_seconds(layer.fetch_s), format_seconds(layer.window_s),
-                     format_seconds(layer.exposed_s), layer.bound))
+                     format_seconds(layer.exposed_s), layer.bound, layer.regime or "-"))
     if rows:
-        lines.append("\nEngram layers (per step):")
-        lines.append(format_table(["layer", "tier", "rows", "bytes", "fetch", "window", "exposed", "bound"],
-                                  rows, "rlrrrrrl"))
+        lines.append("\nEngram layers (per step; rows from: where a random row of the table comes from):")
+        lines.append(format_table(["layer", "tier", "rows", "bytes", "fetch", "window", "exposed", "bound", "rows from"],
+                                  rows, "rlrrrrrll"))
     kinds: dict[tuple, list[int]] = {}
     for layer in m.layers:
         kinds.setdefault((layer.attention_s, layer.ffn_s, layer.compute_bound), []).append(layer.layer)
@@ -92,6 +92,12 @@ def report(m) -> str:
     lines.append(format_table(
         ["blocks", "attention", "ffn", "bound"],
         [(_ranges(ids), format_seconds(a), format_seconds(f), b) for (a, f, b), ids in kinds.items()], "lrrl"))
+    if m.host_s > 0:
+        lines.append(f"engine host work: {format_seconds(m.host_s)} per step (the profile's per-step overhead, "
+                     "hashing on the engine thread, a prefetch worker on the compute cores)")
+    for kind, ratio in sorted(m.extrapolated.items()):
+        lines.append(f"note: {kind} priced {ratio:.1f}x beyond the shapes its calibrated curve was fitted on "
+                     "(the roofline extrapolates physically, but calibrate on wider models to trust it)")
     util = ", ".join(f"{k} {100 * v:.1f}%" for k, v in m.utilisation.items())
     lines.append(f"\nutilisation: {util}")
     moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in m.bytes_moved.items() if v)

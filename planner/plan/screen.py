@@ -1,11 +1,10 @@
 """Estimate: memory per tier, analytic throughput/latency, quality and cost of every candidate.
 
 One call per :class:`~planner.plan.candidates.Group` evaluates all its candidates at once with
-numpy arrays (``estimate_step`` with array overrides). The run model is
-:func:`planner.analytic.estimate_run`'s, vectorised over ``max_num_seqs`` and
-``max_batched_tokens``: per device, waves of ``max_num_seqs`` sequences, each a prefill in
-``max_batched_tokens`` chunks then ``output - 1`` decode steps (a test checks it equals
-``estimate_run`` point by point).
+numpy arrays. The run model is the analytic estimator's own
+(:func:`planner.analytic.estimate_run_arrays`, vectorised over ``max_num_seqs``,
+``max_batched_tokens``, the hot-cache fraction and prefetch): the screen, the estimator and the
+simulator price a step from the same stages (:mod:`planner.stages`).
 
 Latency percentiles here are a screen, not a prediction: TTFT of the request at quantile q is
 the start of its wave plus the wave's prefill; TPOT is the decode step. Queueing under Poisson
@@ -25,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.accounting import kv_cache_bytes_per_token, param_counts, tier_footprint
-from planner.analytic import _mean_len, estimate_step
+from planner.analytic import _mean_len, estimate_run_arrays
 from planner.plan.candidates import Group
 from planner.plan.spec import Study
 from planner.quality import MemoryPowerLaw, QualityModel, memory_slots
@@ -68,45 +67,14 @@ def _per_device(scenario: Scenario) -> int:
 
 
 def run_arrays(scenario: Scenario, max_num_seqs, max_batched_tokens, **overrides) -> dict[str, np.ndarray]:
-    """Vectorised :func:`planner.analytic.estimate_run` (offline batch), plus screen latencies."""
-    w = scenario.workload
-    prompt, output = _mean_len(w.prompt_len), _mean_len(w.output_len)
-    n = _per_device(scenario)
-    b = np.minimum(np.asarray(max_num_seqs, float), n)
-    mbt = np.asarray(max_batched_tokens, float)
-    full = np.floor(n / b)
-    rem = n - full * b
-    decode_steps = max(output - 1, 0)
-
-    def wave(batch):
-        steps = np.ceil(batch * prompt / mbt)
-        pre = estimate_step(scenario, batch_size=0.0, context_len=0.0, prefill_tokens=batch * prompt / steps,
-                            prefill_seqs=batch / steps, **overrides)
-        dec = estimate_step(scenario, batch_size=batch, context_len=prompt + (output - 2) / 2.0, **overrides)
-        return pre.step_s * steps, dec
-
-    pre_f, dec_f = wave(b)
-    pre_r, dec_r = wave(np.where(rem > 0, rem, 1.0))
-    wave_f = pre_f + dec_f.step_s * decode_steps
-    total = full * wave_f + (rem > 0) * (pre_r + dec_r.step_s * decode_steps)
-    waves = full + (rem > 0)
-    out = {"duration_s": total, "throughput_output_tokens_per_s": w.num_sequences * output / total,
-           "decode_step_s": dec_f.step_s, "exposed_decode_s": dec_f.exposed_s,
-           "stall_fraction": dec_f.exposed_s / dec_f.step_s, "bound": np.asarray(dec_f.bound).astype(str)}
-    # With chunked prefill a request whose prompt finishes early decodes through the wave's
-    # remaining prefill chunks; the request at quantile q sees about q of them.
-    chunks = np.ceil(b * prompt / mbt)
-    chunk_s = pre_f / chunks
+    """The screen's run columns of :func:`planner.analytic.estimate_run_arrays`."""
+    r = estimate_run_arrays(scenario, max_num_seqs, max_batched_tokens, **overrides)
+    out = {"duration_s": r.duration_s, "throughput_output_tokens_per_s": r.throughput_output_tokens_per_s,
+           "decode_step_s": r.decode_step_s, "exposed_decode_s": r.exposed_decode_s,
+           "stall_fraction": r.stall_fraction, "bound": r.bound, "first_layer_exposed_s": r.first_layer_exposed_s}
     for q in (50, 90, 99):
-        k = np.minimum(np.floor(q / 100 * (n - 1) / b), waves - 1)
-        within = np.clip(q / 100 * n / b - k, 0.0, 1.0)  # position inside its wave
-        out[f"ttft_p{q}_s"] = k * wave_f + chunk_s * np.maximum(1.0, np.ceil(within * chunks))
-        seen = np.minimum(np.floor(q / 100 * (chunks - 1)), decode_steps)
-        out[f"tpot_p{q}_s"] = (seen * np.maximum(chunk_s, dec_f.step_s) + (decode_steps - seen) * dec_f.step_s) \
-            / max(decode_steps, 1)
-    first = min(scenario.model.engram_layer_ids, default=None)
-    out["first_layer_exposed_s"] = (dec_f.per_layer[first]["exposed_s"] if first in dec_f.per_layer
-                                    else np.zeros_like(total))
+        out[f"ttft_p{q}_s"] = r.ttft_quantiles_s[q]
+        out[f"tpot_p{q}_s"] = r.tpot_quantiles_s[q]
     return out
 
 

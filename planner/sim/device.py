@@ -5,13 +5,16 @@ A forward pass is ``embed``, then per block ``engram_L{i}`` (Engram blocks only)
 back; before an offloaded Engram block it waits until that layer's rows are on the device
 (``wait_L{i}``: the exposed lookup time). With prefetch the fetch was started when the step's
 token ids became known (the step start); without it the fetch starts here. A pageable copy is
-performed here, on the stream, because it is synchronous.
+performed here, on the stream, because it is synchronous. A device-tier Engram block waits, with
+prefetch, for the worker's hash of the step (its in-layer gather needs the ids); that wait is a
+stall of the step, not exposed lookup time (docs/metrics.md counts offloaded layers only).
 
 Consecutive ops without a wait are one SimPy timeout (the stream's clock is deterministic between
 waits), so a 32-block step costs a handful of events; spans are still written per op.
 
 Simplifies: one stream (no overlap between ops of one step, as in a single-stream engine); no
-CPU launch gaps other than the per-kernel overhead; on a CPU device without a free core, fetches run on the stream.
+CPU launch gaps other than the op's fixed cost; the engine's per-step host work is the engine's
+(:mod:`planner.sim.inference`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class ComputeStream:
         scaled = {k: w.scaled(factor) for k, w in works.items()}
         secs = {k: float(c.seconds(w)) for k, w in scaled.items()}
         bounds = {k: c.bound(w) for k, w in scaled.items()}
+        for w in scaled.values():
+            ratio = float(c.extrapolation(w))
+            if ratio > 1.0 and w.kind:
+                self.rec.extrapolated[w.kind] = max(ratio, self.rec.extrapolated.get(w.kind, 1.0))
 
         def op(name: str, kind: str, layer: int | None) -> Op:
             return Op(name, kind, layer, secs[kind], bounds[kind])
@@ -89,6 +96,7 @@ class ComputeStream:
         ends (training hooks). Returns the total stall (seconds)."""
         env, stalled, pending = self.env, 0.0, 0.0
         clock, op_s = env.now, self.rec.op_s
+        hashing = (ready or {}).get("hash")
         for op in ops:
             op_s[op.kind][op.bound] += op.seconds
             if wait_rows and op.kind == "engram" and op.layer in self.offloaded:
@@ -97,6 +105,15 @@ class ComputeStream:
                     pending = 0.0
                 stall = yield from self._wait_rows(op.layer, tokens, ready)
                 stalled += stall
+                clock = env.now
+            elif wait_rows and op.kind == "engram" and hashing is not None and not hashing.process.processed:
+                if pending:
+                    yield env.timeout(pending)
+                    pending = 0.0
+                reached = env.now
+                yield hashing.process  # the device-tier gather needs the worker's ids
+                self.rec.span(f"wait_L{op.layer}", self.track, reached, env.now - reached)
+                stalled += env.now - reached
                 clock = env.now
             self.rec.span(op.name, self.track, clock, op.seconds, **span_args)
             clock += op.seconds
@@ -113,8 +130,8 @@ class ComputeStream:
     def _wait_rows(self, layer: int, tokens: int, ready: dict[int, FetchHandle] | None):
         env, rec = self.env, self.rec
         reached = env.now
-        # No prefetch: the fetch starts now.
-        handle = self.fetcher.start(tokens, [layer])[layer] if ready is None else ready.get(layer)
+        # No prefetch: the lookup starts now (the ids were hashed at the step start).
+        handle = self.fetcher.start(tokens, [layer], hashed=False)[layer] if ready is None else ready.get(layer)
         if handle is None:  # nothing was launched for this layer this step
             return 0.0
         event, started = handle.process, handle.started_s

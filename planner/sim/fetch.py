@@ -1,13 +1,16 @@
-"""The Engram fetch pipeline of one device: hash -> (NVMe read) -> host gather -> copy.
+"""The Engram fetch pipeline of one device: hash -> (NVMe read) -> host lookup -> copy.
 
-Read top to bottom, one step's rows travel like this (ENGRAM.md section 5, ARCHITECTURE.md):
+The stages and their durations are :mod:`planner.stages`' (the analytic estimator adds up the
+same ones); this module schedules them on the node's shared resources. One step's rows travel
+like this (ENGRAM.md section 5, ARCHITECTURE.md):
 
-1. **hash** the step's token ids on the device's host worker pool (all offloaded layers at once
-   when prefetching; each layer's share when fetched on demand);
+1. **hash** the step's token ids, every Engram layer's (prefetch: on the device's host worker
+   pool; on demand: on the engine thread, before the forward: :mod:`planner.sim.inference`);
 2. **disk** tier only: read the rows that miss the device cache and the DRAM page cache from
    NVMe, one page per row (a 160 B row costs a 4 KiB read), through the node's shared NVMe pipe;
-3. **gather** (``host_mode: staged``): the worker pool copies the rows into a pinned staging
-   buffer, at ``pool cores x gather_bandwidth_per_core``, through the node's shared DRAM pipe;
+3. **lookup** (``host_mode: staged``): the worker pool pays the lookup's host overhead (plan,
+   de-duplication, assembly) and gathers the rows into a pinned staging buffer at the rate the
+   profile gives for the table's size, through the node's shared DRAM pipe;
 4. **copy**: the device's h2d copy engine moves the buffer over its (possibly shared) uplink.
    ``host_mode: uva`` skips 3-4: a device kernel reads the rows straight over the link at the
    UVA rate. ``pinned: false`` stops after 3: the pageable copy is synchronous, so the compute
@@ -30,19 +33,7 @@ from planner.costmodel import CostModel
 from planner.ngram_model import NgramTraffic
 from planner.sim.node import DevicePorts, Node, Recorder
 from planner.specs import EngramPlacement
-
-
-@dataclass(frozen=True)
-class LayerFetch:
-    """One layer's rows for one step: ``rows`` leave the tier (after de-duplication and the
-    device cache); ``disk_rows`` of them come from NVMe (the rest from DRAM)."""
-
-    layer: int
-    tier: str
-    rows: float
-    bytes: float
-    disk_rows: float
-    lookups: float
+from planner.stages import LayerFetch, copy_mode, hash_s, host_placement, layer_fetch
 
 
 @dataclass(frozen=True)
@@ -63,59 +54,47 @@ class Fetcher:
         self.placement, self.traffic, self.row_bytes, self.rec = placement, traffic, row_bytes, recorder
         self.cpu_device = cpu_device
         self.offloaded = [l for l in traffic if placement.tier_of(l) != "device"]
-        host = cost.hardware.host
-        # A CPU device's lookups run on its compute cores (on demand) or on the cores compute
-        # leaves free (prefetch worker); a GPU's workers are its share of the host cores.
-        cpu_cores = cost.cpu_fetch_cores(placement.prefetch) if cpu_device else 0
-        if cpu_device and cpu_cores < 1:
-            cpu_cores = cost.cpu_compute_cores()  # no free core: prefetch off, on demand
-        self.gather_cap = (cpu_cores if cpu_device else ports.pool_cores) * host.gather_bandwidth_per_core
-        self.hash_cores = cpu_cores if cpu_device else ports.pool_cores
+        self.host = host_placement(cost, placement, ports.pool_cores)
         self.tag = f"dev{ports.index} "
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
-        self.copies_on_stream = not placement.pinned and not cpu_device and placement.host_mode == "staged"
+        self.copies_on_stream = copy_mode(cost, placement) == "pageable"
 
     # ---- what to fetch
 
     def plan(self, layer: int, tokens: int) -> LayerFetch:
-        p = self.placement
-        tier = p.tier_of(layer)
-        traffic = self.traffic[layer]
-        rows = traffic.rows_fetched(tokens, p.cache_fraction, p.dedup)
-        disk_rows = 0.0
-        if tier == "disk":
-            # The DRAM page cache holds the next-hottest rows after the device cache.
-            hit_dev = traffic.hit_rate(p.cache_fraction)
-            hit_both = traffic.hit_rate(min(1.0, p.cache_fraction + p.host_cache_fraction))
-            in_dram = (hit_both - hit_dev) / (1.0 - hit_dev) if hit_dev < 1 else 1.0
-            disk_rows = rows * (1.0 - float(in_dram))
-        return LayerFetch(layer, tier, rows, rows * self.row_bytes, disk_rows,
-                          tokens * traffic.rows_per_token)
+        return layer_fetch(self.cost, self.placement, self.traffic[layer], layer, tokens, self.host).scalars()
 
     # ---- launching
 
-    def start(self, tokens: int, layers: list[int]) -> dict[int, FetchHandle]:
+    def hash_seconds(self, tokens: int) -> float:
+        return float(hash_s(self.cost, tokens, self.host))
+
+    def start(self, tokens: int, layers: list[int], hashed: bool = True) -> dict:
         """Start fetching ``layers``' rows for a step of ``tokens`` tokens; returns, per layer,
         a handle whose process ends when the rows are usable on the device (or, pageable,
-        gathered)."""
-        share = len(layers) / len(self.offloaded)
-        hashed = self.env.process(self._hash(tokens, share))
+        gathered). ``hashed``: hash the step's ids first on the worker pool (prefetch; the
+        handle under key ``"hash"`` ends when the ids are known); False: the ids are known
+        (hashed on the engine thread), the lookups start now."""
+        hashed_proc = self.env.process(self._hash(tokens)) if hashed else None
         ready = {}
+        if hashed_proc is not None:
+            ready["hash"] = FetchHandle(hashed_proc, self.env.now)
         for layer in layers:
             plan = self.plan(layer, tokens)
-            self.rec.rows_requested[layer] += plan.lookups
-            self.rec.rows_fetched[layer] += plan.rows
-            self.rec.bytes_requested[layer] += plan.bytes
-            self.rec.bytes_by_tier[plan.tier] += plan.bytes
-            ready[layer] = FetchHandle(self.env.process(self._timed(self._layer(plan, hashed))), self.env.now)
+            self.rec.rows_requested[layer] += float(plan.lookups)
+            self.rec.rows_fetched[layer] += float(plan.rows)
+            self.rec.bytes_requested[layer] += float(plan.bytes)
+            self.rec.bytes_by_tier[plan.tier] += float(plan.bytes)
+            self.rec.regime[layer] = plan.regime
+            ready[layer] = FetchHandle(self.env.process(self._timed(self._layer(plan, hashed_proc))), self.env.now)
         return ready
 
     def _timed(self, gen):
         yield from gen
         return self.env.now
 
-    def _hash(self, tokens: int, share: float):
-        dur = self.cost.hash(tokens, self.hash_cores) * share
+    def _hash(self, tokens: int):
+        dur = self.hash_seconds(tokens)
         with self.ports.pool.request() as slot:
             yield slot
             start = self.env.now
@@ -124,19 +103,21 @@ class Fetcher:
         for layer in self.offloaded:
             self.rec.stage(layer, "hash", dur / len(self.offloaded))
 
-    def _layer(self, plan: LayerFetch, hashed: simpy.Process):
-        yield hashed
+    def _layer(self, plan: LayerFetch, hashed: simpy.Process | None):
+        if hashed is not None:
+            yield hashed
         if plan.rows <= 0:
             return
         env, layer = self.env, plan.layer
         if plan.disk_rows > 0:
             start = env.now
             nvme = self.cost.hardware.nvme
+            pages = float(self.cost.nvme_pages(plan.disk_rows, self.row_bytes))
             yield env.timeout(nvme.read_latency)
-            yield self.node.nvme.transfer(self.cost.nvme_pages(plan.disk_rows, self.row_bytes))
-            self.rec.bytes_by_tier["nvme_read"] += float(self.cost.nvme_pages(plan.disk_rows, self.row_bytes)) * nvme.page_size
+            yield self.node.nvme.transfer(pages)
+            self.rec.bytes_by_tier["nvme_read"] += pages * nvme.page_size
             self._done_stage(layer, "disk", f"gather_L{layer}", "nvme", start, rows=plan.disk_rows)
-        if self.placement.host_mode == "uva" and not self.cpu_device:
+        if plan.copy_mode == "uva":
             start = env.now
             yield env.timeout(self.cost.hardware.link.latency)
             yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", "uva", plan.bytes))
@@ -154,12 +135,11 @@ class Fetcher:
             yield slot
             start = env.now
             # The lookup's own host work (plan, de-duplication, assembly) on the same worker.
-            overhead = float(self.cost.lookup_overhead(plan.lookups))
-            if overhead > 0:
-                yield env.timeout(overhead)
-            yield self.node.dram.transfer(plan.bytes, cap=self.gather_cap)
+            if plan.overhead_s > 0:
+                yield env.timeout(float(plan.overhead_s))
+            yield self.node.dram.transfer(float(plan.bytes), cap=float(plan.gather_rate))
         if self.cpu_device:
-            self.rec.cpu_gathered += plan.bytes
+            self.rec.cpu_gathered += float(plan.bytes)
         self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, bytes=plan.bytes)
 
     def copy(self, plan: LayerFetch, mode: str):
@@ -197,5 +177,6 @@ class Fetcher:
         with self.ports.pool.request() as slot:
             yield slot
             start = env.now
-            yield self.node.dram.transfer(self.cost.optimizer_bytes(rows, optimizer), cap=self.gather_cap)
+            yield self.node.dram.transfer(self.cost.optimizer_bytes(rows, optimizer),
+                                          cap=float(self.cost.gather_rate(self.host.cores, self.cost.table_bytes(layer))))
         self._done_stage(layer, "optim", f"optim_L{layer}", "host_cpu", start, rows=rows)

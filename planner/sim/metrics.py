@@ -49,6 +49,7 @@ class LayerMetrics:
     window_s: float | None = None
     exposed_s: float | None = None
     stage_s: dict[str, float] | None = None
+    regime: str | None = None  # where a random row comes from, as the gather rate priced it
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class SimMetrics:
     bytes_requested_by_layer: dict[int, float]
     bytes_requested_by_tier: dict[str, float]
     layers: list[LayerMetrics]
+    host_s: float = 0.0  # per step: the engine's own host work (overhead, engine-thread hash, a worker on its cores)
+    extrapolated: dict[str, float] = field(default_factory=dict)  # op kind -> how far beyond its fitted shapes
     baseline: dict | None = None
     throughput_drop: float | None = None
     spans: list[Span] = field(default_factory=list, repr=False)
@@ -160,12 +163,15 @@ def build_metrics(scenario: Scenario, model: ModelSpec, rec: Recorder, node: Nod
         bytes_requested_by_layer=dict(rec.bytes_requested),
         bytes_requested_by_tier={k: v for k, v in rec.bytes_by_tier.items() if k != "nvme_read"},
         layers=_layers(scenario, model, rec, steps),
+        host_s=rec.host_s / steps if steps else 0.0,
+        extrapolated=dict(rec.extrapolated),
         spans=rec.spans,
         approximations=[
             "rows per step are expected values of the n-gram model (Zipf or measured curves)",
             "host DRAM, PCIe uplinks and NVMe are fair-shared fluid pipes (max-min, per-flow caps)",
             "multi-node: identical nodes, node 0 simulated, throughput x nodes",
-            "no KV-cache capacity limit or preemption; scheduling costs no time",
+            "no KV-cache capacity limit or preemption; scheduling is part of the engine's per-step overhead "
+            "(0 for a datasheet preset)",
         ],
     )
 
@@ -208,7 +214,7 @@ def _layers(scenario: Scenario, model: ModelSpec, rec: Recorder, steps: int) -> 
                 bytes_per_step=rec.bytes_requested.get(i, 0.0) / n if n else 0.0,
                 fetch_s=rec.fetch_s.get(i, 0.0) / n if n else 0.0,
                 window_s=rec.window_s.get(i, 0.0) / n if n else 0.0,
-                exposed_s=exposed, stage_s=stages,
+                exposed_s=exposed, stage_s=stages, regime=rec.regime.get(i),
             )
         out.append(layer)
     return out

@@ -93,6 +93,14 @@ class Recorder:
     rows_requested: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     bytes_requested: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     bytes_by_tier: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # Where each layer's random rows come from, as the gather rate priced them (llc / dram, pages).
+    regime: dict[int, str] = field(default_factory=dict)
+    # The engine's own seconds per step (overhead, hash on the engine thread, a worker holding
+    # the compute cores), summed over steps.
+    host_s: float = 0.0
+    # Op kinds priced beyond the shapes a calibrated profile's op curves were fitted on:
+    # kind -> the largest ratio seen.
+    extrapolated: dict[str, float] = field(default_factory=dict)
     # Delivered into device-usable memory by a CPU "device" gathering on its own cores.
     cpu_gathered: float = 0.0
     d2h_requested: float = 0.0

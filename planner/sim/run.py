@@ -17,8 +17,9 @@ from pathlib import Path
 import simpy
 
 from planner.accounting import engram_row_bytes, engram_table_rows
-from planner.calibration.profile import warn_if_mismatched
-from planner.costmodel import CostModel, Efficiency
+from planner.calibration.fingerprint import warn_if_mismatched
+from planner.costmodel import CostModel
+from planner.efficiency import Efficiency
 from planner.ngram_model import CachedTraffic, traffic_model
 from planner.sim.device import ComputeStream
 from planner.sim.fetch import Fetcher
@@ -64,17 +65,14 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
     rec = Recorder(trace=trace)
     traffic = traffic_for(scenario, model, base_dir)
     cpu = hw.device.kind == "cpu"
-    # A CPU device prefetches only onto cores its compute leaves free (calibrated with fewer
-    # intra-op threads than cores); otherwise its lookups run in the compute thread, on demand.
-    prefetch = placement.prefetch and (not cpu or cost.cpu_fetch_cores(True) >= 1)
-    offloaded = [l for l in model.engram_layer_ids if placement.tier_of(l) != "device"]
+    prefetch = placement.prefetch  # where the worker runs: planner.stages.host_placement
     requests = []
     if isinstance(w, InferenceWorkload):
         everyone = sample_requests(w, hw.devices_total)
         requests = [r for r in everyone if r.device < hw.device.count]  # node 0's share
     for ports in node.devices:
         fetcher = None
-        if offloaded:
+        if model.engram is not None:  # hashing serves device-tier layers too
             fetcher = Fetcher(env, node, ports, cost, placement, traffic, engram_row_bytes(model), rec, cpu)
         stream = ComputeStream(env, cost, model, placement, fetcher, rec, ports.index)
         if isinstance(w, InferenceWorkload):

@@ -57,6 +57,10 @@ class Trainer:
             next_ready = None
             if fetching and self.prefetch and k + 1 < w.steps:
                 next_ready = self.fetcher.start(tokens, self.offloaded)
+            elif self.fetcher is not None and not self.prefetch:
+                hashing = self.fetcher.hash_seconds(tokens)  # on the engine thread, before the forward
+                yield env.timeout(hashing)
+                self.rec.span("hash", f"dev{self.index} engine", env.now - hashing, hashing, tokens=tokens)
             stall = yield from self.stream.run(forward, tokens, ready if self.prefetch else None,
                                                phase="forward")
             updates: list[simpy.Process] = []

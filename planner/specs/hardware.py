@@ -143,21 +143,29 @@ class CurveFit(Spec):
     (a rate or efficiency that grows with the size of the work and levels off; ``p = 1`` is
     exactly ``time = latency + size / rate`` with ``latency = x_half / y_max``); ``linear`` is
     ``y = intercept + slope * x``; ``two_regime`` is a copy rate ``x / (latency + x / bw)`` whose
-    ``bw`` is ``bw_small`` below ``x_break`` bytes and ``bw_large`` from there on.
+    ``bw`` is ``bw_small`` below ``x_break`` bytes and ``bw_large`` from there on;
+    ``piecewise`` is linear in ``log x`` between knots ``(x0, y0), (x1, y1), ...`` and flat
+    outside them; ``roofline`` is an op's seconds ``fixed_s + max(flops / (flop_fraction x
+    peak), bytes / (byte_fraction x memory bandwidth))`` (its samples carry ``bytes`` and
+    ``tokens`` in ``samples_aux``; ``y`` is then the measured seconds).
     """
 
     name: str
     description: str = ""
-    form: Literal["saturating", "linear", "two_regime"]
-    x: Literal["flops", "bytes", "rows", "tokens", "layers"] = Field(description="what x counts")
+    form: Literal["saturating", "linear", "two_regime", "piecewise", "roofline"]
+    x: Literal["flops", "bytes", "rows", "tokens", "layers", "table_bytes", "indices"] = Field(
+        description="what x counts")
     y: Literal["efficiency", "flop_per_s", "bytes_per_s", "tokens_per_s", "seconds"] = Field(
         description="what y measures; efficiency is a fraction of the profile's own peak"
     )
     dtype: DType | None = Field(default=None, description="compute curves: the dtype measured")
     params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope; "
-                                     "two_regime: latency, bw_small, bw_large, x_break")
+                                     "two_regime: latency, bw_small, bw_large, x_break; piecewise: x0, y0, "
+                                     "x1, y1, ...; roofline: fixed_s, flop_fraction, byte_fraction")
     samples_x: list[float] = Field(min_length=1)
     samples_y: list[float] = Field(min_length=1)
+    samples_aux: dict[str, list[float]] = Field(
+        default_factory=dict, description="further sample columns a multi-input form needs (roofline: bytes, tokens)")
     residuals: list[float] = Field(description="(fitted - measured) / measured, one per sample")
     median_abs_rel_error: Annotated[float, Field(ge=0)]
 
@@ -169,10 +177,22 @@ class CurveFit(Spec):
                 f"curve {self.name!r}: samples_x, samples_y and residuals must have equal lengths "
                 f"(got {n}, {len(self.samples_y)}, {len(self.residuals)})"
             )
-        need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"},
-                "two_regime": {"latency", "bw_small", "bw_large", "x_break"}}[self.form]
+        bad = sorted(k for k, v in self.samples_aux.items() if len(v) != n)
+        if bad:
+            raise ValueError(f"curve {self.name!r}: samples_aux {bad} must have {n} values like samples_x")
+        if self.form == "piecewise":
+            k = len(self.params) // 2
+            need = {f"{c}{i}" for i in range(k) for c in "xy"}
+            if k < 1 or len(self.params) % 2:
+                need = {"x0", "y0"}
+        else:
+            need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"},
+                    "two_regime": {"latency", "bw_small", "bw_large", "x_break"},
+                    "roofline": {"fixed_s", "flop_fraction", "byte_fraction"}}[self.form]
         if set(self.params) != need:
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
+        if self.form == "roofline" and not {"bytes", "tokens"} <= set(self.samples_aux):
+            raise ValueError(f"curve {self.name!r}: a roofline curve needs samples_aux bytes and tokens")
         return self
 
 
@@ -191,6 +211,10 @@ class CalibrationFingerprint(Spec):
     platform: str
     package_version: str
     date: str
+    machine: str | None = Field(
+        default=None, description="identity of the machine and boot the calibration ran on (a hash of "
+        "/etc/machine-id and the kernel's boot id): another value means another machine, or the same one "
+        "rebooted, whose speed may differ")
 
 
 class CalibrationSpec(Spec):

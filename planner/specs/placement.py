@@ -24,6 +24,8 @@ class EngramPlacement(Spec):
     * ``host_mode``: ``staged`` = CPU gathers rows into a pinned buffer, one DMA copy;
       ``uva`` = GPU kernels read rows straight from mapped pinned host memory.
     * ``host_cache_fraction``: for the disk tier, share of rows served from DRAM (page cache).
+    * ``huge_pages``: host-tier tables on 2 MiB pages (transparent huge pages, ``madvise``), so
+      a random row of a table far beyond the TLB's reach costs no page walk; off = 4 KiB pages.
     """
 
     tier: Tier = "device"
@@ -35,6 +37,7 @@ class EngramPlacement(Spec):
     host_mode: Literal["staged", "uva"] = "staged"
     pinned: bool = True
     host_cache_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    huge_pages: bool = False
 
     def tier_of(self, layer_id: int) -> Tier:
         return self.layer_tiers.get(layer_id, self.tier)

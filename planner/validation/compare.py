@@ -53,7 +53,7 @@ def predicted_metrics(sim: SimMetrics, scenario: Scenario) -> dict[str, float]:
 
 def gemm_efficiency(hw: HardwareSpec, flops: float, dtype: str) -> float:
     """The profile's square-GEMM efficiency at ``flops`` (1.0 without a gemm curve)."""
-    from planner.calibration.profile import profile_curves
+    from planner.calibration.curves import profile_curves
 
     curve = profile_curves(hw).get(f"gemm:{dtype}")
     return float(curve.fitted(flops)) if curve is not None else 1.0

@@ -205,21 +205,18 @@ def _key(spec: ModelSpec, phase: str, batch: int, tokens: int, context: int) -> 
 
 
 def calibration_shapes(device: str = "cpu") -> set[ShapeKey]:
-    """Every (backbone, step shape) a ``calibrate`` run (quick or full) times."""
-    from planner.calibration.tasks import plan
+    """Every (backbone, step shape) a ``calibrate`` run (quick or full) times: the engine runs of
+    :func:`planner.calibration.tasks.engine_runs`, each a prefill step and its decode steps."""
+    from planner.calibration.tasks import engine_runs
 
     out = set()
     for quick in (True, False):
-        for task in plan(device, quick):
-            spec_d = task.kwargs.get("spec")
-            if spec_d is None:
-                continue
-            spec = ModelSpec.model_validate(spec_d)
-            for phase, a, b in task.kwargs.get("shapes", []):
-                batch, tokens, context = (1, b, 0) if phase == "prefill" else (a, 1, b)
-                out.add(_key(spec, phase, batch, tokens, context))
-            if task.kwargs.get("layers_list"):
-                out.add(_key(spec, "decode", 1, 1, 16))
+        for run in engine_runs(device, quick):
+            spec = ModelSpec.model_validate(run["spec"])
+            B, P = run["batch"], run["prompt_len"]
+            out.add(_key(spec, "prefill", B, P, 0))
+            for j in range(1, run["output_len"]):
+                out.add(_key(spec, "decode", B, 1, P + j - 1))
     return out
 
 

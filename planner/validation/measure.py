@@ -5,9 +5,10 @@ Each :class:`planner.validation.grid.RunConfig` is run as its scenario describes
 the bundled corpus; the static cache's row counts come from the first 80%), one prefill step,
 then teacher-forced decode steps, each step timed as
 
-    step (track engine) = hash (host_cpu) + provider.fetch + forward (compute, wait_L, gather_L, h2d_L)
+    step (track engine) = hash + provider.fetch + forward (compute, wait_L, gather_L, h2d_L)
 
-exactly the loop of ``engram-planner bench offload`` (:mod:`planner.bench.offload`). Tables are
+by :class:`reference_model.engine.Engine`, the loop calibration times its spans in (and
+``engram-planner bench offload`` runs), with its caches evicted before each step. Tables are
 real tensors (random values, the spec's shapes): in device memory (``tier: device``, the
 baseline in-layer gather), in host RAM (pinned on CUDA) or in a file mapped from disk with a
 warm page cache. Prefetch on/off is the :class:`reference_model.prefetch.RowProvider`'s: a
@@ -79,6 +80,7 @@ class _Run:
     cfg: RunConfig
     model: object
     provider: object
+    engine: object
     ids: torch.Tensor
     offloaded: list[int]
     notes: list[str]
@@ -171,10 +173,11 @@ class Runner:
                         t0 = time.perf_counter()
                         gc.collect()
                         rec = SpanRecorder()
-                        run.provider.tracer = rec
+                        run.engine.set_tracer(rec)
                         run.provider.store.reset_stats()
-                        steps = self._run_once(run.model, run.provider, run.ids, run.cfg, rec)
-                        run.provider.tracer = None
+                        run.engine.teacher_forced(run.ids, run.cfg.prompt_len)
+                        run.engine.set_tracer(None)
+                        steps = [s for s in rec.spans() if s.name == "step"]
                         run.wall_s += time.perf_counter() - t0
                         if r == 0:
                             continue  # warm-up: allocations, page cache, thread start
@@ -191,6 +194,7 @@ class Runner:
         return [self._result(run) for run in runs]
 
     def _setup(self, cfg: RunConfig, stack) -> "_Run":
+        from reference_model.engine import Engine, default_evict_bytes
         from reference_model.model import EngramModel
         from reference_model.prefetch import build_provider
 
@@ -205,7 +209,8 @@ class Runner:
                                                       hot_rows=b.hot_rows, disk_dir=disk_dir))
         notes = [f"layer {s.layer_id}: {s.host_mode_note}" for s in provider.store.layers.values() if s.host_mode_note]
         offloaded = [l for l in spec.engram_layer_ids if place.tier_of(l) != "device"]
-        return _Run(cfg, model, provider, self.tokens(cfg), offloaded, notes, wall_s=time.perf_counter() - t0)
+        engine = Engine(model, provider, evict_bytes=default_evict_bytes(self.device))
+        return _Run(cfg, model, provider, engine, self.tokens(cfg), offloaded, notes, wall_s=time.perf_counter() - t0)
 
     @staticmethod
     def _result(run: "_Run") -> Measured:
@@ -219,22 +224,6 @@ class Runner:
             "bytes_to_device": float(run.bytes_per_step),
         }
         return Measured(cfg, metrics, run.step_s, run.exposed_s, run.spans, run.notes, run.wall_s)
-
-    def _run_once(self, model, provider, ids_BN: torch.Tensor, cfg: RunConfig, rec) -> list[Span]:
-        """One whole run (prefill + decode steps); returns its ``step`` spans."""
-        cuda = self.device.type == "cuda"
-        P, N = cfg.prompt_len, cfg.output_len
-        cache = model.new_cache(cfg.batch, P + N)
-        for step in range(N):
-            ids = ids_BN[:, :P] if step == 0 else ids_BN[:, P + step - 1:P + step]
-            with rec("step", "engine", step=step, tokens=int(ids.numel())):
-                with rec("hash", "host_cpu"):
-                    row_ids = model.engram_row_ids(ids, cache.recent_ids)
-                rows = provider.fetch(row_ids)
-                model(ids.to(model.device), engram_rows=rows, kv_cache=cache, tracer=rec)
-                if cuda:
-                    torch.cuda.synchronize()
-        return [s for s in rec.spans() if s.name == "step"]
 
 
 def _exposed_per_step(spans: list[Span], steps: list[Span], offloaded: list[int]) -> list[float]:

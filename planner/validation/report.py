@@ -95,6 +95,8 @@ def format_text(data: dict) -> str:
                      f"{w['median_abs_error']:.1%} over {w['runs']} runs)")
     step = data["summary"]["step_time_s"]["median_abs_error"]
     verdict = "PASS" if data["passed"] else "FAIL"
+    if (data.get("profile_origin") or {}).get("foreign"):
+        verdict += " (foreign profile: not a test of the model)"
     lines.append(f"{verdict}: median |step-time error| {step:.1%} vs threshold {data['threshold']:.0%} "
                  f"({len(data['runs'])} runs, {data['wall_s']:.0f} s)")
     ms = data.get("machine_state")

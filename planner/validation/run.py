@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from planner.calibration.profile import CalibrationMismatchWarning, fingerprint_mismatches
+from planner.calibration.fingerprint import CalibrationMismatchWarning, fingerprint_mismatches, same_machine
 from planner.sim.run import simulate
 from planner.specs import HardwareSpec
 from planner.trace import Span
@@ -48,6 +48,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     threads = hw.calibration.fingerprint.threads if hw.calibration is not None else None
     repeats = repeats or (5 if quick else 7)
     notes = [f"mismatch with the profile's calibration: {m}" for m in fingerprint_mismatches(hw)]
+    here = same_machine(hw)
     if hw.calibration is None:
         notes.append("uncalibrated profile: no prediction bands (band = prediction)")
     elif hw.calibration.device != device:
@@ -89,12 +90,39 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
         runner.close()
     summary = compare.summarise(results)
     regimes = compare.by_regime(results)
+    origin = profile_origin(hw, here, load)
+    if origin["foreign"]:
+        notes.insert(0, origin["why"])
     out.data = report.result_dict(
         fingerprint=fp, profile=profile, results=results, summary=summary, regimes=regimes,
         weakest=compare.weakest_regime(regimes), threshold=threshold, wall_s=time.perf_counter() - t0,
-        notes=notes + _load_notes(load), extra={"code": _code_version(), "machine_state": load, "device": device, "quick": quick, "repeats": repeats, "trace_run": trace_run,
-                            "band_quantile": compare.BAND_QUANTILE})
+        notes=notes + _load_notes(load),
+        extra={"code": _code_version(), "machine_state": load, "profile_origin": origin, "device": device,
+               "quick": quick, "repeats": repeats, "trace_run": trace_run, "band_quantile": compare.BAND_QUANTILE})
     return out
+
+
+SPEED_TOLERANCE = 0.15  # a GEMM probe this far from the profile's speed: another machine's numbers
+
+
+def profile_origin(hw: HardwareSpec, same: bool | None, load: dict) -> dict:
+    """Whether the profile describes this machine: calibrated here (the fingerprint's machine
+    and boot) and running GEMMs at its speed now. A foreign profile's errors measure the
+    difference between two machines, not the model: the report says so instead of a plain
+    PASS or FAIL."""
+    speed = max(load["speed_before"], load["speed_after"])
+    reasons = []
+    if same is False:
+        reasons.append("it was calibrated on another machine (or before this machine's last boot): its "
+                       f"fingerprint says {hw.calibration.fingerprint.cpu}, {hw.calibration.fingerprint.date}")
+    if same is not True and abs(speed - 1.0) > SPEED_TOLERANCE:
+        # Calibrated here (same machine and boot): a slow probe is load, said by _load_notes.
+        reasons.append(f"this machine runs the profile's reference GEMM at {speed:.0%} of the profile's speed")
+    why = ""
+    if reasons:
+        why = ("FOREIGN PROFILE: " + "; ".join(reasons) + ". The errors below compare this machine with the "
+               "profile's, not the model with reality: run `engram-planner calibrate` here first, then validate.")
+    return {"same_machine": same, "speed_ratio": speed, "foreign": bool(reasons), "why": why}
 
 
 def _load_notes(load: dict) -> list[str]:

@@ -1,0 +1,177 @@
+"""Fits of the engine-timed spans (:mod:`planner.calibration.measure_engine`): the op rooflines,
+the hash call, the lookup's host overhead and the per-step engine cost. Torch-free.
+
+Each step sample holds the step's shape and the seconds of every span in it. The cost model's
+own work counts (:class:`planner.costmodel.CostModel`, hardware-free here) pair each span with
+its FLOPs, bytes and tokens, so the fitted profile reproduces these spans by construction and
+predicts other shapes from the same physical terms:
+
+* ``op:<kind>:<dtype>`` (``roofline``): per kind, the mean span of the step's blocks of that
+  kind (block 0 left out where the kind runs elsewhere too: it runs right after the step's hash
+  and lookups with cold caches, a per-step cost that ``step:overhead`` carries), ``embed`` and
+  ``head`` as they are;
+* ``hash:call`` (``linear`` in indices hashed = tokens x indices per token): the engine thread's
+  ``hash`` span (prefetch off: the whole call, compression and tensor hand-off included);
+* ``lookup:overhead`` (``linear`` in requested rows): each ``wait_L`` span (prefetch off: the
+  whole lookup) less its rows' gather at the calibrated table-gather rate (and, on CUDA, their
+  copy): planning, de-duplication, assembly, the hand-off;
+* ``step:overhead`` (``linear`` in layers): the step's span less everything above as the fitted
+  curves predict it (ops) or as measured (hash, waits): the Python between spans, the first
+  block's cold start, the eviction of nothing (it runs before the span).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from planner.calibration.fit import Fit, fit_linear, fit_roofline, roofline_seconds
+from planner.costmodel import BatchShape, CostModel
+from planner.specs import HardwareSpec, ModelSpec
+
+_BLOCK = re.compile(r"(attn|ffn|engram)_L(\d+)$")
+_WAIT = re.compile(r"wait_L(\d+)$")
+
+
+def sample_shape(s: dict) -> BatchShape:
+    """The :class:`BatchShape` of one engine step sample."""
+    B, T, C = s["batch"], s["tokens"], s["context"]
+    if s["phase"] == "prefill":
+        return BatchShape(tokens=B * T, seqs=B, attn_pairs=B * T * (T + 1) / 2, kv_read=0.0)
+    return BatchShape.decode(B, C)
+
+
+def _work(cost: CostModel, name: str, layer: int | None, shape: BatchShape):
+    if name == "attn":
+        return cost.attention(shape)
+    if name == "ffn":
+        return cost.ffn(layer, shape)
+    if name == "engram":
+        return cost.engram(shape)
+    return getattr(cost, name)(shape)
+
+
+def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec) -> dict:
+    """``{(kind, dtype): [(flops, bytes, tokens, seconds, n_blocks)]}``, one entry per step and
+    kind: the mean over the step's blocks of that kind, block 0 left out."""
+    groups: dict = defaultdict(list)
+    for s in samples:
+        spec = specs[s["model"]]
+        cost = CostModel(spec, counting)
+        shape = sample_shape(s)
+        per_kind: dict = defaultdict(list)
+        for name, seconds in s["spans"].items():
+            m = _BLOCK.match(name)
+            if m:
+                layer = int(m.group(2))
+                work = _work(cost, m.group(1), layer, shape)
+            elif name in ("embed", "head"):
+                layer, work = None, _work(cost, name, None, shape)
+            else:
+                continue
+            per_kind[work.kind].append((work, seconds, layer))
+        for kind, entries in per_kind.items():
+            # Block 0 runs cold (right after the hash and lookups): left out unless the kind
+            # runs nowhere else (a leading dense FFN).
+            later = [e for e in entries if e[2] != 0]
+            entries = later or entries
+            w = entries[0][0]
+            groups[(kind, spec.dtype)].append((float(w.flops), float(w.bytes), float(w.tokens),
+                                               float(np.mean([e[1] for e in entries])), len(entries)))
+    return groups
+
+
+def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec, peaks: dict[str, float],
+            bandwidth: float, rows_fraction) -> dict[tuple[str, str], tuple[Fit, np.ndarray]]:
+    """Roofline per (kind, dtype): ``{(kind, dtype): (fit, samples array [n, 4])}``."""
+    out = {}
+    for (kind, dtype), rows in sorted(op_samples(samples, specs, counting).items()):
+        arr = np.array([r[:4] for r in rows])
+        peak = peaks.get(dtype, max(peaks.values()))
+        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, rows_fraction)
+        out[(kind, dtype)] = (fit, arr)
+    return out
+
+
+def predicted_ops_s(s: dict, spec: ModelSpec, counting: HardwareSpec, ops: dict, peaks: dict[str, float],
+                    bandwidth: float, rows_fraction) -> float:
+    """The step's op seconds as the fitted rooflines price them (every block, block 0 too)."""
+    cost = CostModel(spec, counting)
+    shape = sample_shape(s)
+    total = 0.0
+    for name in s["spans"]:
+        m = _BLOCK.match(name)
+        if m:
+            work = _work(cost, m.group(1), int(m.group(2)), shape)
+        elif name in ("embed", "head"):
+            work = _work(cost, name, None, shape)
+        else:
+            continue
+        fit = ops.get((work.kind, spec.dtype))
+        if fit is None:
+            continue
+        peak = peaks.get(spec.dtype, max(peaks.values()))
+        total += float(roofline_seconds(fit[0].params, work.flops, work.bytes, work.tokens, peak, bandwidth,
+                                        rows_fraction))
+    return total
+
+
+def hash_samples(samples: list[dict], specs: dict[str, ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
+    """(indices hashed per call, seconds) of the engine thread's ``hash`` spans."""
+    x, t = [], []
+    for s in samples:
+        if "hash" in s["spans"]:
+            spec = specs[s["model"]]
+            x.append(s["batch"] * s["tokens"] * spec.engram.rows_per_token * len(spec.engram_layer_ids))
+            t.append(s["spans"]["hash"])
+    return np.array(x, float), np.array(t, float)
+
+
+def fit_hash(samples: list[dict], specs: dict[str, ModelSpec]) -> tuple[Fit, np.ndarray, np.ndarray]:
+    x, t = hash_samples(samples, specs)
+    return fit_linear(x, t), x, t
+
+
+def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s) -> tuple[np.ndarray, np.ndarray]:
+    """(requested rows, seconds beyond the rows' own gather/copy) of every ``wait_L`` span;
+    ``fetch_s(spec, layer, fetched_rows)`` prices the gather (and copy) of the fetched rows."""
+    x, t = [], []
+    for s in samples:
+        spec = specs[s["model"]]
+        for name, seconds in s["spans"].items():
+            m = _WAIT.match(name)
+            if not m:
+                continue
+            counts = s["lookups"][m.group(1)]
+            x.append(counts["requested"])
+            t.append(seconds - fetch_s(spec, int(m.group(1)), counts["fetched"]))
+    return np.array(x, float), np.array(t, float)
+
+
+def step_residuals(samples: list[dict], specs: dict[str, ModelSpec], ops_s) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, seconds) of each step not covered by its ops (as ``ops_s(sample, spec)``
+    prices them), its hash and its waits (as measured)."""
+    x, t = [], []
+    for s in samples:
+        spec = specs[s["model"]]
+        spans = s["spans"]
+        known = ops_s(s, spec) + spans.get("hash", 0.0) + sum(v for k, v in spans.items() if _WAIT.match(k))
+        x.append(spec.n_layers)
+        t.append(spans["step"] - known)
+    return np.array(x, float), np.array(t, float)
+
+
+def fit_positive_linear(x, y) -> Fit:
+    """:func:`fit_linear` on absolute error (the residuals can be near zero or negative, so a
+    relative fit does not apply), slope clipped at zero when it comes out negative (then the
+    intercept is the mean)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+    else:
+        slope, intercept = 0.0, float(np.mean(y))
+    if slope < 0:
+        slope, intercept = 0.0, float(np.mean(y))
+    return Fit("linear", {"intercept": float(intercept), "slope": float(slope)})

@@ -1,0 +1,121 @@
+"""The reference model's ops, hashing and lookups timed inside the serving engine's own loop
+(torch).
+
+Calibration's micro-benchmarks (GEMMs, copies, gathers) give the device's ceilings; what a step
+costs is measured here, in :class:`reference_model.engine.Engine` runs: the loop every
+validation run, ``bench offload`` and ``generate`` use, with the same threads, tracer,
+allocator and cache state (the LLC evicted before each step, as a deployment's weights evict
+it). Timed in a tight loop of their own, the same ops ran 1.3-1.6x faster on the CI VM than
+inside the engine (the loop keeps their weights, code and Python objects in the caches), and
+the hash call 4x faster (64 us vs 240 us): curves fitted to such loops described their loop,
+not the engine.
+
+A calibration run is a fixed-length batched generation: ``batch`` sequences of random ids,
+one prefill step of ``prompt_len`` positions, then ``output_len - 1`` decode steps, the Engram
+tables in host RAM (real tensors of the spec's shapes), lookups on demand (prefetch off, so the
+engine thread runs them inside the ``wait_L`` spans: hash, plan, gather, assembly all on the
+critical path and all timed). Repetitions of all runs are interleaved (as validation does) and
+each step's spans keep the lower quartile over repetitions
+(:func:`planner.calibration.measure.lower_quartile`).
+
+Returns, per (run, step): the step's shape and the seconds of every span name in it, plus the
+lookup counts per layer. :mod:`planner.calibration.build` pairs them with the cost model's work
+for the same shape.
+
+Legend: B = sequences, P = prompt positions, N = generated positions.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from planner.calibration.measure import lower_quartile
+from planner.specs import EngramPlacement, ModelSpec
+
+
+def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0) -> list[dict]:
+    """Span seconds of every step of every run in ``runs`` (``{"name", "spec", "batch",
+    "prompt_len", "output_len"}``, ``spec`` a :class:`ModelSpec` dump)."""
+    from contextlib import ExitStack
+
+    from planner.accounting import engram_table_rows
+    from reference_model.engine import Engine, default_evict_bytes
+    from reference_model.instrument import SpanRecorder
+    from reference_model.model import EngramModel
+    from reference_model.prefetch import build_provider
+
+    placement = EngramPlacement(tier="host", prefetch=False, dedup=True)
+    prepared = []
+    with ExitStack() as stack, torch.no_grad():
+        for i, run in enumerate(runs):
+            spec = ModelSpec.model_validate(run["spec"])
+            torch.manual_seed(seed + i)
+            model = EngramModel(spec, materialize_tables=False, device=device).eval()
+            g = torch.Generator().manual_seed(seed + i)
+            tables = {layer: torch.empty(n, spec.engram.d_head).uniform_(-0.03, 0.03, generator=g)
+                      for layer, n in engram_table_rows(spec).items()}
+            provider = stack.enter_context(build_provider(spec, placement, device=device, tables=tables))
+            engine = Engine(model, provider, evict_bytes=default_evict_bytes(device))
+            n = run["prompt_len"] + run["output_len"]
+            ids = torch.randint(0, spec.vocab_size, (run["batch"], n), generator=g)
+            prepared.append((run, spec, engine, provider, ids, []))
+        for r in range(repeats + 1):
+            for run, spec, engine, provider, ids, reps in prepared:
+                gc.collect()
+                rec = SpanRecorder(cuda=device == "cuda" and torch.cuda.is_available())
+                engine.set_tracer(rec)
+                counts = _teacher_forced(engine, provider, ids, run["prompt_len"])
+                engine.set_tracer(None)
+                if r:  # repetition 0 warms up (allocations, page faults, thread start)
+                    reps.append((_per_step(rec.spans()), counts))
+        return [sample for run, spec, engine, provider, ids, reps in prepared
+                for sample in _samples(run, spec, reps)]
+
+
+def _teacher_forced(engine, provider, ids_BN: torch.Tensor, prompt_len: int) -> list[dict]:
+    """:meth:`Engine.teacher_forced`, step by step, with each step's lookup counts per layer
+    (requested and fetched rows)."""
+    B, N = ids_BN.shape
+    cache = engine.model.new_cache(B, N)
+    counts = []
+    for pos in [0] + list(range(prompt_len, N - 1)):
+        provider.store.reset_stats()
+        engine.step(ids_BN[:, :prompt_len] if pos == 0 else ids_BN[:, pos:pos + 1], cache)
+        counts.append({str(layer): {"requested": s.requested_rows, "fetched": s.fetched_rows}
+                       for layer, s in provider.stats().items()})
+    return counts
+
+
+def _per_step(spans) -> list[dict[str, float]]:
+    """Seconds of each span name inside each ``step`` span (durations of a name summed)."""
+    steps = sorted((s for s in spans if s.name == "step"), key=lambda s: s.start_s)
+    out = [defaultdict(float) for _ in steps]
+    starts = np.array([s.start_s for s in steps])
+    for s in spans:
+        if s.name == "step":
+            continue
+        k = int(np.searchsorted(starts, s.start_s, side="right")) - 1
+        if 0 <= k < len(steps) and s.start_s < steps[k].end_s:
+            out[k][s.name] += s.dur_s
+    for k, st in enumerate(steps):
+        out[k]["step"] = st.dur_s
+    return out
+
+
+def _samples(run: dict, spec: ModelSpec, reps: list) -> list[dict]:
+    """One sample per step: its shape and the lower quartile of each span over repetitions."""
+    P, B = run["prompt_len"], run["batch"]
+    counts = reps[-1][1]  # identical in every repetition (same ids)
+    out = []
+    for k in range(len(reps[0][0])):
+        names = set().union(*(rep[0][k] for rep in reps))
+        spans = {name: lower_quartile([rep[0][k].get(name, 0.0) for rep in reps]) for name in sorted(names)}
+        phase, tokens, context = ("prefill", P, 0) if k == 0 else ("decode", 1, P + k - 1)
+        out.append({"run": run["name"], "model": spec.name, "dtype": spec.dtype, "phase": phase, "batch": B,
+                    "tokens": tokens, "context": context, "n_layers": spec.n_layers,
+                    "engram_layers": list(spec.engram_layer_ids), "spans": spans, "lookups": counts[k]})
+    return out
