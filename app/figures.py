@@ -186,7 +186,11 @@ def calibration_curve(curve: Any) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=xs, y=np.asarray(curve.samples_y, float), mode="markers", name="measured",
                     marker={"size": 7, "color": "#4c78a8"})
-    if len(xs):
+    if len(xs) and not getattr(curve, "is_function", True):
+        # A roofline reads bytes and tokens too: its fit at each sample, not a line over x.
+        fig.add_scatter(x=xs, y=np.asarray(curve.predicted, float), mode="markers", name="fitted",
+                        marker={"size": 7, "color": "#f58518", "symbol": "x"})
+    elif len(xs):
         grid = np.geomspace(max(xs.min(), 1e-30), xs.max(), 200) if xs.min() > 0 else np.linspace(xs.min(), xs.max(), 200)
         fig.add_scatter(x=grid, y=np.asarray(curve.fitted(grid), float), mode="lines", name="fitted",
                         line={"color": "#f58518", "width": 2})

@@ -228,6 +228,14 @@ class RunEstimate:
     ttft_quantiles_s: dict[int, np.ndarray]
     tpot_quantiles_s: dict[int, np.ndarray]
 
+    def as_dict(self) -> dict:
+        """JSON-able: arrays as lists (scalars as numbers), quantiles keyed ``p50`` ..."""
+        def plain(v):
+            a = np.asarray(v)
+            return a.item() if a.ndim == 0 else a.tolist()
+        return {k: ({f"p{q}": plain(a) for q, a in v.items()} if isinstance(v, dict) else plain(v))
+                for k, v in self.__dict__.items()}
+
     def item(self) -> "RunEstimate":
         """The same estimate with scalar (0-d) fields: one configuration."""
         return RunEstimate(**{k: (np.asarray(v).reshape(-1)[0].item() if not isinstance(v, dict)

@@ -80,7 +80,8 @@ def test_hardware_shows_calibrated_curves(monkeypatch):
     from planner.calibration.fit import Fit
 
     view = CurveView("h2d copy", "pinned copies", "bytes", "GB/s", np.array([1e4, 1e6, 1e8]),
-                     np.array([2.0, 30.0, 52.0]), 0.04, Fit("saturating", {"y_max": 53.0, "x_half": 2e5, "p": 1.0}))
+                     np.array([2.0, 30.0, 52.0]), 0.04, Fit("saturating", {"y_max": 53.0, "x_half": 2e5, "p": 1.0}),
+                     np.array([0.01, -0.04, 0.02]))
     monkeypatch.setattr(calibration, "profile_curves", lambda hw: {"h2d": view})
     at = _app("pages/hardware.py")
     curve = chart(at, "hwp.curve.0")["data"]

@@ -103,13 +103,18 @@ def test_simulator_on_demand_with_timeline():
     assert float(metric(at, "Simulated tok/s").replace(",", "")) > 0
     gantt = chart(at, "wi.fig.gantt")
     names = {t["name"] for t in gantt["data"]}
-    # CPU device: the fetch is a gather on the compute cores, so every wait is exposed (red).
-    assert "wait: exposed fetch" in names
+    # CPU device computing on every core: the prefetch worker's gathers hold the compute cores
+    # before the forward (planner.stages), so they show and nothing waits exposed.
+    assert "gather (host)" in names and "wait: exposed fetch" not in names
+    at.checkbox(key="wi.cpu-tiny.pl.prefetch").uncheck().run()
+    at.button(key="wi.simulate").click().run()
+    gantt = chart(at, "wi.fig.gantt")
+    # On demand the lookups run inside each Engram layer's wait: exposed (red).
     red = next(t for t in gantt["data"] if t["name"] == "wait: exposed fetch")
     assert red["marker"]["color"] == "#d62728"
     assert chart(at, "wi.fig.simlayers")["data"]
     # A change keeps the analytic path live and asks for a new simulation.
-    at.slider(key="wi.cpu-tiny.pl.cache_fraction").set_value(0.1).run()
+    at.slider(key="wi.cpu-tiny.pl.cache_fraction").set_value(0.2).run()
     assert any("run the simulator again" in i.value for i in at.info)
 
 

@@ -141,9 +141,10 @@ def _engine_samples():
     from planner.specs import ModelSpec
 
     counting = load_hardware("cpu-workstation")
-    out = []
+    out, specs = [], {}
     for run in engine_runs("cpu", True):
         spec = ModelSpec.model_validate(run["spec"])
+        specs[spec.name] = run["spec"]
         cost = CostModel(spec, counting)
         P, N, B = run["prompt_len"], run["output_len"], run["batch"]
         for k in range(N):
@@ -168,7 +169,7 @@ def _engine_samples():
             s["spans"]["hash"] = HASH[0] + HASH[1] * indices
             s["spans"]["step"] = sum(s["spans"].values()) + STEP_OVERHEAD
             out.append(s)
-    return out
+    return {"specs": specs, "steps": out}
 
 
 def synthetic_results():
@@ -255,7 +256,7 @@ def test_cost_model_reproduces_the_engine_spans(synthetic_profile):
 
     specs = {r["spec"]["name"]: ModelSpec.model_validate(r["spec"]) for r in engine_runs("cpu", True)}
     counting = load_hardware("cpu-workstation")
-    for s in synthetic_results()["engine"][::5]:
+    for s in synthetic_results()["engine"]["steps"][::5]:
         spec = specs[s["model"]]
         cost, truth = CostModel(spec, synthetic_profile), CostModel(spec, counting)
         assert isinstance(cost.eff, CalibratedEfficiency)

@@ -80,8 +80,11 @@ def test_summary_errors_coverage_and_weakest_regime():
 
 
 def test_band_turns_curve_residuals_into_time_quantiles():
-    # A rate fitted 25% high predicts 1/1.25 = 0.8 of the time: a -20% time error.
+    # A rate fitted 25% high predicts 1/1.25 = 0.8 of the time: the measurement is 1.25x the prediction.
     lo, hi = compare._time_error_quantiles([0.25, 0.25], 0.1)
+    assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
+    # A time fitted 25% high: the measurement is 1/1.25 = 0.8 of the prediction.
+    lo, hi = compare._time_error_quantiles([0.25, 0.25], 0.1, seconds=True)
     assert lo == pytest.approx(-0.2) and hi == pytest.approx(-0.2)
 
 
@@ -95,7 +98,7 @@ def test_bands_contain_the_prediction_for_the_committed_profile():
     for metric in ("step_time_s", "throughput_tokens_per_s"):
         lo, hi = band[metric]
         assert lo <= pred[metric] <= hi and hi > lo
-    shares = compare.step_shares(sim, scen, compare.curve_quantiles(hw) | {"gather": (0, 0)})
+    shares = compare.step_shares(sim, scen, compare.curve_quantiles(hw))
     assert sum(shares.values()) == pytest.approx(pred["step_time_s"], rel=0.05)  # nearly all of a step is attributed
 
 

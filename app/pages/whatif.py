@@ -176,8 +176,10 @@ with tab_files:
                        key="wi.dl.yaml", icon=":material/download:",
                        help="Runs unchanged with `engram-planner simulate FILE`")
     d2.download_button("Analytic estimate JSON",
-                       json.dumps({"scenario": scenario.name, "step": step.as_dict(), "run": est["run"],
-                                   "baseline_run": est["base_run"], "throughput_drop": drop,
+                       json.dumps({"scenario": scenario.name, "step": step.as_dict(),
+                                   "run": est["run"].as_dict() if est["run"] else None,
+                                   "baseline_run": est["base_run"].as_dict() if est["base_run"] else None,
+                                   "throughput_drop": drop,
                                    "footprint": est["footprint"].as_dict()}, indent=2, default=float),
                        f"{start}-analytic.json", "application/json", key="wi.dl.analytic",
                        icon=":material/download:")

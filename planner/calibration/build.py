@@ -160,20 +160,17 @@ def _gather_curves(samples: list[dict], k: dict) -> list[CurveFit]:
     return out
 
 
-def _engine_curves(samples: list[dict], curves: list[CurveFit], k: dict, device: str) -> list[CurveFit]:
+def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -> list[CurveFit]:
     """Op rooflines, the hash call, the lookup overhead and the step overhead from engine-timed
     spans (:mod:`planner.calibration.engine_fit`)."""
     from planner.calibration import engine_fit as ef
     from planner.calibration.fit import roofline_seconds
-    from planner.calibration.tasks import engine_runs
     from planner.loading import load_hardware
     from planner.specs import ModelSpec
 
     counting = load_hardware("cpu-workstation")  # work counts only: hardware-free
-    specs = {}
-    for quick in (True, False):
-        for run in engine_runs(device, quick):
-            specs[run["spec"]["name"]] = ModelSpec.model_validate(run["spec"])
+    specs = {name: ModelSpec.model_validate(data) for name, data in engine["specs"].items()}
+    samples = engine["steps"]
     by_name = {c.name: Fit(c.form, dict(c.params)) for c in curves}
     peaks = {dt[len("peak_flops_"):]: v for dt, v in k.items() if dt.startswith("peak_flops_")}
     bandwidth = k["device_memory_bytes_per_s"]

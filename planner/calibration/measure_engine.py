@@ -18,8 +18,8 @@ critical path and all timed). Repetitions of all runs are interleaved (as valida
 each step's spans keep the lower quartile over repetitions
 (:func:`planner.calibration.measure.lower_quartile`).
 
-Returns, per (run, step): the step's shape and the seconds of every span name in it, plus the
-lookup counts per layer. :mod:`planner.calibration.build` pairs them with the cost model's work
+Returns the runs' model specs and, per (run, step), the step's shape and the seconds of every
+span name in it, plus the lookup counts per layer. :mod:`planner.calibration.build` pairs them with the cost model's work
 for the same shape.
 
 Legend: B = sequences, P = prompt positions, N = generated positions.
@@ -37,9 +37,10 @@ from planner.calibration.measure import lower_quartile
 from planner.specs import EngramPlacement, ModelSpec
 
 
-def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0) -> list[dict]:
+def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0) -> dict:
     """Span seconds of every step of every run in ``runs`` (``{"name", "spec", "batch",
-    "prompt_len", "output_len"}``, ``spec`` a :class:`ModelSpec` dump)."""
+    "prompt_len", "output_len"}``, ``spec`` a :class:`ModelSpec` dump): ``{"specs": {model
+    name: spec dump}, "steps": [one sample per step]}``."""
     from contextlib import ExitStack
 
     from planner.accounting import engram_table_rows
@@ -72,8 +73,8 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
                 engine.set_tracer(None)
                 if r:  # repetition 0 warms up (allocations, page faults, thread start)
                     reps.append((_per_step(rec.spans()), counts))
-        return [sample for run, spec, engine, provider, ids, reps in prepared
-                for sample in _samples(run, spec, reps)]
+        steps = [sample for run, spec, engine, provider, ids, reps in prepared for sample in _samples(run, spec, reps)]
+        return {"specs": {spec.name: spec.model_dump(mode="json") for _, spec, *_ in prepared}, "steps": steps}
 
 
 def _teacher_forced(engine, provider, ids_BN: torch.Tensor, prompt_len: int) -> list[dict]:

@@ -25,7 +25,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 5
+MEASURE_VERSION = 6
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 

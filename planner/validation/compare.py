@@ -6,22 +6,21 @@ device-tier run) has no relative error: it is reported in the run but left out o
 error statistics, and the prediction is checked to be 0 too (``zero_mismatch``).
 
 Prediction band (docs/validation.md, "Band"): the calibrated profile keeps every fitted curve's
-relative residuals at its own samples. Step time is a sum of op times each read off an op
-curve (``op:<kind>``) plus lookup time read off the gather/hash rates, so the band for a run is
-the simulated step time with every curve's error moved together to its lower and upper residual
-quantile (``q`` and ``1 - q``, default 10% / 90%), weighted by the share of the predicted step
-that curve explains:
+relative residuals at its own samples. A simulated step is a sum of spans, each priced by one
+curve (an op span by ``op:<kind>``, a lookup by ``lookup:overhead``, the engine's hash by
+``hash:call``, the engine's own seconds by ``step:overhead``). For each curve ``c`` the samples
+give the ratio ``rho = measured / fitted`` (``1 / (1 + r)`` for a curve of seconds, ``1 + r``
+for a curve of rates or efficiencies, ``r`` its relative residual); the band moves every curve
+to its lower and upper ratio quantile (``q`` and ``1 - q``, default 10% / 90%) together:
 
-    band = step_pred x [1 + sum_c share_c x lo_c, 1 + sum_c share_c x hi_c]
+    band = step_pred + [sum_c t_c x (rho_lo_c - 1), sum_c t_c x (rho_hi_c - 1)]
 
-where ``lo_c, hi_c`` are the quantiles of ``-r / (1 + r)`` (a residual ``r = (fit - meas)/meas``
-of an efficiency or rate turned into the relative error of a time) of curve ``c``, and
-``share_c`` is the fraction of predicted step time spent in work that curve times (from the
-simulation's per-op seconds and fetch-stage seconds). Moving all curves together (fully
-correlated errors) gives the widest such band; it is the conservative choice for a machine whose
-load changes between calibration and use. Throughput's band is the step band inverted; exposed
-time uses the lookup curves' quantiles alone; bytes are counted, not timed: their band is the
-n-gram curve's interpolation (a point).
+with ``t_c`` the predicted seconds per step that curve prices. ``step:overhead`` (a constant
+fitted to residual seconds that may be near 0) moves by the absolute quantiles of its samples'
+deviations instead. Moving all curves together (fully correlated errors) gives the widest such
+band; it is the conservative choice for a machine whose load changes between calibration and
+use. Throughput's band is the step band inverted; exposed time uses the lookup curve's
+quantiles alone; bytes are counted, not timed: their band is a point.
 
 Torch-free.
 """
@@ -68,19 +67,29 @@ def relative_error(predicted: float, measured: float) -> float | None:
 # ----------------------------------------------------------------------------- bands
 
 
-def _time_error_quantiles(residuals: list[float], q: float) -> tuple[float, float]:
-    """Quantiles of the relative error of a *time* predicted from a curve of rates/efficiencies:
-    a rate fitted ``(1 + r)`` times the measured one predicts ``1 / (1 + r)`` times the time."""
+def _time_error_quantiles(residuals: list[float], q: float, seconds: bool = False) -> tuple[float, float]:
+    """Quantiles of ``measured / fitted - 1`` of a *time*, from a curve's relative residuals
+    ``r = (fitted - measured) / measured``: ``1 / (1 + r) - 1`` for a curve of seconds, ``r``
+    for a curve of rates (a rate fitted ``1 + r`` times the measured one predicts ``1 / (1 + r)``
+    of the time: the measurement is ``1 + r`` times the prediction)."""
     r = np.asarray(residuals, float)
-    e = -r / (1.0 + r)
+    e = 1.0 / (1.0 + r) - 1.0 if seconds else r
     return float(np.quantile(e, q)), float(np.quantile(e, 1 - q))
 
 
 def curve_quantiles(hw: HardwareSpec, q: float = BAND_QUANTILE) -> dict[str, tuple[float, float]]:
-    """``{curve name: (lo, hi)}`` time-error quantiles of a calibrated profile ({} otherwise)."""
+    """``{curve name: (lo, hi)}`` quantiles of ``measured / fitted - 1`` of the time each curve
+    prices (``step:overhead``: absolute seconds), for a calibrated profile ({} otherwise)."""
     if hw.calibration is None:
         return {}
-    return {c.name: _time_error_quantiles(c.residuals, q) for c in hw.calibration.curves}
+    out = {}
+    for c in hw.calibration.curves:
+        if c.name == "step:overhead":
+            dev = np.asarray(c.samples_y, float) - (c.params["intercept"] + c.params["slope"] * np.asarray(c.samples_x))
+            out[c.name] = (float(np.quantile(dev, q)), float(np.quantile(dev, 1 - q)))
+        else:
+            out[c.name] = _time_error_quantiles(c.residuals, q, seconds=c.y == "seconds")
+    return out
 
 
 def _op_curve(kind: str, dtype: str, quant: dict) -> str | None:
@@ -91,34 +100,36 @@ def _op_curve(kind: str, dtype: str, quant: dict) -> str | None:
     return matches[0] if matches else None
 
 
-_OP_KIND = {"attention": None, "ffn_dense": "ffn:dense", "ffn_moe": "ffn:moe", "engram": "engram",
-            "embed": "embed", "head": "head"}
+def _hc(kind: str, quant: dict, dtype: str) -> str | None:
+    """The op curve of ``kind`` or of its hyper-connection twin."""
+    return _op_curve(kind, dtype, quant) or _op_curve(kind + "+hc", dtype, quant)
 
 
 def step_shares(sim: SimMetrics, scenario: Scenario, quant: dict) -> dict[str, float]:
-    """Seconds per step attributed to each calibration curve (from the simulation's spans)."""
-    dtype = scenario.model.dtype
-    att = f"attention:{scenario.model.attention.kind}"
-    ffn_kind = {}
-    for i in range(scenario.model.n_layers):
-        ffn_kind[f"ffn_L{i}"] = "ffn:moe" if scenario.model.is_moe_layer(i) else "ffn:dense"
+    """Seconds per step each calibration curve prices (from the simulation's spans)."""
+    model = scenario.model
+    dtype = model.dtype
+    att = f"attention:{model.attention.kind}"
+    ffn_kind = {f"ffn_L{i}": "ffn:moe" if model.is_moe_layer(i) else "ffn:dense" for i in range(model.n_layers)}
     out: dict[str, float] = {}
     steps = max(sim.steps, 1)
-    gather_curves = sorted(n for n in quant if n.startswith("gather:ram:") and n.endswith(":1t"))
+    lookup = "lookup:overhead" if "lookup:overhead" in quant else None
     for s in sim.spans:
         name = s.name
         if name.startswith("attn_L"):
-            curve = _op_curve(att, dtype, quant)
+            curve = _hc(att, quant, dtype)
         elif name.startswith("ffn_L"):
-            curve = _op_curve(ffn_kind[name], dtype, quant)
+            curve = _hc(ffn_kind[name], quant, dtype)
         elif name.startswith("engram_L"):
             curve = _op_curve("engram", dtype, quant)
         elif name in ("embed", "head"):
-            curve = _op_curve(name, dtype, quant)
+            curve = _hc(name, quant, dtype)
         elif name.startswith("gather_L"):
-            curve = "gather" if gather_curves else None
+            curve = lookup
         elif name == "hash":
-            curve = "hash:tokens" if "hash:tokens" in quant else None
+            curve = "hash:call" if "hash:call" in quant else None
+        elif name == "overhead":
+            curve = "step:overhead" if "step:overhead" in quant else None
         else:
             curve = None
         if curve is not None:
@@ -126,31 +137,27 @@ def step_shares(sim: SimMetrics, scenario: Scenario, quant: dict) -> dict[str, f
     return out
 
 
-def bands(pred: dict[str, float], sim: SimMetrics, scenario: Scenario, quant: dict,
-          step_overhead_q: tuple[float, float] | None = None) -> dict[str, list[float]]:
+def bands(pred: dict[str, float], sim: SimMetrics, scenario: Scenario, quant: dict) -> dict[str, list[float]]:
     """``{metric: [lo, hi]}`` for one run (see the module doc)."""
     if not quant:
         return {m: [v, v] for m, v in pred.items()}
-    gather_names = [n for n in quant if n.startswith("gather:ram:") and n.endswith(":1t")]
-    gq = (min(quant[n][0] for n in gather_names), max(quant[n][1] for n in gather_names)) if gather_names else (0.0, 0.0)
-    qs = dict(quant)
-    qs["gather"] = gq
-    shares = step_shares(sim, scenario, qs)
+    shares = step_shares(sim, scenario, quant)
     step = pred["step_time_s"]
-    lo = sum(sec * qs[c][0] for c, sec in shares.items())
-    hi = sum(sec * qs[c][1] for c, sec in shares.items())
-    if step_overhead_q is not None:
-        lo += step_overhead_q[0]
-        hi += step_overhead_q[1]
+    lo = hi = 0.0
+    for curve, sec in shares.items():
+        a, b = quant[curve]
+        if curve == "step:overhead":
+            lo, hi = lo + a, hi + b
+        else:
+            lo, hi = lo + sec * a, hi + sec * b
     step_lo, step_hi = max(step + lo, 0.0), step + hi
     out = {"step_time_s": [step_lo, step_hi]}
     tput = pred["throughput_tokens_per_s"]
     out["throughput_tokens_per_s"] = [tput * step / step_hi if step_hi > 0 else tput,
                                       tput * step / step_lo if step_lo > 0 else tput]
     exp = pred["exposed_lookup_s"]
-    lookup_lo = sum(shares.get(c, 0.0) * qs[c][0] for c in ("gather", "hash:tokens") if c in qs)
-    lookup_hi = sum(shares.get(c, 0.0) * qs[c][1] for c in ("gather", "hash:tokens") if c in qs)
-    out["exposed_lookup_s"] = [max(exp + lookup_lo, 0.0), exp + lookup_hi] if exp > 0 else [0.0, 0.0]
+    a, b = quant.get("lookup:overhead", (0.0, 0.0))
+    out["exposed_lookup_s"] = [max(exp * (1 + a), 0.0), exp * (1 + b)] if exp > 0 else [0.0, 0.0]
     out["bytes_to_device"] = [pred["bytes_to_device"], pred["bytes_to_device"]]
     return out
 
