@@ -379,27 +379,3 @@ class CostModel:
         net = self.hardware.network
         assert net is not None
         return net.latency + bytes_ / (net.bandwidth * self.eff.network_fraction(bytes_))
-
-    # ---- host core budget
-
-    def cpu_compute_cores(self) -> int:
-        """Cores a CPU device's compute occupies: the intra-op threads it was calibrated with
-        (``calibration.fingerprint.threads``), else every core."""
-        host, cal = self.hardware.host, self.hardware.calibration
-        threads = cal.fingerprint.threads if cal is not None else host.cores
-        return max(1, min(host.cores, threads))
-
-    def cpu_fetch_cores(self, prefetch: bool) -> int:
-        """Cores a CPU device's lookups run on: with prefetch, the cores compute leaves free
-        (the prefetch worker runs beside the compute thread; 0 = none free, no overlap);
-        without, the compute cores themselves (the lookup runs in the compute thread)."""
-        spare = self.hardware.host.cores - self.cpu_compute_cores()
-        return spare if prefetch else self.cpu_compute_cores()
-
-    def engram_cores_per_device(self) -> int:
-        """Host cores one device's Engram workers get: the node's cores minus the serving
-        engine's own (``engine_cores`` per device), split evenly across devices (at least 1).
-        On a CPU "device" the compute itself uses these cores (the simulator serialises)."""
-        host, count = self.hardware.host, self.hardware.device.count
-        free = host.cores - host.engine_cores * count
-        return max(1, free // count)

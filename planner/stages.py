@@ -57,14 +57,29 @@ class HostPlacement:
     hash_cores: int
 
 
+def compute_cores(cost: CostModel) -> int:
+    """Cores a CPU device's compute occupies: the intra-op threads it was calibrated with
+    (``calibration.fingerprint.threads``), else every core."""
+    host, cal = cost.hardware.host, cost.hardware.calibration
+    threads = cal.fingerprint.threads if cal is not None else host.cores
+    return max(1, min(host.cores, threads))
+
+
+def engram_cores_per_device(cost: CostModel) -> int:
+    """Host cores one GPU's Engram workers get: the node's cores minus the serving engine's own
+    (``engine_cores`` per device), split evenly across devices (at least 1)."""
+    host, count = cost.hardware.host, cost.hardware.device.count
+    return max(1, (host.cores - host.engine_cores * count) // count)
+
+
 def host_placement(cost: CostModel, placement: EngramPlacement, pool_cores: int | None = None) -> HostPlacement:
     """The :class:`HostPlacement` of ``placement`` on ``cost``'s hardware. ``pool_cores``: a GPU
-    device's worker cores (default :meth:`CostModel.engram_cores_per_device`)."""
+    device's worker cores (default :func:`engram_cores_per_device`)."""
     if cost.hardware.device.kind != "cpu":
-        cores = pool_cores if pool_cores is not None else cost.engram_cores_per_device()
+        cores = pool_cores if pool_cores is not None else engram_cores_per_device(cost)
         return HostPlacement(placement.prefetch, False, cores, cores if placement.prefetch else 1)
-    compute = cost.cpu_compute_cores()
-    spare = cost.cpu_fetch_cores(True)
+    compute = compute_cores(cost)
+    spare = cost.hardware.host.cores - compute  # the prefetch worker's, beside the compute threads
     if placement.prefetch and spare >= 1:
         return HostPlacement(True, False, spare, 1)
     # On demand (or no spare core): the lookup runs on the engine thread with the compute

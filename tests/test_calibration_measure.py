@@ -5,7 +5,6 @@ profile, reports every curve's error, re-uses its cache)."""
 
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")

@@ -6,6 +6,7 @@ from planner.accounting import engram_row_bytes, engram_table_rows
 from planner.costmodel import BatchShape, CostModel
 from planner.ngram_model import ZipfTraffic
 from planner.sim import simulate
+from planner.stages import engram_cores_per_device
 from planner.trace import SPAN_NAMES, chrome_trace
 from tests.sim_helpers import hardware, scenario, training
 
@@ -22,7 +23,7 @@ def fetch_and_window(s):
     shape = BatchShape(tokens=16, seqs=1, attn_pairs=16 * 17 / 2, kv_read=0)
     rows = ZipfTraffic(engram_table_rows(s.model)[1] / 16, 16).rows_fetched(16, 0.0)
     nbytes = rows * engram_row_bytes(s.model)
-    cores = cost.engram_cores_per_device()
+    cores = engram_cores_per_device(cost)
     lookup = cost.gather(nbytes, cores, cost.table_bytes(1)) + cost.transfer(nbytes)
     hashing = cost.hash(16, cores if s.placement.prefetch else 1)
     fetch = (hashing if s.placement.prefetch else 0.0) + lookup

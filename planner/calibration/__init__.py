@@ -1,7 +1,7 @@
 """Calibration: measure this machine with the reference model, fit a few interpretable curves,
 and write a hardware profile the simulator trusts (docs/calibration.md).
 
-Torch-free on import: ``measure``, ``measure_ops`` and ``measure_engine`` need torch and are
+Torch-free on import: ``measure`` and ``measure_engine`` need torch and are
 imported only by the ``calibrate`` command. The rest reads, fits and compares profiles; the cost
 model reads them through :class:`planner.efficiency.CalibratedEfficiency`.
 """

@@ -1,11 +1,14 @@
-"""Micro-measurements of this machine (torch): GEMMs, DRAM copies, the host<->device link,
-row gathers from RAM and from a mapped file, n-gram hashing, and the fixed cost of a dispatch.
+"""Micro-measurements of this machine (torch): GEMMs (the device's ceilings), DRAM copies, the
+host<->device link, random-row gathers from host tables of every size (inside the LLC to far
+beyond the TLB's reach, 4 KiB and 2 MiB pages), n-gram hashing at large calls, and the fixed
+cost of a dispatch. What a step costs in the engine is measured in the engine's own loop
+(:mod:`planner.calibration.measure_engine`).
 
 Every function returns plain values (seconds, bytes, FLOPs; lists of dicts) and prints nothing;
 the ``calibrate`` command runs them as :mod:`planner.calibration.tasks`, caches them and fits
 them (:mod:`planner.calibration.build`). The code paths are the ones the reference model and
 its table store run: ``torch.matmul``, ``Tensor.copy_`` / ``Tensor.to(non_blocking=True)``,
-``DenseRows.gather`` / ``DiskRows.gather`` (``index_select(..., out=staging)``),
+``DenseRows.gather`` (``index_select(..., out=staging)``),
 ``NgramHasher.row_ids``.
 
 Timing: each sample runs its call in a loop long enough (``min_time_s``) to swamp the clock,
@@ -221,93 +224,6 @@ def measure_uva(row_bytes: int, rows_list: list[int], table_bytes: int, repeats:
 
 
 # ----------------------------------------------------------------------------- host gathers
-
-
-def measure_lookup_overhead(rows_list: list[int], row_bytes: int, table_rows: int, repeats: int) -> list[dict]:
-    """Host work of one offloaded lookup beyond its row gather: the table store's plan (bounds
-    check, de-duplication with ``torch.unique``), stage hand-off and assembly (expanding the
-    distinct rows back to ``[B, T, K, D]``), CPU path, no cache. Per call size: seconds of
-    ``LayerStore.lookup`` minus seconds of ``DenseRows.gather`` of the same distinct rows, both
-    timed in loops over 8 id sets of random rows (nearly all distinct in a large table)."""
-    from reference_model.store import LayerStore
-    from reference_model.store_sources import DenseRows
-
-    d = row_bytes // 4
-    table = torch.empty(table_rows, d).uniform_()
-    store = LayerStore(0, DenseRows(table, "host", pin=False), dedup=True)
-    out = []
-    for rows in rows_list:
-        ids = torch.randint(0, table_rows, (8, 1, rows, 1))
-        distinct = [torch.unique(ids[i].reshape(-1)) for i in range(8)]
-        staging = torch.empty(rows, d)
-        state = {"i": 0}
-
-        def lookup():
-            state["i"] = (state["i"] + 1) % 8
-            store.lookup(ids[state["i"]])
-
-        def gather():
-            state["i"] = (state["i"] + 1) % 8
-            ids_m = distinct[state["i"]]
-            store.source.gather(ids_m, staging[: ids_m.shape[0]])
-
-        t_lookup = time_call(lookup, repeats=repeats, min_time_s=5e-3)
-        t_gather = time_call(gather, repeats=repeats, min_time_s=5e-3)
-        out.append({"rows": rows, "row_bytes": row_bytes, "lookup_s": t_lookup, "gather_s": t_gather,
-                    "seconds": max(t_lookup - t_gather, 1e-7)})
-    return out
-
-
-def measure_gathers(sources: list[str], widths: list[int], rows_list: list[int], threads: list[int],
-                    table_bytes: int, repeats: int, workdir: str | Path,
-                    max_batch_bytes: int = 64 << 20) -> list[dict]:
-    """Rows gathered into a staging buffer per second, through the table store's own sources:
-    ``ram`` = :class:`DenseRows` (host RAM), ``mmap`` = :class:`DiskRows` (a mapped file, warm
-    in the page cache). Each repeat reads fresh random rows of a ``table_bytes`` table (much
-    larger than the caches), so the rows come from DRAM, as a large Engram table's do."""
-    from reference_model.store_sources import DenseRows, DiskRows
-
-    base = torch.empty(table_bytes // 4, dtype=torch.float32).uniform_()
-    out = []
-    disk_path = Path(workdir) / "gather_table.bin"
-    if "mmap" in sources:
-        DiskRows.write(disk_path, base.view(-1, 1024))
-    try:
-        for source in sources:
-            for width in widths:
-                d = width // 4
-                n_rows = table_bytes // width
-                if source == "ram":
-                    rows_src = DenseRows(base[: n_rows * d].view(n_rows, d), "host", pin=True)
-                else:
-                    rows_src = DiskRows(disk_path, n_rows, d, torch.float32)
-                for rows in rows_list:
-                    if rows * width > max_batch_bytes:
-                        continue
-                    # Enough distinct id sets that the rows of one call are not in a cache
-                    # from the previous calls (>= 64 MiB of rows in rotation).
-                    sets = max(8, (64 << 20) // (rows * width))
-                    ids = torch.randint(0, n_rows, (sets, rows))
-                    staging = torch.empty(rows, d, dtype=torch.float32, pin_memory=cuda_ok("cuda"))
-                    state = {"i": 0}
-
-                    def gather(src=rows_src, ids=ids, staging=staging, sets=sets, state=state):
-                        # Bound now: the loop rebinds these names (and deletes rows_src).
-                        state["i"] = (state["i"] + 1) % sets
-                        src.gather(ids[state["i"]], staging)
-
-                    # Thread counts interleaved, so load from other processes hits all alike.
-                    with torch_threads(None):
-                        times = time_calls_interleaved(
-                            {n: (lambda n=n: torch.set_num_threads(n), gather) for n in threads},
-                            repeats=repeats, min_time_s=5e-3)
-                    for n_threads, t in times.items():
-                        out.append({"source": source, "row_bytes": width, "rows": rows,
-                                    "threads": n_threads, "seconds": t})
-                del rows_src
-    finally:
-        disk_path.unlink(missing_ok=True)
-    return out
 
 
 HUGE_PAGE = 2 << 20

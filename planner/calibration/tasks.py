@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from planner.specs import ModelSpec
+
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "engram-planner" / "calibration"
 # Row width the scalar ``host.gather_bandwidth_per_core`` is read at: engram-27b's 160 B rows
 # (d_head 80 in bf16). The whole curve per width stays in the profile.
@@ -50,11 +52,7 @@ class Task:
         module = importlib.import_module(f"planner.calibration.{self.module}")
         kwargs = dict(self.kwargs)
         if "spec" in kwargs:
-            from planner.specs import ModelSpec
-
             kwargs["spec"] = ModelSpec.model_validate(kwargs["spec"])
-        if self.function == "measure_gathers":
-            kwargs["workdir"] = str(workdir)
         return getattr(module, self.function)(**kwargs)
 
 
@@ -153,13 +151,33 @@ CALIBRATION_ENGRAM = {"max_ngram": 3, "n_heads": 4, "table_size_per_head": [40_0
                       "embed_dim_per_ngram": 192, "dtype": "fp32"}
 
 
+def scaled_variant(spec: ModelSpec, factor: int, dtype: str | None = None) -> ModelSpec:
+    """``spec`` with every width multiplied by ``factor`` (heads, latents, FFN, experts, Engram
+    rows), the same layer layout: the same ops at larger sizes."""
+    data = spec.model_dump()
+    data["name"] = f"{spec.name} x{factor}" + (f" {dtype}" if dtype else "")
+    data["d_model"] *= factor
+    data["max_seq_len"] = max(data["max_seq_len"], 1024)
+    att = data["attention"]
+    for key in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "v_head_dim", "head_dim"):
+        if att.get(key):
+            att[key] *= factor
+    data["ffn"]["dense_width"] *= factor
+    if data["ffn"].get("moe"):
+        data["ffn"]["moe"]["expert_width"] *= factor
+    if data.get("engram"):
+        data["engram"]["embed_dim_per_ngram"] *= factor
+    if dtype:
+        data["dtype"] = dtype
+    return ModelSpec.model_validate(data)
+
+
+
 def engine_spec(base: str, factor: int, n_layers: int, engram_layers: tuple[int, ...], dtype: str):
     """A calibration backbone: bundled ``base`` with every width times ``factor``
-    (:func:`planner.calibration.measure_ops.scaled_variant`), ``n_layers`` blocks, the
+    (:func:`scaled_variant`), ``n_layers`` blocks, the
     calibration Engram geometry at ``engram_layers``, computing in ``dtype``."""
-    from planner.calibration.measure_ops import scaled_variant
     from planner.loading import load_model
-    from planner.specs import ModelSpec
 
     data = scaled_variant(load_model(base), factor, dtype).model_dump()
     data["name"] = f"{data['name'].split(' ')[0]} x{factor} L{n_layers} E{','.join(map(str, engram_layers))}"

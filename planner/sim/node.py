@@ -9,7 +9,7 @@ A node holds ``device.count`` devices (data-parallel replicas) that share:
 * the NVMe drives (one fluid pipe in pages/s, if the profile has ``nvme``).
 
 Each device owns: a host worker pool (its share of the cores after the serving engine's,
-:meth:`CostModel.engram_cores_per_device`), FIFO; one copy engine per direction (or one for both
+:func:`planner.stages.engram_cores_per_device`), FIFO; one copy engine per direction (or one for both
 when ``copy_engines == 1``), FIFO.
 
 Multi-node hardware (``nodes > 1``) is simulated as one node: nodes are identical and serve
@@ -25,6 +25,7 @@ import simpy
 
 from planner.costmodel import CostModel
 from planner.sim.fluid import FluidResource
+from planner.stages import engram_cores_per_device
 from planner.trace import Span
 
 
@@ -53,7 +54,7 @@ class Node:
         groups = hw.device.count // per_link
         self.h2d_links = [FluidResource(env, cost.link_rate("h2d"), f"h2d_link{g}") for g in range(groups)]
         self.d2h_links = [FluidResource(env, cost.link_rate("d2h"), f"d2h_link{g}") for g in range(groups)]
-        cores = cost.engram_cores_per_device()
+        cores = engram_cores_per_device(cost)
         self.devices: list[DevicePorts] = []
         for i in range(hw.device.count):
             h2d_engine = simpy.Resource(env, capacity=1)
