@@ -281,16 +281,17 @@ class CostModel:
         ``pageable`` (staged through a driver bounce buffer; the profile's achieved figure, or
         half the pinned rate when it gives none, cf. HARDWARE.md's RTX 4090 numbers), ``uva``
         (GPU kernels reading rows from mapped host memory; the profile's achieved figure, or
-        half the pinned rate)."""
+        half the pinned rate); both at most the pinned rate of the same link."""
         link = self.hardware.link
         line = self.h2d_bandwidth if direction == "h2d" else self.d2h_bandwidth
         pinned = line * self.eff.link_fraction(bytes_, direction)
         if mode == "pinned":
             return pinned
+        # Both cross the same link: never faster than its pinned rate.
         if mode == "pageable":
-            return link.pageable_h2d_bandwidth or 0.5 * pinned
+            return np.minimum(link.pageable_h2d_bandwidth or 0.5 * pinned, pinned)
         if mode == "uva":
-            return link.uva_read_bandwidth or 0.5 * pinned
+            return np.minimum(link.uva_read_bandwidth or 0.5 * pinned, pinned)
         raise ValueError(f"unknown link mode {mode!r} (pinned, pageable, uva)")
 
     def transfer(self, bytes_: Number, direction: str = "h2d", mode: str = "pinned") -> Number:

@@ -12,10 +12,11 @@ scheduler produces exactly the measured step sequence: one prefill step of
 a growing KV cache. The scenario reads the n-gram curves measured on the same corpus for the
 same Engram config (``ngram_stats``), as a user would (docs/offload.md).
 
-Backbones are the dense fp32 GQA family of the bundled ``tiny-gqa`` model (and one MLA+MoE
-variant of ``tiny``) resized with ``spec.model_copy(update=...)``: widths, depths, Engram
-layers and table sizes that ``engram-planner calibrate`` never timed (its shapes are listed by
-:func:`calibration_shapes`, and ``tests/test_validation.py`` asserts the two are disjoint).
+Backbones are the dense GQA family of the bundled ``tiny-gqa`` model (and one MLA+MoE variant
+of ``tiny``) resized with ``spec.model_copy(update=...)``: widths, depths, Engram layers and
+table sizes that ``engram-planner calibrate`` never timed (its shapes are listed by
+:func:`calibration_shapes`, and ``tests/test_validation.py`` asserts the two are disjoint), in
+the dtype calibration times on the device (fp32 on a CPU, bf16 on CUDA: :meth:`RunConfig.for_device`).
 
 Torch-free.
 """
@@ -57,6 +58,14 @@ class RunConfig:
     tier: str = "host"
     cache_fraction: float = 0.0
     prefetch: bool = False
+    dtype: str = "fp32"  # the backbone's; the device's native one (bf16 on CUDA: for_device)
+
+    def for_device(self, device: str) -> "RunConfig":
+        """This run as measured on ``device``: backbones in the dtype calibration times there
+        (bf16 on CUDA, fp32 on a CPU), so a prediction never rests on another dtype's curves."""
+        from dataclasses import replace
+
+        return replace(self, dtype="bf16" if device == "cuda" else "fp32")
 
     @property
     def regime(self) -> dict[str, str]:
@@ -89,7 +98,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         "dtype": "fp32"})
     update = {"name": f"{base.name} d{cfg.d_model} L{cfg.n_layers}", "d_model": cfg.d_model,
               "n_layers": cfg.n_layers, "max_seq_len": max(base.max_seq_len, cfg.prompt_len + cfg.output_len),
-              "engram": engram}
+              "engram": engram, "dtype": cfg.dtype}
     if base.attention.kind == "gqa":
         update["attention"] = base.attention.model_copy(update={"n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads})
         update["ffn"] = base.ffn.model_copy(update={"dense_width": cfg.ffn_width})
@@ -177,8 +186,8 @@ def full_grid() -> list[RunConfig]:
     ]
 
 
-def grid(quick: bool) -> list[RunConfig]:
-    return quick_grid() if quick else full_grid()
+def grid(quick: bool, device: str = "cpu") -> list[RunConfig]:
+    return [c.for_device(device) for c in (quick_grid() if quick else full_grid())]
 
 
 # ----------------------------------------------------------------------------- disjointness

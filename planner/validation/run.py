@@ -44,7 +44,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     from planner.validation.measure import Runner, device_fingerprint, speed_probe
 
     t0 = time.perf_counter()
-    configs = configs if configs is not None else grid.grid(quick)
+    configs = [c.for_device(device) for c in configs] if configs is not None else grid.grid(quick, device)
     threads = hw.calibration.fingerprint.threads if hw.calibration is not None else None
     repeats = repeats or (5 if quick else 7)
     notes = [f"mismatch with the profile's calibration: {m}" for m in fingerprint_mismatches(hw)]
