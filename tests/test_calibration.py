@@ -402,3 +402,15 @@ def test_planner_runs_without_torch():
     run = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("OK")
+
+
+def test_calibrate_says_when_other_work_shared_the_machine():
+    from planner.cli.calibrate import load_warning
+
+    quiet = {"probe_before": 100e9, "probe_after": 96e9, "loadavg_before": 0.2, "loadavg_after": 2.1}
+    assert load_warning(quiet, threads=2, cores=2, all_cached=False) is None  # our own two threads
+    busy = dict(quiet, loadavg_after=3.4)
+    assert "other work shared this machine" in load_warning(busy, threads=2, cores=2, all_cached=False)
+    drift = dict(quiet, probe_after=60e9)
+    assert "100 then 60 GFLOP/s" in load_warning(drift, threads=2, cores=2, all_cached=False)
+    assert load_warning(drift, threads=2, cores=2, all_cached=True) is None  # nothing was measured

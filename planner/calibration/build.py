@@ -230,7 +230,8 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
 
 
 def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, device: str, quick: bool,
-                  wall_s: float, name: str | None = None, native: set[str] | None = None) -> HardwareSpec:
+                  wall_s: float, name: str | None = None, native: set[str] | None = None,
+                  notes: list[str] | None = None) -> HardwareSpec:
     """The calibrated profile: ``base`` (a preset) with every measured number replaced, its
     ``efficiency`` set to what the curves say for large work, and the calibration section.
     ``native``: dtypes the device computes in hardware (default: ``tasks.native_dtypes``); a
@@ -277,7 +278,7 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
         + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base),
         calibration={"device": device, "quick": quick, "wall_s": wall_s, "fingerprint": _fp(fingerprint),
                      "curves": [c.model_dump(mode="json", exclude_none=True) for c in curves], "constants": k,
-                     "notes": _notes(), "emulated_dtypes": emulated},
+                     "notes": _notes() + list(notes or []), "emulated_dtypes": emulated},
     )
     return HardwareSpec.model_validate(data)
 

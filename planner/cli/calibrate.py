@@ -4,6 +4,7 @@ write a calibrated hardware profile (docs/calibration.md). Torch is imported onl
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ def run(args) -> int:
     fingerprint = measure_fingerprint(device)
     tasks = plan(device, args.quick, base.host.engine_cores)
     started = time.perf_counter()
+    state = {"loadavg_before": os.getloadavg()[0], "probe_before": _probe(device)}
     results, cached = {}, 0
     with tempfile.TemporaryDirectory(prefix="engram-calibrate-") as workdir:
         bar = tqdm(tasks, desc="calibrate", unit="task", file=sys.stderr, leave=False)
@@ -80,17 +82,45 @@ def run(args) -> int:
             results[task.name], hit = run_task(task, fingerprint, cache_dir, Path(workdir))
             cached += hit
     measured_s = time.perf_counter() - started
+    state.update(loadavg_after=os.getloadavg()[0], probe_after=_probe(device))
+    warning = load_warning(state, fingerprint["threads"], os.cpu_count() or 1, cached == len(tasks))
     profile = build_profile(results, base, fingerprint, device=device, quick=args.quick,
-                            wall_s=measured_s, name=args.name, native=native_dtypes(device))
+                            wall_s=measured_s, name=args.name, native=native_dtypes(device),
+                            notes=[warning] if warning else [])
     out = write_profile(profile, args.out)
     load_hardware(out)  # what we wrote loads back through the presets' loader
     report = fit_report(profile, TARGET_ERROR)
-    report.update(profile=str(out), wall_s=time.perf_counter() - started, tasks=len(tasks), cached_tasks=cached)
+    report.update(profile=str(out), wall_s=time.perf_counter() - started, tasks=len(tasks), cached_tasks=cached,
+                  machine_state=state, warning=warning)
     if args.json:
         print_json(report)
     else:
         print(format_report(report))
     return 0
+
+
+def _probe(device: str) -> float:
+    """FLOP/s of a 512-square fp32 GEMM right now (calibration's own ``measure_gemm``)."""
+    from planner.calibration.measure import measure_gemm
+
+    r = measure_gemm([512], "fp32", device, repeats=7)[0]
+    return r["flops"] / r["seconds"]
+
+
+def load_warning(state: dict, threads: int, cores: int, all_cached: bool) -> str | None:
+    """A warning when other work shared the machine while it was measured: the GEMM probe moved
+    by more than 15% between the start and the end, or the load average (our own threads aside)
+    stayed above half a core. Such a profile measured the load, not the machine."""
+    if all_cached:
+        return None
+    moved = abs(state["probe_after"] / state["probe_before"] - 1.0)
+    others = max(state["loadavg_before"], state["loadavg_after"]) - min(threads, cores)
+    if moved <= 0.15 and others <= 0.5:
+        return None
+    return (f"other work shared this machine while it was measured (a 512-GEMM ran at "
+            f"{state['probe_before'] / 1e9:.3g} then {state['probe_after'] / 1e9:.3g} GFLOP/s; load average "
+            f"{state['loadavg_before']:.1f} -> {state['loadavg_after']:.1f} with {min(threads, cores)} threads of "
+            "ours): the profile measured the load as much as the machine; calibrate again when it is quiet")
 
 
 def write_profile(profile, path) -> Path:
@@ -192,4 +222,6 @@ def format_report(r: dict) -> str:
     fp = r["fingerprint"]
     lines.append(f"fingerprint: {fp['cpu']}, {fp.get('gpu', 'no GPU')}, torch {fp['torch']}, "
                  f"{fp['threads']} threads, {fp['date']}")
+    if r.get("warning"):
+        lines.append(f"WARNING: {r['warning']}")
     return "\n".join(lines)
