@@ -90,6 +90,10 @@ if [ -n "$missing" ]; then
   exit 1
 fi
 
+# The commit the wheels were fetched for (the device's copy of the tree has no .git; refresh
+# this file right before a device run: docs/validation.md, "GPU evidence").
+git describe --always --dirty > "$DEST/commit.txt" 2>/dev/null || true
+
 total_kib=$(du -sk "$DEST" | cut -f1)
 ls -l "$DEST"/*.whl | awk '{printf "%8.1f KiB  %s\n", $5 / 1024, $9}'
 echo "total: $((total_kib / 1024)).$(( (total_kib % 1024) * 10 / 1024 )) MiB in $DEST (limit $MAX_MIB MiB)"

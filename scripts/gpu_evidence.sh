@@ -50,6 +50,7 @@ PY=${PYTHON:-python3}
 BUDGET_S=${GPU_EVIDENCE_BUDGET_S:-525}
 RESERVE_S=20          # kept for packing, and for timeout's --kill-after grace
 SITE=${GPU_EVIDENCE_SITE:-/tmp/site}
+CAL_CACHE=${TMPDIR:-/tmp}/gpu-evidence-calibration-cache
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MPLBACKEND=Agg
 
 if [ "$MODE" = cuda ]; then
@@ -257,7 +258,11 @@ main() {
     cp "$keep" "$PROFILE"   # comes back beside the validations that used it
     echo "profile given: $GIVEN_PROFILE, copied to $PROFILE (not calibrating)"
   elif wanted calibrate; then
-    stage calibrate "$(cap calibrate)" "$PY" -m planner calibrate "${CAL_ARGS[@]}" --no-cache --out "$PROFILE" || FAILED=1
+    # A fresh cache folder: everything is measured, and the raw measurements stay readable
+    # there (outside $OUT) after the run.
+    rm -rf "$CAL_CACHE"
+    stage calibrate "$(cap calibrate)" "$PY" -m planner calibrate "${CAL_ARGS[@]}" --cache-dir "$CAL_CACHE" \
+      --out "$PROFILE" || FAILED=1
   fi
   if [ ! -s "$profile" ]; then
     profile=$REPO/hw_profiles/$([ "$MODE" = cuda ] && echo h200 || echo cpu-workstation).yaml
