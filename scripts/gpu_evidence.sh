@@ -53,15 +53,14 @@ SITE=${GPU_EVIDENCE_SITE:-/tmp/site}
 CAL_CACHE=${TMPDIR:-/tmp}/gpu-evidence-calibration-cache
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MPLBACKEND=Agg
 
+BASE=${TMPDIR:-/tmp}/gpu-evidence-base-h200.yaml
 if [ "$MODE" = cuda ]; then
-  TAG=h200
   PROFILE=$OUT/calibrated-h200.yaml
-  CAL_ARGS=(--device cuda --quick --base h200 --name "NVIDIA H200 (lent machine, 1 GPU), calibrated --quick")
+  CAL_ARGS=(--device cuda --quick --base "$BASE" --name "NVIDIA H200 (lent machine, 1 GPU), calibrated --quick")
   VAL_ARGS=(--device cuda --quick)
   BENCH_FULL=(--steps 10)
   CAPS=(tests=60 calibrate=240 validate=90 bench=90 bench_quick=45)
 else
-  TAG=cpu-dryrun
   PROFILE=$OUT/calibrated-cpu-dryrun.yaml
   CAL_ARGS=(--device cpu --quick --threads 1 --name "CPU dry run of scripts/gpu_evidence.sh")
   # Two runs of the grid, 2 repetitions: the pipeline, not the accuracy.
@@ -194,6 +193,44 @@ print("imports ok:", planner.__file__)
 EOF
 }
 
+# The --base preset for a CUDA calibration: hw_profiles/h200.yaml describes an 8-GPU HGX node,
+# and calibrate keeps device.count, link.devices_per_link and the host's sockets and NUMA nodes
+# from its base; with count 8, validate would simulate the measured batch spread over 8
+# data-parallel GPUs (an eighth of the bytes per step) while one GPU ran it. So: the preset with
+# the lent machine's GPU count, one GPU per link, and its own sockets, NUMA nodes and cores.
+make_base() {
+  "$PY" - "$REPO/hw_profiles/h200.yaml" "$1" <<'PYEOF'
+import glob, os, sys
+
+import yaml
+
+src, dst = sys.argv[1:3]
+data = yaml.safe_load(open(src))
+try:
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
+except ImportError:
+    gpus = 1
+numa = len(glob.glob("/sys/devices/system/node/node[0-9]*")) or 1
+with open("/proc/cpuinfo") as f:
+    sockets = len({line.split(":", 1)[1].strip() for line in f if line.startswith("physical id")}) or 1
+data["name"] = f"H200, {gpus} GPU as lent (the h200 preset cut to this machine)"
+data["device"]["count"] = gpus
+data["link"]["devices_per_link"] = 1
+data["host"].update(sockets=sockets, numa_nodes=numa, cores=os.cpu_count() or data["host"]["cores"])
+data["sources"] = list(data.get("sources", [])) + [
+    f"scripts/gpu_evidence.sh: device.count {gpus}, link.devices_per_link 1, host sockets {sockets}, "
+    f"numa_nodes {numa}, cores {os.cpu_count()} as on the lent machine (the h200 preset is an 8-GPU node)"]
+with open(dst, "w") as f:
+    yaml.safe_dump(data, f, sort_keys=False)
+from planner.loading import load_hardware
+
+hw = load_hardware(dst)
+print(f"base {dst}: device.count {hw.device.count}, devices_per_link {hw.link.devices_per_link}, "
+      f"sockets {hw.host.sockets}, numa_nodes {hw.host.numa_nodes}, cores {hw.host.cores}")
+PYEOF
+}
+
 pack() {
   # The device tool returns at most 8 files, 16 MiB each, no more than 2 folders down, with
   # names of letters, digits, '.', '_' and '-'.
@@ -251,6 +288,17 @@ main() {
 
   if wanted tests; then
     stage tests "$(cap tests)" "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/ || FAILED=1
+  fi
+
+  # The 1-GPU base (made and checked on --cpu too, where calibrate keeps its CPU preset).
+  if wanted calibrate && [ -z "$GIVEN_PROFILE" ]; then
+    export -f make_base
+    rm -f "$BASE"
+    stage base 30 bash -c 'make_base "$1"' _ "$BASE" || FAILED=1
+    if [ "$MODE" = cuda ] && [ ! -s "$BASE" ]; then
+      echo "no 1-GPU base: calibrating on the 8-GPU h200 preset (fix device.count in the profile by hand)"
+      CAL_ARGS=("${CAL_ARGS[@]/#$BASE/h200}")
+    fi
   fi
 
   local profile=$PROFILE
