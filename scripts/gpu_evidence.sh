@@ -313,7 +313,8 @@ main() {
       --out "$PROFILE" || FAILED=1
   fi
   if [ ! -s "$profile" ]; then
-    profile=$REPO/hw_profiles/$([ "$MODE" = cuda ] && echo h200 || echo cpu-workstation).yaml
+    if [ "$MODE" = cuda ] && [ -s "$BASE" ]; then profile=$BASE   # the 1-GPU preset, not the 8-GPU one
+    else profile=$REPO/hw_profiles/$([ "$MODE" = cuda ] && echo h200 || echo cpu-workstation).yaml; fi
     wanted validate && echo "no calibrated profile: validating against the datasheet preset $profile (a foreign profile)"
   fi
 
