@@ -80,7 +80,7 @@ def test_device_tier_is_never_prefetched(tiny_spec):
 def test_cuda_offload_rows_equal_device_rows(tiny_spec, host_mode, prefetch):
     ids = _ids(tiny_spec, batch=4, positions=64)
     device = EngramTableStore.build(tiny_spec, EngramPlacement(tier="device"), device="cuda")
-    tables = {l: s.source.weight_RD.cpu() for l, s in device.layers.items()}
+    tables = {l: s.source.materialize().cpu() for l, s in device.layers.items()}  # LazyRows: no weight_RD
     placement = EngramPlacement(tier="host", host_mode=host_mode, prefetch=prefetch, cache_fraction=0.05,
                                 cache_policy="lru")
     with build_provider(tiny_spec, placement, device="cuda", tables=tables) as provider:
