@@ -98,8 +98,8 @@ class Engine:
         self.evict()
         with trace("step", TRACK, step=self.steps, tokens=int(ids_BT.numel())):
             handles = self._fetch(ids_BT, cache) if self.provider is not None else None
-            logits = model(ids_BT.to(model.device), engram_rows=handles, kv_cache=cache, tracer=trace,
-                           last_logits=True)
+            # Host ids in: the model moves them to its device and keeps the host copy for hashing.
+            logits = model(ids_BT, engram_rows=handles, kv_cache=cache, tracer=trace, last_logits=True)
             if self.cuda:
                 torch.cuda.synchronize()
         self.steps += 1

@@ -76,7 +76,9 @@ class KVCache:
             for block in model.blocks
         ]
         self.conv_states: dict[int, torch.Tensor | None] = {i: None for i in model.spec.engram_layer_ids}
-        self.recent_ids = torch.zeros(batch, 0, dtype=torch.long, device=model.device)
+        # On the host: only hashing reads them, and hashing runs on the host (a GPU copy would
+        # be copied back, behind queued compute, by every step's hash).
+        self.recent_ids = torch.zeros(batch, 0, dtype=torch.long)
 
 
 class Block(nn.Module):
@@ -221,6 +223,7 @@ class EngramModel(nn.Module):
                 engram_rows: Mapping | None = None, kv_cache: KVCache | None = None,
                 tracer: Tracer | None = None, last_logits: bool = False) -> torch.Tensor:
         trace = tracer or _no_trace
+        host_ids_BT = input_ids_BT if isinstance(input_ids_BT, torch.Tensor) and input_ids_BT.device.type == "cpu" else None
         input_ids_BT = torch.as_tensor(input_ids_BT, device=self.device)
         if input_ids_BT.ndim != 2:
             raise ValueError(f"input_ids must be [batch, positions], got shape {tuple(input_ids_BT.shape)}")
@@ -258,7 +261,9 @@ class EngramModel(nn.Module):
             logits_BTV = F.linear(h_BTD, self.embed.weight) if self.head is None else self.head(h_BTD)
         if kv_cache is not None:
             keep = max(self.spec.engram.max_ngram - 1, 0) if self.spec.engram else 0
-            kv_cache.recent_ids = torch.cat([kv_cache.recent_ids, input_ids_BT], dim=1)[:, -keep:] if keep else kv_cache.recent_ids
+            if keep:  # the engine passes host ids: no device-to-host copy here
+                host = host_ids_BT if host_ids_BT is not None else input_ids_BT.cpu()
+                kv_cache.recent_ids = torch.cat([kv_cache.recent_ids, host.to(torch.long)], dim=1)[:, -keep:]
             kv_cache.pos += T
         return logits_BTV
 

@@ -257,7 +257,12 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                 "d2h_bandwidth": k["link_memcpy_bytes_per_s"], "latency": k["link_memcpy_latency_s"]}
     else:
         gpu = fingerprint.get("gpu") or dev["name"]
-        dev.update(name=gpu)
+        # The node as found: as many devices as torch sees (not the --base preset's count);
+        # devices sharing an uplink only as the preset says when that still divides the count.
+        count = int(fingerprint.get("gpu_count") or 1)
+        dev.update(name=gpu, count=count)
+        if count % link.get("devices_per_link", 1):
+            link["devices_per_link"] = 1
         link.update(h2d_bandwidth=k["link_h2d_pinned_bytes_per_s"], d2h_bandwidth=k["link_d2h_pinned_bytes_per_s"],
                     latency=k["link_h2d_pinned_latency_s"], pageable_h2d_bandwidth=k["link_h2d_pageable_bytes_per_s"])
         if "uva_read_bytes_per_s" in k:

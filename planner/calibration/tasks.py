@@ -258,6 +258,7 @@ def measure_fingerprint(device: str) -> dict:
           "machine": machine_identity()}
     if device == "cuda" and torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(0)
+        fp["gpu_count"] = torch.cuda.device_count()
         fp["cuda"] = torch.version.cuda
         fp["driver"] = _nvidia_driver()
     return fp

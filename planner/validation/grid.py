@@ -114,13 +114,23 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
     return ModelSpec.model_validate(spec.model_dump())
 
 
-def placement(cfg: RunConfig) -> EngramPlacement:
+def placement(cfg: RunConfig, host_mode: str = "staged") -> EngramPlacement:
     """The measured placement: static hot-row cache (counted on the corpus' first 80%),
-    de-duplication on, staged host mode (UVA on CUDA is chosen by ``--host-mode``), and for the
-    disk tier a warm page cache (the file was just written: every row comes from DRAM)."""
+    de-duplication on, ``host_mode`` as ``--host-mode`` asks (UVA only on CUDA: the store falls
+    back to staged elsewhere, and so does the scenario), and for the disk tier a warm page cache
+    (the file was just written: every row comes from DRAM)."""
     return EngramPlacement(tier=cfg.tier, cache_fraction=cfg.cache_fraction, cache_policy="static",
-                           prefetch=cfg.prefetch, dedup=True,
+                           prefetch=cfg.prefetch, dedup=True, host_mode=host_mode,
                            host_cache_fraction=1.0 if cfg.tier == "disk" else 0.0)
+
+
+def one_device(hw: HardwareSpec) -> HardwareSpec:
+    """``hw`` cut to the one device a validation run measures (a node profile keeps its count of
+    devices and their shared uplinks; the run uses one device and its own link)."""
+    if hw.device.count == 1 and hw.link.devices_per_link == 1:
+        return hw
+    return hw.model_copy(update={"device": hw.device.model_copy(update={"count": 1}),
+                                 "link": hw.link.model_copy(update={"devices_per_link": 1})})
 
 
 def with_disk(hw: HardwareSpec) -> HardwareSpec:
@@ -132,14 +142,17 @@ def with_disk(hw: HardwareSpec) -> HardwareSpec:
     return hw.model_copy(update={"nvme": NVMeSpec(capacity=1e12, read_bandwidth=3e9)})
 
 
-def scenario(cfg: RunConfig, hw: HardwareSpec, ngram_stats: str | None) -> Scenario:
-    """The scenario that describes the measured run (see the module doc)."""
+def scenario(cfg: RunConfig, hw: HardwareSpec, ngram_stats: str | None, host_mode: str = "staged") -> Scenario:
+    """The scenario that describes the measured run (see the module doc): one device of ``hw``,
+    the run's placement in ``host_mode`` (``uva`` only where the device is a GPU)."""
     spec = model_spec(cfg)
     workload = InferenceWorkload(num_sequences=cfg.batch, prompt_len=cfg.prompt_len, output_len=cfg.output_len,
                                  max_batched_tokens=cfg.batch * cfg.prompt_len, max_num_seqs=cfg.batch,
                                  chunked_prefill=True)
+    hw = one_device(hw)
+    mode = host_mode if hw.device.kind == "cuda" else "staged"
     return Scenario(name=cfg.name, model=spec, hardware=with_disk(hw) if cfg.tier == "disk" else hw,
-                    workload=workload, placement=placement(cfg), ngram_stats=ngram_stats)
+                    workload=workload, placement=placement(cfg, mode), ngram_stats=ngram_stats)
 
 
 def engram_key(cfg: RunConfig) -> str:

@@ -201,7 +201,7 @@ class Runner:
         t0 = time.perf_counter()
         spec = model_spec(cfg)
         b = self.bundle(cfg)
-        place = placement(cfg).model_copy(update={"host_mode": self.host_mode})
+        place = placement(cfg, self.host_mode)
         torch.manual_seed(0)
         model = EngramModel(spec, self.compressor, materialize_tables=False, device=self.device).eval()
         disk_dir = Path(self._tmp.name) / cfg.name

@@ -70,7 +70,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
         measured = runner.measure_all(configs, progress=(lambda r: progress(
             f"repetition {r}/{repeats}{' (warm-up)' if r == 0 else ''} of {len(configs)} runs done")) if progress else None)
         for cfg, m in zip(configs, measured):
-            scen = grid.scenario(cfg, hw, str(runner.bundle(cfg).stats_path))
+            scen = grid.scenario(cfg, hw, str(runner.bundle(cfg).stats_path), host_mode)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CalibrationMismatchWarning)  # reported once in notes
                 sim = simulate(scen, baseline=False, trace=True)
@@ -98,6 +98,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
         weakest=compare.weakest_regime(regimes), threshold=threshold, wall_s=time.perf_counter() - t0,
         notes=notes + _load_notes(load),
         extra={"code": _code_version(), "machine_state": load, "profile_origin": origin, "device": device,
+               "host_mode": host_mode,
                "quick": quick, "repeats": repeats, "trace_run": trace_run, "band_quantile": compare.BAND_QUANTILE})
     return out
 
