@@ -173,6 +173,21 @@ class CurveFit(Spec):
                 "two_regime": {"latency", "bw_small", "bw_large", "x_break"}}[self.form]
         if set(self.params) != need:
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
+        # Scales of the forms (a ceiling, a size, a latency, a bandwidth) are positive; and every
+        # y (an efficiency, a rate, a duration) is, so the curve must be over its own samples.
+        positive = {"saturating": ("y_max", "x_half"), "linear": (),
+                    "two_regime": ("latency", "bw_small", "bw_large", "x_break")}[self.form]
+        for key in positive:
+            if not self.params[key] > 0:
+                raise ValueError(f"curve {self.name!r}: params.{key} = {self.params[key]!r} must be > 0 "
+                                 f"(a damaged profile? re-run `engram-planner calibrate`)")
+        if self.form == "linear":
+            for x in (min(self.samples_x), max(self.samples_x)):
+                y = self.params["intercept"] + self.params["slope"] * x
+                if not y > 0:
+                    raise ValueError(f"curve {self.name!r}: intercept {self.params['intercept']!r} + slope "
+                                     f"{self.params['slope']!r} x {x:g} = {y:.3g} is not > 0 at a sample "
+                                     f"(a damaged profile? re-run `engram-planner calibrate`)")
         return self
 
 
@@ -215,6 +230,10 @@ class CalibrationSpec(Spec):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CalibrationSpec":
+        for key, value in self.constants.items():
+            if value < 0:
+                raise ValueError(f"calibration.constants.{key} = {value!r} is negative: every constant is a "
+                                 "rate, a duration or a count (a damaged profile? re-run `engram-planner calibrate`)")
         names = [c.name for c in self.curves]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
