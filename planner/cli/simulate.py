@@ -51,8 +51,8 @@ def run(args) -> int:
     problems = capacity_problems(scenario)
     if problems and not args.ignore_memory:
         raise ValueError(f"{args.scenario}: cannot run as placed: " + "; ".join(problems)
-                         + ". Move tables to the host or disk tier (placement.tier, placement.layer_tiers), "
-                         "or pass --ignore-memory to simulate it anyway")
+                         + ". Shrink the tables or move them to a tier with room (placement.tier, "
+                         "placement.layer_tiers), or pass --ignore-memory to simulate it anyway")
     for problem in problems:
         sys.stderr.write(f"engram-planner simulate: warning: {problem} (simulated anyway: --ignore-memory)\n")
     base_dir = Path(args.scenario).parent if Path(args.scenario).is_file() else None

@@ -232,7 +232,7 @@ class CalibrationSpec(Spec):
     def _unique_names(self) -> "CalibrationSpec":
         for key, value in self.constants.items():
             if value < 0:
-                raise ValueError(f"calibration.constants.{key} = {value!r} is negative: every constant is a "
+                raise ValueError(f"constants.{key} = {value!r} is negative: every constant is a "
                                  "rate, a duration or a count (a damaged profile? re-run `engram-planner calibrate`)")
         names = [c.name for c in self.curves]
         dup = sorted({n for n in names if names.count(n) > 1})

@@ -62,14 +62,13 @@ SEQUENCES = Limit("ENGRAM_PLANNER_MAX_SEQUENCES", 1_000_000, "sequences in one s
 SIMULATED_STEPS = Limit("ENGRAM_PLANNER_MAX_SIMULATED_STEPS", 2_000_000,
                         "engine steps (upper estimate) in one simulated run")
 TRACED_STEPS = Limit("ENGRAM_PLANNER_MAX_TRACED_STEPS", 50_000,
-                     "engine steps (upper estimate) in one traced run (about 70 spans each)")
+                     "engine steps (upper estimate) in one traced run")  # about 70 spans, 20 kB, per step
 STUDIES = Limit("ENGRAM_PLANNER_MAX_STUDIES", 1_000, "studies in one plan")
 CANDIDATES = Limit("ENGRAM_PLANNER_MAX_CANDIDATES", 200_000, "candidates in one study")
 TIER_ASSIGNMENTS = Limit("ENGRAM_PLANNER_MAX_TIER_ASSIGNMENTS", 4_096,
                          "per-table tier assignments of one layer set")
 LAYERS = Limit("ENGRAM_PLANNER_MAX_LAYERS", 1_024, "transformer blocks")
-ENGRAM_TABLES = Limit("ENGRAM_PLANNER_MAX_ENGRAM_TABLES", 16_384,
-                      "Engram hash tables (layers x n-gram orders x heads, each sized to its own prime)")
+ENGRAM_TABLES = Limit("ENGRAM_PLANNER_MAX_ENGRAM_TABLES", 16_384, "Engram hash tables")
 DEVICES = Limit("ENGRAM_PLANNER_MAX_DEVICES_PER_NODE", 1_024, "devices in one simulated node")
 YAML_BYTES = Limit("ENGRAM_PLANNER_MAX_YAML_BYTES", 16 * 2**20, "bytes of YAML")
 YAML_NODES = Limit("ENGRAM_PLANNER_MAX_YAML_NODES", 200_000,

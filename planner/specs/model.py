@@ -122,7 +122,10 @@ class EngramSpec(Spec):
         # One integer means "the same size for every order".
         if isinstance(data, dict) and isinstance(data.get("table_size_per_head"), int):
             orders = int(data.get("max_ngram", 3)) - 1 if str(data.get("max_ngram", 3)).isdigit() else 1
-            ENGRAM_TABLES.check(orders, "max_ngram", "n-gram orders, one table each")
+            layers = len(data["layer_ids"]) if isinstance(data.get("layer_ids"), list) else 1
+            heads = data["n_heads"] if isinstance(data.get("n_heads"), int) else 1
+            ENGRAM_TABLES.check(layers * orders * heads, "", f"{layers} layers x {orders:,} orders (max_ngram - 1) "
+                                f"x {heads:,} heads")
             data = {**data, "table_size_per_head": [data["table_size_per_head"]] * max(orders, 1)}
         return data
 
@@ -137,7 +140,7 @@ class EngramSpec(Spec):
                 f"({self.max_ngram - 1})"
             )
         ENGRAM_TABLES.check(len(self.layer_ids) * (self.max_ngram - 1) * self.n_heads, "",
-                            f"{len(self.layer_ids)} layers x {self.max_ngram - 1} orders x {self.n_heads} heads")
+                            f"{len(self.layer_ids)} layers x {self.max_ngram - 1:,} orders x {self.n_heads:,} heads")
         rows = self.n_heads * sum(self.table_size_per_head)
         if rows > MAX_ROW_ID - ROW_ID_SLACK:
             raise ValueError(
