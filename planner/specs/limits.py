@@ -63,6 +63,8 @@ SIMULATED_STEPS = Limit("ENGRAM_PLANNER_MAX_SIMULATED_STEPS", 2_000_000,
                         "engine steps (upper estimate) in one simulated run")
 TRACED_STEPS = Limit("ENGRAM_PLANNER_MAX_TRACED_STEPS", 50_000,
                      "engine steps (upper estimate) in one traced run")  # about 70 spans, 20 kB, per step
+ANALYTIC_WAVES = Limit("ENGRAM_PLANNER_MAX_ANALYTIC_WAVES", 2_000,
+                       "batches of max_num_seqs sequences per device in the analytic whole-run estimate")
 STUDIES = Limit("ENGRAM_PLANNER_MAX_STUDIES", 1_000, "studies in one plan")
 CANDIDATES = Limit("ENGRAM_PLANNER_MAX_CANDIDATES", 200_000, "candidates in one study")
 TIER_ASSIGNMENTS = Limit("ENGRAM_PLANNER_MAX_TIER_ASSIGNMENTS", 4_096,
@@ -75,7 +77,7 @@ YAML_NODES = Limit("ENGRAM_PLANNER_MAX_YAML_NODES", 200_000,
                    "YAML values (with every alias expanded)")
 YAML_DEPTH = Limit("ENGRAM_PLANNER_MAX_YAML_DEPTH", 64, "levels of YAML nesting")
 
-ALL = (SEQUENCES, SIMULATED_STEPS, TRACED_STEPS, STUDIES, CANDIDATES, TIER_ASSIGNMENTS, LAYERS,
+ALL = (SEQUENCES, SIMULATED_STEPS, TRACED_STEPS, ANALYTIC_WAVES, STUDIES, CANDIDATES, TIER_ASSIGNMENTS, LAYERS,
        ENGRAM_TABLES, DEVICES, YAML_BYTES, YAML_NODES, YAML_DEPTH)
 
 # Engram row ids are int64 (torch index tensors, numpy gathers, the store's offsets): a layer's
@@ -131,6 +133,18 @@ def check_simulation(scenario, where: str = "scenario", *, trace: bool = False) 
     SIMULATED_STEPS.check(steps, f"{where}: workload", detail)
     if trace:
         TRACED_STEPS.check(steps, f"{where}: workload (with a trace)", detail)
+
+
+def check_analytic_run(scenario, where: str = "scenario") -> None:
+    """Refuse a whole-run analytic estimate (:func:`planner.analytic.estimate_run`, one pair of
+    step estimates per batch of ``max_num_seqs`` sequences) with too many batches."""
+    from planner.specs.workload import InferenceWorkload
+
+    w = scenario.workload
+    if isinstance(w, InferenceWorkload):
+        per_device = math.ceil(w.num_sequences / scenario.hardware.devices_total)
+        ANALYTIC_WAVES.check(math.ceil(per_device / w.max_num_seqs), f"{where}: workload",
+                             f"{per_device:,} sequences per device / max_num_seqs = {w.max_num_seqs:,}")
 
 
 # ----------------------------------------------------------------------------- physical capacity
