@@ -82,3 +82,23 @@ def test_corpus_covers_every_kind():
     kinds = {c.kind for c in CASES}
     assert kinds == {"traceback", "runaway", "nonsense", "vague", "message"}
     assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_every_limit_is_documented():
+    from planner.loading import ROOT
+    from planner.specs import limits
+
+    text = (ROOT / "docs" / "limits.md").read_text()
+    for limit in limits.ALL:
+        assert f"| `{limit.env}` | {limit.default:,} | {limit.what} |" in text, limit.env
+
+
+def test_limit_variables_raise_and_are_checked(monkeypatch):
+    from planner.specs.limits import STUDIES, LimitError
+
+    monkeypatch.setenv(STUDIES.env, "5_000")
+    assert STUDIES.value() == 5000
+    STUDIES.check(4000, "plan")
+    monkeypatch.setenv(STUDIES.env, "lots")
+    with pytest.raises(LimitError, match="ENGRAM_PLANNER_MAX_STUDIES='lots' must be a positive integer"):
+        STUDIES.value()

@@ -87,7 +87,10 @@ def run(args) -> int:
         known = {c.name for c in grid.full_grid()}
         unknown = sorted(set(wanted) - known)
         if unknown:
-            raise ValueError(f"--runs names unknown runs {unknown}; known: {sorted(known)}")
+            from planner.loading import did_you_mean
+
+            hint = did_you_mean(unknown[0], known)
+            raise ValueError(f"--runs names unknown runs {unknown}{hint} (known: {', '.join(sorted(known))})")
         configs = [c for c in grid.full_grid() if c.name in wanted]
     out_dir = Path(args.out)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
