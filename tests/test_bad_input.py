@@ -102,3 +102,16 @@ def test_limit_variables_raise_and_are_checked(monkeypatch):
     monkeypatch.setenv(STUDIES.env, "lots")
     with pytest.raises(LimitError, match="ENGRAM_PLANNER_MAX_STUDIES='lots' must be a positive integer"):
         STUDIES.value()
+
+
+def test_ignore_memory_simulates_with_a_warning(tmp_path, capsys):
+    from planner.cli import main
+    from tests.bad_input_cases import hardware, scenario
+
+    (tmp_path / "h.yaml").write_text(hardware(device__memory="1 MB"))
+    (tmp_path / "s.yaml").write_text(scenario(hardware="h.yaml", placement__tier="device"))
+    assert main(["simulate", str(tmp_path / "s.yaml"), "--no-baseline"]) == 2
+    assert "hardware.device.memory is 1 MB" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "s.yaml"), "--no-baseline", "--ignore-memory"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "per device" in captured.err and "throughput" in captured.out

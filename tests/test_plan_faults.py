@@ -108,7 +108,7 @@ def test_corrupt_cache_entry_is_named_and_recomputed(tmp_path, capsys, damage):
     run = subprocess.run([sys.executable, "-m", "planner", "plan", str(plan), "--out", str(out), "--json"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert f"engram-planner: warning: {victim}: corrupt plan cache entry (" in run.stderr
+    assert f"engram-planner: CorruptCacheWarning: {victim}: corrupt plan cache entry (" in run.stderr
     assert "recomputing it" in run.stderr and "Traceback" not in run.stderr
     again = json.loads(run.stdout)
     assert [r["meta"]["from_cache"] for r in again].count(False) == 1  # only the damaged one recomputed

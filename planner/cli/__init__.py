@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"engram-planner: warning: {message}\n"
+    return f"engram-planner: {category.__name__}: {message}\n"  # one line, no source line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"engram-planner {args.command}: invalid input: {exc}\n")
         return 2
+    except MemoryError:
+        sys.stderr.write(f"engram-planner {args.command}: out of memory; the work limits (docs/limits.md) "
+                         "bound what a request may allocate: lower the one that applies\n")
+        return 1
     except OSError as exc:  # reading or writing a file failed mid-run (disk full, permissions)
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"engram-planner {args.command}: {where}{exc.strerror or exc}\n")

@@ -26,8 +26,8 @@ def _takes_bool(tp: Any) -> bool:
         return _takes_bool(get_args(tp)[0])
     if origin in (Union, types.UnionType):
         return any(_takes_bool(a) for a in get_args(tp))
-    if origin is Literal:
-        return any(isinstance(a, bool) for a in get_args(tp))
+    if origin is Literal:  # only a literal of numbers wants a number
+        return not any(isinstance(a, (int, float)) and not isinstance(a, bool) for a in get_args(tp))
     return tp not in (int, float)  # str, models, containers: pydantic refuses a bool itself
 
 
