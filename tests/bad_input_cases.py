@@ -225,7 +225,7 @@ CASES = [
     Case("calibrated-curve-negative", "nonsense", ["simulate", "s.yaml"], ["h.yaml", "params.y_max = -1.0006", "> 0"],
          {"s.yaml": scenario(hardware="h.yaml"), "h.yaml": CALIBRATED.replace("y_max: 1.0006", "y_max: -1.0006", 1)}),
     Case("calibrated-constant-negative", "nonsense", ["simulate", "s.yaml"],
-         ["h.yaml", "calibration.constants.peak_flops_fp32", "negative"],
+         ["h.yaml", "calibration: constants.peak_flops_fp32 = -33524000000.0", "negative"],
          {"s.yaml": scenario(hardware="h.yaml"),
           "h.yaml": CALIBRATED.replace("peak_flops_fp32: 33524000000.0", "peak_flops_fp32: -33524000000.0", 1)}),
     Case("yaml-duplicate-key", "nonsense", ["simulate", "s.yaml"], ["s.yaml", "duplicate key 'tier'", "line"],

@@ -174,6 +174,17 @@ def run_steps(model, provider, workload: dict, steps: int, trace=None) -> dict:
 
 
 def run(args) -> dict:
+    # Flags first: refused in a second, before torch and the reference model are imported.
+    if args.trace is not None:
+        from planner.files import output_file
+
+        output_file(args.trace, "--trace")
+    rows_asked = args.rows_per_head or (QUICK_ROWS_PER_HEAD if args.quick else FULL_ROWS_PER_HEAD)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    table_bytes = rows_asked * 16 * 160  # 16 head tables of 160 B rows held in RAM (the disk copy is page cache)
+    if ram and table_bytes > 0.8 * ram:
+        raise ValueError(f"--rows-per-head {rows_asked:,} needs about {table_bytes / 1e9:.3g} GB of RAM for the "
+                         f"tables, more than 80% of this machine's {ram / 1e9:.3g} GB")
     import torch
 
     from planner.accounting import engram_table_bytes, engram_table_rows
@@ -186,16 +197,6 @@ def run(args) -> dict:
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.trace is not None:
-        from planner.files import output_file
-
-        output_file(args.trace, "--trace")
-    rows_asked = args.rows_per_head or (QUICK_ROWS_PER_HEAD if args.quick else FULL_ROWS_PER_HEAD)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    table_bytes = rows_asked * 16 * 160 * 2  # 16 head tables of 160 B rows, in RAM and in the disk file's page cache
-    if ram and table_bytes > 0.5 * ram:
-        raise ValueError(f"--rows-per-head {rows_asked:,} needs about {table_bytes / 1e9:.3g} GB for the tables, "
-                         f"more than half of this machine's {ram / 1e9:.3g} GB of RAM")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     rows_per_head = args.rows_per_head or (QUICK_ROWS_PER_HEAD if args.quick else FULL_ROWS_PER_HEAD)
