@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from planner.specs import HardwareSpec, ModelSpec, Scenario
-from planner.specs.limits import YAML_BYTES, YAML_DEPTH, YAML_NODES, LimitError
+from planner.specs.limits import YAML_BYTES, YAML_DEPTH, YAML_NODES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = ROOT / "hw_profiles"
@@ -94,10 +94,15 @@ def _model_at(cls: type, loc: tuple) -> type | None:
     return models[0] if len(models) == 1 else None
 
 
+def _closest(word: str, choices) -> str | None:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices) -> str:
     """``"; did you mean 'studies'?"`` when one of ``choices`` is close to ``word``, else ``""``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = _closest(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def format_validation_error(exc: ValidationError, prefix: tuple = (), cls: type | None = None) -> str:
@@ -109,11 +114,10 @@ def format_validation_error(exc: ValidationError, prefix: tuple = (), cls: type 
             loc = tuple(err["loc"])
             if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
                 model = _model_at(cls, loc[:-1])
-                if model is not None:
-                    hint = did_you_mean(loc[-1], model.model_fields)
-                    if hint:
-                        suggested[loc] = hint
-                        missing.discard(loc[:-1] + (hint.split("'")[1],))
+                close = _closest(loc[-1], model.model_fields) if model is not None else None
+                if close is not None:
+                    suggested[loc] = f"; did you mean {close!r}?"
+                    missing.discard(loc[:-1] + (close,))  # "studies: Field required" is the same mistake
         errors = [e for e in errors if e["type"] != "missing" or tuple(e["loc"]) in missing
                   or not any(tuple(e["loc"])[:-1] == s[:-1] for s in suggested)]
     lines = []
