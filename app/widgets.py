@@ -26,6 +26,7 @@ from planner.loading import (
     SpecError,
     bundled_models,
     bundled_profiles,
+    loads_yaml,
     read_yaml,
     scenario_from_dict,
     validate,
@@ -70,10 +71,9 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def parse_yaml_text(text: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{where}: not valid YAML: {exc}") from None
+    """YAML typed or uploaded in the page, under the same bounds as files (alias expansion,
+    depth, size): a SpecError naming ``where``."""
+    return loads_yaml(text, where) if text.strip() else None
 
 
 def yaml_overrides(key: str, where: str, help_text: str, example: str) -> dict:
@@ -155,7 +155,13 @@ def _pick_source(label: str, key: str, names: dict[str, str], default: str | dic
         upload = st.file_uploader(f"{what} YAML", type=["yaml", "yml"], key=f"{key}.upload")
         if upload is None:
             raise SpecError(f"{what}: choose a YAML file to upload, or pick a bundled {what}")
-        data = parse_yaml_text(upload.getvalue().decode("utf-8", "replace"), upload.name)
+        raw = upload.getvalue()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{upload.name}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
+                            f"{exc.start}); specs are YAML text") from None
+        data = parse_yaml_text(text, upload.name)
         if not isinstance(data, dict):
             raise SpecError(f"{upload.name}: expected a mapping of {what} fields")
         return upload.name, data

@@ -35,10 +35,18 @@ def _prefix_scale(prefix: str) -> float | None:
     return _DECIMAL.get(prefix)
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error never echoes a huge input back."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    text = repr(value) if not isinstance(value, str) or len(value) <= 2 * limit else repr(value[: 2 * limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _split(text: str) -> tuple[float, str]:
-    match = _QUANTITY_RE.match(text)
+    match = _QUANTITY_RE.match(text) if len(text) <= 200 else None
     if not match:
-        raise ValueError(f"cannot read {text!r} as a number with a unit")
+        raise ValueError(f"cannot read {_shown(text)} as a number with a unit")
     return float(match.group(1)), match.group(2)
 
 
@@ -47,19 +55,22 @@ def _parse_with(text: Any, what: str, unit_scale) -> float:
     if isinstance(text, bool):
         raise ValueError(f"expected {what}, got a boolean {text!r}")
     if isinstance(text, (int, float)):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:
+            value = math.inf
     elif isinstance(text, str):
         number, unit = _split(text)
         scale = unit_scale(unit)
         if scale is None:
-            raise ValueError(f"{text!r}: unknown unit {unit!r} for {what}")
+            raise ValueError(f"{_shown(text)}: unknown unit {unit!r} for {what}")
         value = number * scale
     else:
-        raise ValueError(f"expected {what} as a string with a unit or a number, got {text!r}")
+        raise ValueError(f"expected {what} as a string with a unit or a number, got {_shown(text)}")
     if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite {what}")
+        raise ValueError(f"not a finite number: expected {what}")
     if value < 0:
-        raise ValueError(f"{text!r}: {what} cannot be negative")
+        raise ValueError(f"{_shown(text)}: {what} cannot be negative")
     return value
 
 
@@ -127,7 +138,7 @@ def parse_count(text: Any) -> float:
         number, unit = _split(text)
         scale = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}.get(unit)
         if scale is None:
-            raise ValueError(f"{text!r}: unknown suffix {unit!r} for a count")
+            raise ValueError(f"{_shown(text)}: unknown suffix {unit!r} for a count")
         text = number * scale
     return _parse_with(text, "a count", lambda unit: 1.0)
 

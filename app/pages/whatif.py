@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app import figures, runs, widgets
+from planner.specs.limits import capacity_problems, check_analytic_run, check_simulation
 from planner.units import format_bytes, format_seconds
 
 P = "wi"
@@ -38,7 +39,12 @@ except (widgets.SpecError, ValueError) as exc:
     st.stop()
 
 key = runs.scenario_json(scenario)
-est = runs.analytic(key)
+try:
+    check_analytic_run(scenario)  # the estimate loops over batches: count them first
+    est = runs.analytic(key)
+except ValueError as exc:  # a valid spec the estimator cannot price says why, in the page
+    widgets.show_error(exc)
+    st.stop()
 step = est["step"]
 hw, model, w = scenario.hardware, scenario.model, scenario.workload
 per_token = "output tokens/s" if w.kind == "inference" else "tokens/s"
@@ -114,9 +120,14 @@ tab_sim, tab_files = st.tabs(["Simulator & timeline", "Scenario & downloads"])
 with tab_sim:
     done = st.session_state.setdefault("wi.simulated", [])
     c1, c2 = st.columns([1, 3])
+    over = capacity_problems(scenario)
+    if over:
+        st.warning("**Physically impossible as placed:** " + "; ".join(over)
+                   + ". The simulator runs it anyway (it does not model capacity); the planner would not.")
     if c1.button("Run simulator", type="primary", key="wi.simulate", icon=":material/play_arrow:"):
         with st.spinner("Simulating (and the no-Engram baseline)…"):
             try:
+                check_simulation(scenario, "scenario", trace=True)  # counted before anything is built
                 runs.simulated(key)
                 done.append(key)
             except ValueError as exc:

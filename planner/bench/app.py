@@ -51,7 +51,9 @@ print(json.dumps({"start_s": start_s, "update_s": times, "update_median_s": stat
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--updates", type=int, default=10, help="what-if changes to time (default 10)")
+    from planner.cli.common import number
+
+    parser.add_argument("--updates", type=number(int, 1, 1000), default=10, help="what-if changes to time (default 10)")
     parser.add_argument("--no-server", action="store_true", help="skip timing `streamlit run` start-up")
     parser.add_argument("--browser", action="store_true",
                         help="also time the page in Chromium (Playwright, /usr/bin/chromium)")

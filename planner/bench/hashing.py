@@ -20,11 +20,14 @@ TARGET_TOKENS_PER_S = 1e7
 
 
 def add_arguments(parser) -> None:
+    from planner.cli.common import number
+
     parser.add_argument("--model", default="engram-27b", help="model whose EngramSpec is hashed")
-    parser.add_argument("--tokens", type=int, default=1 << 19, help="tokens hashed per repeat")
-    parser.add_argument("--step-shape", type=int, nargs=2, default=(8, 2048), metavar=("B", "T"),
+    parser.add_argument("--tokens", type=number(int, 1, 1 << 26), default=1 << 19,
+                        help="tokens hashed per repeat (at most 2^26)")
+    parser.add_argument("--step-shape", type=number(int, 1, 1 << 20), nargs=2, default=(8, 2048), metavar=("B", "T"),
                         help="ids per hash call: one engine step of B sequences x T positions")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+    parser.add_argument("--repeats", type=number(int, 1, 1000), default=3, help="timed repeats (best is reported)")
     parser.add_argument("--module-model", default="tiny", help="model whose Engram module is timed")
 
 

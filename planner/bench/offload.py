@@ -22,6 +22,7 @@ code paths (copy stream, events, pinned double buffers) run.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -36,10 +37,12 @@ QUICK_ROWS_PER_HEAD = 20_000  # 51 MB
 
 
 def add_arguments(parser) -> None:
+    from planner.cli.common import number
+
     parser.add_argument("--rows-per-head", type=int, help=f"table rows per head (default {FULL_ROWS_PER_HEAD:,}; "
                         f"--quick {QUICK_ROWS_PER_HEAD:,})")
-    parser.add_argument("--steps", type=int, help="timed steps per configuration (default 20; --quick 5)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--steps", type=number(int, 1, 10_000), help="timed steps per configuration (default 20; --quick 5)")
+    parser.add_argument("--threads", type=number(int, 1, 4096), default=1,
                         help="torch intra-op threads (default 1: leaves a core to the prefetch worker, and "
                         "on a busy machine an OpenMP region waits for its slowest thread)")
     parser.add_argument("--trace", help="write the Chrome trace of the host-prefetch prefill run to this file")
@@ -165,6 +168,17 @@ def run_steps(model, provider, workload: dict, steps: int, trace=None) -> dict:
 
 
 def run(args) -> dict:
+    # Flags first: refused in a second, before torch and the reference model are imported.
+    if args.trace is not None:
+        from planner.files import output_file
+
+        output_file(args.trace, "--trace")
+    rows_asked = args.rows_per_head or (QUICK_ROWS_PER_HEAD if args.quick else FULL_ROWS_PER_HEAD)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    table_bytes = rows_asked * 16 * 160  # 16 head tables of 160 B rows held in RAM (the disk copy is page cache)
+    if ram and table_bytes > 0.8 * ram:
+        raise ValueError(f"--rows-per-head {rows_asked:,} needs about {table_bytes / 1e9:.3g} GB of RAM for the "
+                         f"tables, more than 80% of this machine's {ram / 1e9:.3g} GB")
     import torch
 
     from planner.accounting import engram_table_bytes, engram_table_rows

@@ -8,16 +8,19 @@ import time
 import numpy as np
 
 from planner.bench import machine_fingerprint
+from planner.cli.common import number
 
 DESCRIPTION = "simulator wall time (512-sequence scenario) and analytic estimator configs/s"
 SCENARIO = "h800-dense8b-engram100b"
 TARGET_SIM_S = 10.0
 TARGET_CONFIGS_PER_S = 10_000.0
+MAX_CONFIGS = 1_000_000  # six float64 input arrays and the estimator's temporaries per configuration
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--scenario", default=SCENARIO, help=f"scenario to time (default {SCENARIO})")
-    parser.add_argument("--configs", type=int, default=100_000, help="analytic configurations per call")
+    parser.add_argument("--configs", type=number(int, 1, MAX_CONFIGS), default=100_000,
+                        help=f"analytic configurations per call (at most {MAX_CONFIGS:,}: about 0.5 GB)")
 
 
 def run(args) -> dict:
@@ -25,10 +28,13 @@ def run(args) -> dict:
     from planner.loading import load_scenario
     from planner.sim import simulate
 
+    from planner.specs.limits import check_simulation
+
     scenario = load_scenario(args.scenario)
     if args.quick:
         w = scenario.workload.model_copy(update={"num_sequences": 64})
         scenario = scenario.model_copy(update={"workload": w})
+    check_simulation(scenario, f"--scenario {args.scenario}")
     start = time.perf_counter()
     metrics = simulate(scenario, baseline=True)
     sim_s = time.perf_counter() - start

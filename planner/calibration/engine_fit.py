@@ -130,8 +130,13 @@ def hash_samples(samples: list[dict], specs: dict[str, ModelSpec]) -> tuple[np.n
 
 
 def fit_hash(samples: list[dict], specs: dict[str, ModelSpec]) -> tuple[Fit, np.ndarray, np.ndarray]:
+    """The hash call: fixed seconds + seconds per index (relative error); a negative slope (the
+    per-index cost lost in the noise of a fixed cost that dominates) is clipped to 0."""
     x, t = hash_samples(samples, specs)
-    return fit_linear(x, t), x, t
+    fit = fit_linear(x, t)
+    if fit.params["slope"] < 0:
+        fit = Fit("linear", {"intercept": float(np.median(t)), "slope": 0.0})
+    return fit, x, t
 
 
 def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s) -> tuple[np.ndarray, np.ndarray]:
@@ -164,14 +169,16 @@ def step_residuals(samples: list[dict], specs: dict[str, ModelSpec], ops_s) -> t
 
 
 def fit_positive_linear(x, y) -> Fit:
-    """:func:`fit_linear` on absolute error (the residuals can be near zero or negative, so a
-    relative fit does not apply), slope clipped at zero when it comes out negative (then the
-    intercept is the mean)."""
+    """A line on absolute error (the targets are differences of measured and fitted seconds,
+    near zero or negative for some samples, so a relative fit does not apply), never negative:
+    a negative slope is clipped to 0 (the intercept is then the median), and so is a negative
+    intercept (seconds the engine spends cannot be negative; the ops' fits then over-explain
+    the step)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
     else:
-        slope, intercept = 0.0, float(np.mean(y))
+        slope, intercept = 0.0, float(np.median(y))
     if slope < 0:
-        slope, intercept = 0.0, float(np.mean(y))
-    return Fit("linear", {"intercept": float(intercept), "slope": float(slope)})
+        slope, intercept = 0.0, float(np.median(y))
+    return Fit("linear", {"intercept": float(max(intercept, 0.0)), "slope": float(slope)})

@@ -2,8 +2,10 @@
 
 Each command lives in its own module with ``register(subparsers)``, which adds a parser whose
 ``func(args) -> int`` runs it. Commands print and write files; the library only returns values.
-Bad input (:class:`planner.loading.SpecError`, ``ValueError`` from a spec) exits with code 2
-and a one-paragraph message, never a traceback.
+Bad input (:class:`planner.loading.SpecError`, ``ValueError`` from a spec, a limit or an
+output path) exits with code 2 and a one-paragraph message, never a traceback; a file that
+cannot be read or written mid-run (a full disk) exits 1 naming the file. Warnings print as one
+line each.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from planner.loading import SpecError
 
@@ -60,12 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"engram-planner: {category.__name__}: {message}\n"  # one line, no source line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    warnings.formatwarning = _format_warning
     try:
         return int(args.func(args) or 0)
     except SpecError as exc:
@@ -74,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"engram-planner {args.command}: invalid input: {exc}\n")
         return 2
+    except MemoryError:
+        sys.stderr.write(f"engram-planner {args.command}: out of memory; the work limits (docs/limits.md) "
+                         "bound what a request may allocate: lower the one that applies\n")
+        return 1
+    except OSError as exc:  # reading or writing a file failed mid-run (disk full, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"engram-planner {args.command}: {where}{exc.strerror or exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

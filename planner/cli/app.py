@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from planner.cli.common import HELP_FORMATTER
+from planner.cli.common import HELP_FORMATTER, number
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
 
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=HELP_FORMATTER,
     )
-    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--port", type=number(int, 1, 65535), default=8501, help="TCP port (default 8501)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 to share on a network)")
     p.set_defaults(func=run)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
-from pathlib import Path
 
 from planner.bench import BENCHES
 from planner.cli.common import HELP_FORMATTER, add_json_flag, print_json
+from planner.files import output_file, write_atomic
 
 
 def register(subparsers) -> None:
@@ -32,10 +32,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     module = args.bench_module
+    if args.out is not None:
+        output_file(args.out, "--out")
     result = module.run(args)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if args.out is not None:
+        write_atomic(args.out, json.dumps(result, indent=2, default=float) + "\n")
     if args.json:
         print_json(result)
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, number, print_json
 from planner.units import format_bytes, format_seconds, format_si
 
 EPILOG = """\
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=["cuda", "cpu"], help="what computes (default: cuda if available)")
     p.add_argument("--base", metavar="PRESET", help="preset for unmeasured fields (default: "
                    "cpu-workstation on cpu, h100-sxm on cuda)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads while measuring "
+    p.add_argument("--threads", type=number(int, 1, 4096), metavar="N", help="torch intra-op threads while measuring "
                    "(default: torch's own, usually all cores; recorded in the fingerprint)")
     p.add_argument("--name", help="profile name (default: from the machine)")
     p.add_argument("--cache-dir", metavar="DIR", help="raw-measurement cache (default ~/.cache/engram-planner/calibration)")
@@ -56,8 +56,14 @@ def run(args) -> int:
 
     from planner.calibration.build import TARGET_ERROR, build_profile
     from planner.calibration.tasks import DEFAULT_CACHE, measure_fingerprint, native_dtypes, plan, run_task
+    from planner.files import output_dir, output_file
     from planner.loading import load_hardware
 
+    output_file(args.out, "--out")
+    if args.cache_dir is not None:
+        if args.no_cache:
+            raise ValueError("--cache-dir means nothing with --no-cache (nothing is read from or written to a cache)")
+        output_dir(args.cache_dir, "--cache-dir")
     try:
         import torch
     except ImportError:
@@ -124,14 +130,14 @@ def load_warning(state: dict, threads: int, cores: int, all_cached: bool) -> str
 
 
 def write_profile(profile, path) -> Path:
+    from planner.files import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _round(profile.to_yaml_dict())
     header = (f"# {profile.name}\n# Written by `engram-planner calibrate`; numbers are measured on the machine "
               "named in `calibration.fingerprint`.\n# Re-fit or audit from the raw samples below "
               "(docs/calibration.md).\n")
-    path.write_text(header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=110))
-    return path
+    return write_atomic(path, header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=110))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -1,4 +1,4 @@
-"""Helpers shared by command modules: JSON output and table printing."""
+"""Helpers shared by command modules: JSON output, table printing, checked flag values."""
 
 from __future__ import annotations
 
@@ -9,6 +9,33 @@ import sys
 from typing import Any, Sequence
 
 HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, what: str = ""):
+    """An argparse ``type=``: an int or a finite float within ``[low, high]``. A bad value is a
+    usage error (exit 2) that names the flag, the value and the range: ``argument --configs: must
+    be between 1 and 1,000,000, got -5``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                bound = f"must be >= {low:,}"
+            elif low is None:
+                bound = f"must be <= {high:,}"
+            else:
+                bound = f"must be between {low:,} and {high:,}"
+            raise argparse.ArgumentTypeError(f"{bound}{what}, got {text[:40]}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def add_json_flag(parser: argparse.ArgumentParser,

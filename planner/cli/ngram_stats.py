@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, number, print_json
+from planner.files import output_dir, write_atomic
 from planner.loading import load_model
 
 EPILOG = """\
@@ -32,13 +33,15 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", default="tiny", help="model YAML file or bundled name (default: tiny)")
     p.add_argument("--out", help="directory for ngram_stats.json and ngram_stats.html")
-    p.add_argument("--max-tokens", type=int, help="use only the first N corpus tokens")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch sampling (default 0)")
+    p.add_argument("--max-tokens", type=number(int, 1), help="use only the first N corpus tokens")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="seed of the batch sampling (default 0)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.out is not None:
+        output_dir(args.out, "--out")
     spec = load_model(args.model)
     if spec.engram is None:
         raise ValueError(f"model {spec.name!r} has no Engram layers: there are no rows to measure")
@@ -51,10 +54,9 @@ def run(args) -> int:
     result = ngram_stats(spec, stream=stream, seed=args.seed)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ngram_stats.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_atomic(out / "ngram_stats.json", json.dumps(result, indent=2) + "\n")
         # include_plotlyjs=True embeds plotly.js: the page opens without a network.
-        stats_figure(result).write_html(out / "ngram_stats.html", include_plotlyjs=True)
+        write_atomic(out / "ngram_stats.html", stats_figure(result).to_html(include_plotlyjs=True))
     if args.json:
         print_json(result)
         return 0

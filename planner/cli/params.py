@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner.accounting import model_summary
-from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, human_count, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, human_count, number, print_json
 from planner.loading import load_model
 from planner.specs import EngramPlacement
 from planner.units import format_bytes
@@ -31,9 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("model", help="model YAML file or bundled name (see examples/models/)")
     p.add_argument("--tier", choices=["device", "host", "disk"], default="device",
                    help="where the Engram tables live (default: device)")
-    p.add_argument("--cache-fraction", type=float, default=0.0,
+    p.add_argument("--cache-fraction", type=number(float, 0, 1), default=0.0,
                    help="share of offloaded rows kept hot on the device (0-1)")
-    p.add_argument("--kv-tokens", type=int, default=0,
+    p.add_argument("--kv-tokens", type=number(int, 0), default=0,
                    help="tokens resident in the KV cache, for the device footprint")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -43,6 +43,9 @@ def run(args) -> int:
     model = load_model(args.model)
     if args.kv_tokens < 0:
         raise ValueError(f"--kv-tokens must be >= 0, got {args.kv_tokens}")
+    if args.cache_fraction and args.tier == "device":
+        raise ValueError(f"--cache-fraction {args.cache_fraction:g} means nothing with --tier device: the hot-row "
+                         "cache keeps offloaded rows on the device (use --tier host or --tier disk)")
     placement = EngramPlacement(tier=args.tier, cache_fraction=args.cache_fraction)
     summary = model_summary(model, placement, args.kv_tokens)
     if args.json:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cli.common import HELP_FORMATTER, add_json_flag, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, number, print_json
 
 EPILOG = """\
 examples:
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("plan", help="plan YAML file (see examples/plans/)")
     p.add_argument("--out", required=True, help="directory for results, report.html, manifest.json and the resume cache")
     p.add_argument("--cluster", help="ray://HOST:PORT or auto: run studies as Ray tasks on an existing cluster")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--workers", type=number(int, 1, 1024), default=1, help="local worker processes (default 1)")
     add_json_flag(p, help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -36,9 +36,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from planner.files import output_dir
     from planner.plan import load_plan, run_plan
     from planner.plan.report import write_report
+    from planner.plan.runner import ClusterError
 
+    output_dir(args.out, "--out")
+    if args.cluster is not None and args.workers != 1:
+        raise ValueError(f"--workers {args.workers} means nothing with --cluster: Ray schedules the studies "
+                         "over the cluster's workers")
     plan = load_plan(args.plan)
     with tqdm(desc="studies", unit="study", disable=args.json, leave=False) as bar:
         def progress(done: int, total: int, result) -> None:
@@ -46,7 +52,11 @@ def run(args) -> int:
             bar.n = done
             bar.refresh()
 
-        results = run_plan(plan, workers=args.workers, cluster=args.cluster, out_dir=args.out, progress=progress)
+        try:
+            results = run_plan(plan, workers=args.workers, cluster=args.cluster, out_dir=args.out,
+                               progress=progress)
+        except ClusterError as exc:  # its message starts "cluster 'ADDRESS': ": say it as the flag
+            raise ValueError(f"--{exc}") from None
     paths = write_report(plan, results, args.out)
     if args.json:
         print_json([r.as_dict() for r in results])

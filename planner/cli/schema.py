@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from planner.cli.common import HELP_FORMATTER, print_json
+from planner.files import output_dir, write_atomic
 from planner.schema import json_schemas
 
 
@@ -22,13 +21,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.out is not None:
+        output_dir(args.out, "--out")
     schemas = json_schemas()
-    if not args.out:
+    if args.out is None:
         print_json(schemas)
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out, "--out")
     for name, schema in schemas.items():
-        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        write_atomic(out / f"{name}.schema.json", json.dumps(schema, indent=2, sort_keys=True) + "\n")
         print(f"wrote {out / f'{name}.schema.json'}")
     return 0

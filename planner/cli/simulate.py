@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
+from planner.files import output_file, write_atomic
 from planner.loading import load_scenario
 from planner.sim import simulate
-from planner.trace import write_chrome_trace
+from planner.specs.limits import capacity_problems, check_simulation
+from planner.trace import chrome_trace
 from planner.units import format_bytes, format_seconds
 
 EPILOG = """\
@@ -34,16 +38,28 @@ def register(subparsers) -> None:
     add_json_flag(p, help="print every metric as JSON")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of the run")
     p.add_argument("--no-baseline", action="store_true", help="skip the run without Engram")
+    p.add_argument("--ignore-memory", action="store_true",
+                   help="simulate even when weights and tables do not fit the memory of their tier")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.trace is not None:
+        output_file(args.trace, "--trace")
     scenario = load_scenario(args.scenario)
+    check_simulation(scenario, args.scenario, trace=bool(args.trace))
+    problems = capacity_problems(scenario)
+    if problems and not args.ignore_memory:
+        raise ValueError(f"{args.scenario}: cannot run as placed: " + "; ".join(problems)
+                         + ". Shrink the tables or move them to a tier with room (placement.tier, "
+                         "placement.layer_tiers), or pass --ignore-memory to simulate it anyway")
+    for problem in problems:
+        sys.stderr.write(f"engram-planner simulate: warning: {problem} (simulated anyway: --ignore-memory)\n")
     base_dir = Path(args.scenario).parent if Path(args.scenario).is_file() else None
     metrics = simulate(scenario, baseline=not args.no_baseline, trace=bool(args.trace), base_dir=base_dir)
     if args.trace:
-        path = write_chrome_trace(args.trace, metrics.spans, f"simulated: {scenario.name}",
-                                  {"scenario": scenario.name, "source": "planner.sim"})
+        path = write_atomic(args.trace, json.dumps(chrome_trace(
+            metrics.spans, f"simulated: {scenario.name}", {"scenario": scenario.name, "source": "planner.sim"})))
     if args.json:
         print_json(metrics.as_dict())
     else:

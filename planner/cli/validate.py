@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from planner.cli.common import HELP_FORMATTER, add_json_flag, print_json
+from planner.cli.common import HELP_FORMATTER, add_json_flag, number, print_json
 
 EPILOG = """\
 examples:
@@ -39,13 +39,13 @@ def register(subparsers) -> None:
                    help="hardware profile (a calibrated one: `engram-planner calibrate`)")
     p.add_argument("--quick", action="store_true", help="the 6-run CI grid (under a minute on 2 cores)")
     p.add_argument("--out", metavar="DIR", default="validation", help="output folder (default ./validation)")
-    p.add_argument("--threshold", type=float, default=0.10,
+    p.add_argument("--threshold", type=number(float), default=0.10,
                    help="fail (exit 1) above this median |step-time error| (fraction, default 0.10)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where the model runs (default: the profile's "
                    "calibration device, else cuda if available)")
     p.add_argument("--host-mode", choices=["staged", "uva"], default="staged",
                    help="CUDA host-tier reads: staged copies or UVA (falls back to staged when unavailable)")
-    p.add_argument("--repeats", type=int, help="timed repetitions of each run (default 5 quick, 7 full)")
+    p.add_argument("--repeats", type=number(int, 1, 1000), help="timed repetitions of each run (default 5 quick, 7 full)")
     p.add_argument("--runs", metavar="NAME,...", help="only these runs of the grid")
     p.add_argument("--no-plot", action="store_true", help="skip the HTML plot")
     add_json_flag(p, help="print validation.json instead of the table")
@@ -61,6 +61,9 @@ def run(args) -> int:
         raise ValueError(f"--threshold is a fraction (0.10 = 10%), got {args.threshold}")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    from planner.files import output_dir
+
+    output_dir(args.out, "--out")
     try:
         import torch
     except ImportError:
@@ -71,13 +74,23 @@ def run(args) -> int:
         "cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch sees no CUDA device on this machine")
+    if hw.device.kind != device:
+        # The runs measure this machine's `device`; predictions for another kind of device would be
+        # compared with them and the gap blamed on the simulator (or on "other work on the cores").
+        raise ValueError(f"--profile {args.profile}: describes a {hw.device.kind} device ({hw.device.name}) but the "
+                         f"runs would be on {device}: validate this machine with a profile of it "
+                         f"(engram-planner calibrate --out PROFILE.yaml), or pass --device {hw.device.kind} "
+                         "on such a machine")
     configs = grid.grid(args.quick)
     if args.runs:
         wanted = args.runs.split(",")
         known = {c.name for c in grid.full_grid()}
         unknown = sorted(set(wanted) - known)
         if unknown:
-            raise ValueError(f"--runs names unknown runs {unknown}; known: {sorted(known)}")
+            from planner.loading import did_you_mean
+
+            hint = did_you_mean(unknown[0], known)
+            raise ValueError(f"--runs names unknown runs {unknown}{hint} (known: {', '.join(sorted(known))})")
         configs = [c for c in grid.full_grid() if c.name in wanted]
     out_dir = Path(args.out)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import io
 import json
 from pathlib import Path
 
+from planner.files import write_atomic
 from planner.plan.results import PlanResult, _clean
 from planner.plan.runner import code_version, study_key
 from planner.plan.spec import PlanSpec, expand_plan, plan_to_yaml
@@ -41,32 +43,35 @@ def manifest(plan: PlanSpec, results: list[PlanResult]) -> dict:
 
 
 def write_report(plan: PlanSpec, results: list[PlanResult], out_dir: str | Path) -> dict[str, Path]:
+    """Write every output file; each atomically (a run killed here leaves whole files)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "candidates": out / "candidates.csv",
              "recommendations": out / "recommendations.csv", "html": out / "report.html",
              "manifest": out / "manifest.json", "plan": out / "plan.yaml"}
-    paths["json"].write_text(json.dumps([r.as_dict() for r in results], indent=1, sort_keys=True) + "\n")
-    with paths["candidates"].open("w", newline="") as f:
-        w = csv.DictWriter(f, CANDIDATE_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in results:
-            for row in r.candidates:
-                w.writerow(_clean({**row, "study": r.study}))
-    with paths["recommendations"].open("w", newline="") as f:
-        cols = ["study", "rank", "engram_params", "layer_ids", "tiers", "cache_fraction", "prefetch", "max_num_seqs",
-                "throughput_output_tokens_per_s", "throughput_drop", "ttft_p99_s", "tpot_p99_s",
-                "binding_constraint", "bottleneck", "explanation"]
-        w = csv.DictWriter(f, cols, extrasaction="ignore")
-        w.writeheader()
-        for r in results:
-            for rec in r.recommendations:
-                w.writerow(_clean({**rec.candidate, **rec.metrics, "study": r.study, "rank": rec.rank,
-                                   "binding_constraint": rec.binding_constraint, "bottleneck": rec.bottleneck,
-                                   "explanation": rec.explanation}))
-    paths["manifest"].write_text(json.dumps(manifest(plan, results), indent=2) + "\n")
-    paths["plan"].write_text(plan_to_yaml(plan))
-    paths["html"].write_text(html_report(plan, results))
+    write_atomic(paths["json"], json.dumps([r.as_dict() for r in results], indent=1, sort_keys=True) + "\n")
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, CANDIDATE_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in results:
+        for row in r.candidates:
+            w.writerow(_clean({**row, "study": r.study}))
+    write_atomic(paths["candidates"], f.getvalue())
+    f = io.StringIO(newline="")
+    cols = ["study", "rank", "engram_params", "layer_ids", "tiers", "cache_fraction", "prefetch", "max_num_seqs",
+            "throughput_output_tokens_per_s", "throughput_drop", "ttft_p99_s", "tpot_p99_s",
+            "binding_constraint", "bottleneck", "explanation"]
+    w = csv.DictWriter(f, cols, extrasaction="ignore")
+    w.writeheader()
+    for r in results:
+        for rec in r.recommendations:
+            w.writerow(_clean({**rec.candidate, **rec.metrics, "study": r.study, "rank": rec.rank,
+                               "binding_constraint": rec.binding_constraint, "bottleneck": rec.bottleneck,
+                               "explanation": rec.explanation}))
+    write_atomic(paths["recommendations"], f.getvalue())
+    write_atomic(paths["manifest"], json.dumps(manifest(plan, results), indent=2) + "\n")
+    write_atomic(paths["plan"], plan_to_yaml(plan))
+    write_atomic(paths["html"], html_report(plan, results))
     return paths
 
 

@@ -110,8 +110,21 @@ class PlanResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlanResult":
+        """The inverse of :meth:`as_dict`; ``ValueError`` naming what is missing or malformed
+        (a damaged cache entry must not pass for a result)."""
+        missing = sorted(set(_FIELDS) - set(data))
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        wrong = [k for k, kind in _FIELDS.items() if not isinstance(data[k], kind)]
+        if wrong:
+            raise ValueError(f"malformed {', '.join(wrong)}")
         data = dict(data)
         data["recommendations"] = [Recommendation.from_dict(r) for r in data["recommendations"]]
         data["pareto"] = [Recommendation.from_dict(r) for r in data["pareto"]]
         data["infeasible"] = Infeasibility.from_dict(data["infeasible"]) if data["infeasible"] else None
         return cls(**data)
+
+
+_FIELDS = {"study": str, "index": int, "hardware": str, "model": str, "recommendations": list, "pareto": list,
+           "infeasible": (dict, type(None)), "candidates": list, "limits": list, "objectives": list,
+           "quality_provenance": str, "meta": dict}

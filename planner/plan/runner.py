@@ -6,14 +6,20 @@ the same bytes travel to a pool worker or a Ray worker and results are identical
 
 Resume: with ``out_dir``, a study's result is stored as ``out_dir/cache/<key>.json`` where
 ``key`` hashes the study's resolved inputs (scenario, search, settings) and the code version;
-a later run loads it instead of recomputing (``meta.from_cache`` says which).
+a later run loads it instead of recomputing (``meta.from_cache`` says which). An entry is
+written to a temporary file and renamed into place, so a run killed at any point (SIGKILL
+included) leaves whole entries or none; an entry that does not load back (truncated by a full
+disk, edited by hand) is reported with its path (:class:`CorruptCacheWarning`) and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +29,14 @@ from planner.plan.results import PlanResult
 from planner.plan.spec import PlanSpec, Study, expand_plan
 
 Progress = Callable[[int, int, PlanResult], None]
+
+
+class CorruptCacheWarning(UserWarning):
+    """A resume-cache entry that does not load back; it is recomputed and rewritten."""
+
+
+class ClusterError(ValueError):
+    """The Ray cluster named by ``cluster`` cannot be used; the message says why in its terms."""
 
 
 @lru_cache(maxsize=1)
@@ -79,16 +93,17 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if cluster is not None:
+        _cluster_address(cluster)  # a malformed address is refused before any work
     studies = expand_plan(plan)
     cache = Path(out_dir) / "cache" if out_dir is not None else None
     results: dict[int, PlanResult] = {}
     todo: list[Study] = []
     for study in studies:
         hit = cache / f"{study_key(study)}.json" if cache else None
-        if hit is not None and hit.is_file():
-            data = json.loads(hit.read_text())
-            data["meta"] = {**data["meta"], "from_cache": True}
-            results[study.index] = PlanResult.from_dict(data)
+        cached = load_cached(hit) if hit is not None and hit.is_file() else None
+        if cached is not None:
+            results[study.index] = cached
         else:
             todo.append(study)
     done = len(results)
@@ -101,8 +116,8 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             path = cache / f"{study_key(study)}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never read as an entry
+            tmp.write_text(json.dumps(data, sort_keys=True, allow_nan=False))
             tmp.replace(path)
         results[study.index] = PlanResult.from_dict(data)
         done += 1
@@ -123,17 +138,61 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
     return [results[s.index] for s in studies]
 
 
+def load_cached(path: Path) -> PlanResult | None:
+    """The cached result at ``path``, or None (with a :class:`CorruptCacheWarning` naming the
+    file and what is wrong) when it does not load back as a whole result."""
+    try:
+        data = json.loads(path.read_text(), parse_constant=_no_constant)
+        if not isinstance(data, dict) or not isinstance(data.get("meta"), dict):
+            raise ValueError("not a plan result")
+        data["meta"] = {**data["meta"], "from_cache": True}
+        return PlanResult.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        warnings.warn(f"{path}: corrupt plan cache entry ({reason}); recomputing it", CorruptCacheWarning,
+                      stacklevel=3)
+        return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} in a cache entry (results hold finite numbers only)")
+
+
+def _cluster_address(cluster: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``ray://HOST:PORT`` or ``HOST:PORT`` address; None for auto/local."""
+    if cluster in ("auto", "local"):
+        return None
+    host, sep, port = cluster.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"cluster {cluster!r}: expected auto, local, ray://HOST:PORT or HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def _run_ray(todo: list[Study], cluster: str, finish) -> None:
     try:
         import ray
     except ImportError:
-        raise ValueError("--cluster needs Ray: pip install 'engram-planner[cluster]'") from None
+        raise ClusterError(f"cluster {cluster!r}: needs Ray: pip install 'engram-planner[cluster]'") from None
     started = False
     if not ray.is_initialized():
-        if cluster == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=cluster, log_to_driver=False)
+        address = _cluster_address(cluster)
+        if address is not None:  # fail in seconds, in these terms, rather than in Ray's retries
+            try:
+                socket.create_connection(address, timeout=5).close()
+            except OSError as exc:
+                raise ClusterError(f"cluster {cluster!r}: cannot reach {address[0]}:{address[1]} "
+                                   f"({exc.strerror or exc}); is the Ray head running there?") from None
+        try:
+            if cluster == "local":
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=cluster, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            hint = (" (start one with `ray start --head`, or give its address as ray://HOST:PORT)"
+                    if cluster == "auto" else "")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ClusterError(f"cluster {cluster!r}: cannot connect to Ray{hint}: {first}") from None
         started = True
     try:
         task = ray.remote(run_study_dict)
@@ -141,7 +200,18 @@ def _run_ray(todo: list[Study], cluster: str, finish) -> None:
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            finish(refs[ready[0]], ray.get(ready[0]))
+            try:
+                data = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                if isinstance(cause, ValueError):  # bad input found in a worker: the same message as here
+                    raise ValueError(str(cause)) from None
+                raise ClusterError(f"cluster {cluster!r}: study {refs[ready[0]].name!r} failed on the "
+                                   f"cluster: {type(cause).__name__}: {str(cause)[:300]}") from None
+            except ray.exceptions.RayError as exc:
+                raise ClusterError(f"cluster {cluster!r}: study {refs[ready[0]].name!r} was lost: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}") from None
+            finish(refs[ready[0]], data)
     finally:
         if started:
             ray.shutdown()

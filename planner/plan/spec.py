@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 
-from planner.loading import (MODELS_DIR, PROFILES_DIR, SCENARIOS_DIR, SpecError, _resolve, read_yaml,
-                             scenario_from_dict, validate)
-from planner.specs import InferenceWorkload, Scenario, Spec
+from planner.loading import (MODELS_DIR, PROFILES_DIR, SCENARIOS_DIR, SpecError, _is_file, _resolve, _short,
+                             did_you_mean, read_yaml, scenario_from_dict, validate)
+from planner.specs import InferenceWorkload, Scenario, Spec, limits
 from planner.specs.model import DType
 from planner.specs.placement import Tier
 from planner.units import Count, Seconds
@@ -67,6 +68,26 @@ class SearchSpace(Spec):
     max_num_seqs: list[PositiveInt] | None = Field(default=None, min_length=1)
     max_batched_tokens: list[PositiveInt] | None = Field(default=None, min_length=1)
 
+    def candidate_count(self, base_layer_ids: list[int]) -> tuple[int, str]:
+        """An upper bound of the candidates this space holds (before axes that cannot matter are
+        collapsed), and how it is made up; computed without building any of them."""
+        n = lambda axis: len(axis) if axis else 1  # noqa: E731
+        sizes = n(self.engram_params or self.table_size_per_head or self.routed_experts_traded)
+        layer_sets = self.layer_ids or [base_layer_ids]
+        tiers = sum(self.tier_assignments(len(layers)) for layers in layer_sets)
+        inner = (n(self.cache_fraction) * n(self.host_cache_fraction) * n(self.prefetch) * n(self.max_num_seqs)
+                 * n(self.max_batched_tokens))
+        count = sizes * n(self.n_heads) * n(self.row_width) * n(self.dtype) * tiers * inner
+        detail = (f"{sizes} sizes x {n(self.n_heads) * n(self.row_width) * n(self.dtype)} table geometries x "
+                  f"{tiers} (layer set, tier) choices x {inner} cache/prefetch/batch settings")
+        return count, detail
+
+    def tier_assignments(self, n_tables: int) -> int:
+        """Tier choices for a layer set of ``n_tables`` tables."""
+        if self.tier is None:
+            return 1
+        return len(self.tier) ** n_tables if self.per_table_tiers else len(self.tier)
+
     @model_validator(mode="after")
     def _one_size_axis(self) -> "SearchSpace":
         given = [k for k in ("engram_params", "table_size_per_head", "routed_experts_traded")
@@ -87,7 +108,8 @@ class Percentiles(Spec):
 class Constraints(Spec):
     """Limits every recommendation meets in simulation. Memory capacity is always enforced."""
 
-    max_throughput_drop: float | None = Field(default=None, description="1 - throughput / no-Engram throughput")
+    max_throughput_drop: Fraction | None = Field(
+        default=None, description="1 - throughput / no-Engram throughput, a fraction (0.02 = 2%)")
     min_throughput: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="output tokens/s of the whole deployment")
     ttft: Percentiles | None = None
@@ -212,6 +234,11 @@ def plan_to_yaml(plan: PlanSpec) -> str:
 
 def expand_plan(plan: PlanSpec, where: str = "plan") -> list[Study]:
     """The studies of a plan in file order, grids expanded (deterministic order)."""
+    # Count before expanding: a grid of 9 axes x 10 values is a billion studies.
+    sizes = [" x ".join(str(len(v)) for v in entry.grid.values()) or "1" for entry in plan.studies]
+    limits.STUDIES.check(sum(math.prod(len(v) for v in e.grid.values()) for e in plan.studies),
+                         f"{where}: studies", "grid combinations: " + (" + ".join(sizes) if len(sizes) <= 6
+                                                                        else f"{len(sizes)} entries"))
     out: list[Study] = []
     for i, entry in enumerate(plan.studies):
         settings = _settings(plan.defaults, entry)
@@ -245,13 +272,13 @@ def _settings(defaults: StudySettings, entry: StudyEntry) -> StudySettings:
 def _absolute_ref(ref, base: Path, loc: tuple, where: str):
     if not isinstance(ref, str):
         return ref
-    if (base / ref).is_file():
+    if _is_file(base / ref):
         return str((base / ref).resolve())
-    if (SCENARIOS_DIR / f"{ref}.yaml").is_file():
+    if _is_file(SCENARIOS_DIR / f"{ref}.yaml"):
         return ref  # a bundled name: valid from any folder
-    names = ", ".join(sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml")))
-    raise SpecError(f"{where}: studies[{loc[1]}].scenario: {ref!r} is neither a file nor a bundled "
-                    f"scenario (bundled: {names})")
+    bundled = sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
+    raise SpecError(f"{where}: studies[{loc[1]}].scenario: {_short(ref, 80)} is neither a file nor a bundled "
+                    f"scenario{did_you_mean(ref, bundled)} (bundled: {', '.join(bundled)})")
 
 
 def _scenario_dict(ref, where: str, i: int) -> tuple[dict, Path]:
@@ -278,7 +305,11 @@ def _set_path(data: dict, dotted: str, value: Any, where: str, base_dir: Path) -
         if isinstance(child, str):
             raise SpecError(f"{where}: cannot set inside {part!r}, which is {child!r}")
         if not isinstance(child, dict):
-            raise SpecError(f"{where}: the scenario has no section {part!r} to set {dotted!r} in")
+            known = list(node) if isinstance(node, dict) else []
+            if node is data:
+                known += list(Scenario.model_fields)
+            raise SpecError(f"{where}: the scenario has no section {part!r} to set {dotted!r} in"
+                            f"{did_you_mean(part, known)}")
         node[part] = child = dict(child)
         node = child
     node[parts[-1]] = value
@@ -301,6 +332,18 @@ def _check_study(scenario: Scenario, search: SearchSpace, settings: StudySetting
             if layer >= model.n_layers:
                 raise SpecError(f"{where}.search.layer_ids[{j}]: layer {layer} is past the last block "
                                 f"(ids are 0-based, n_layers = {model.n_layers}) (got {layers})")
+    for j, layers in enumerate(search.layer_ids or [model.engram_layer_ids]):
+        if search.per_table_tiers and search.tier is not None:
+            limits.TIER_ASSIGNMENTS.check(search.tier_assignments(len(layers)),
+                                          f"{where}.search.per_table_tiers",
+                                          f"{len(search.tier)} tiers ^ {len(layers)} tables of layer set {layers}")
+    count, detail = search.candidate_count(model.engram_layer_ids)
+    limits.CANDIDATES.check(count, f"{where}.search", detail)
+    _check_row_ids(model, search, where)
+    w = scenario.workload
+    worst = w.model_copy(update={"max_num_seqs": min(search.max_num_seqs or [w.max_num_seqs]),
+                                 "max_batched_tokens": min(search.max_batched_tokens or [w.max_batched_tokens])})
+    limits.check_simulation(scenario.model_copy(update={"workload": worst}), f"{where}.scenario")
     if model.engram is None and search.layer_ids is None:
         raise SpecError(f"{where}.search.layer_ids: the base model has no Engram module, so the search "
                         "must list the layer sets to place it at, e.g. [[1], [1, 14]]")
@@ -318,6 +361,28 @@ def _check_study(scenario: Scenario, search: SearchSpace, settings: StudySetting
     if wants_cost and price is None:
         raise SpecError(f"{where}: a cost constraint or objective needs prices, but hardware "
                         f"{scenario.hardware.name!r} has no price section: add `price:` to the plan")
+
+
+def _check_row_ids(model, search: SearchSpace, where: str) -> None:
+    """Table sizes of the search whose fused tables would overflow 64-bit row ids (the model
+    built from them would be refused later, far from the value that caused it)."""
+    e = model.engram
+    orders = (e.max_ngram if e else 3) - 1
+    layer_counts = [len(x) for x in (search.layer_ids or [model.engram_layer_ids]) if x]
+    heads = search.n_heads or [e.n_heads if e else 8]
+    widths = search.row_width or [e.d_head if e else 80]
+    limit = limits.MAX_ROW_ID - limits.ROW_ID_SLACK
+    for j, value in enumerate(search.engram_params or []):
+        rows = value / (min(layer_counts or [1]) * min(widths))  # heads x orders x size per layer
+        if rows > limit:
+            raise SpecError(f"{where}.search.engram_params[{j}]: {value:.3g} parameters make about {rows:.3g} rows "
+                            f"per Engram layer, past what 64-bit row ids address ({limits.MAX_ROW_ID:.3g})")
+    for j, size in enumerate(search.table_size_per_head or []):
+        rows = max(heads) * orders * size
+        if rows > limit:
+            raise SpecError(f"{where}.search.table_size_per_head[{j}]: {size:.3g} rows per head x {max(heads)} heads "
+                            f"x {orders} orders = {rows:.3g} rows per Engram layer, past what 64-bit row ids "
+                            f"address ({limits.MAX_ROW_ID:.3g})")
 
 
 def _label(value: Any) -> str:

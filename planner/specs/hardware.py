@@ -193,6 +193,29 @@ class CurveFit(Spec):
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
         if self.form == "roofline" and not {"bytes", "tokens"} <= set(self.samples_aux):
             raise ValueError(f"curve {self.name!r}: a roofline curve needs samples_aux bytes and tokens")
+        # Scales of the forms (a ceiling, a size, a latency, a bandwidth, a fraction) are
+        # positive; a linear curve of seconds is never negative over its own samples.
+        positive = {"saturating": ("y_max", "x_half"), "linear": (), "piecewise": (),
+                    "two_regime": ("latency", "bw_small", "bw_large", "x_break"),
+                    "roofline": ("fixed_s", "flop_fraction", "byte_fraction")}[self.form]
+        if self.form == "piecewise":
+            positive = tuple(k for k in self.params if k.startswith("x"))
+        for key in positive:
+            if not self.params[key] > 0:
+                raise ValueError(f"curve {self.name!r}: params.{key} = {self.params[key]!r} must be > 0 "
+                                 f"(a damaged profile? re-run `engram-planner calibrate`)")
+        if self.form == "roofline" and not all(self.params[k] <= 1 for k in ("flop_fraction", "byte_fraction")):
+            raise ValueError(f"curve {self.name!r}: a roofline's fractions of the ceilings are at most 1, got "
+                             f"{self.params['flop_fraction']!r}, {self.params['byte_fraction']!r}")
+        if self.form == "piecewise" and any(not v >= 0 for k, v in self.params.items() if k.startswith("y")):
+            raise ValueError(f"curve {self.name!r}: a piecewise curve's values are >= 0 (a damaged profile?)")
+        if self.form == "linear":
+            for x in (min(self.samples_x), max(self.samples_x)):
+                y = self.params["intercept"] + self.params["slope"] * x
+                if not y >= 0:
+                    raise ValueError(f"curve {self.name!r}: intercept {self.params['intercept']!r} + slope "
+                                     f"{self.params['slope']!r} x {x:g} = {y:.3g} is negative at a sample "
+                                     f"(a damaged profile? re-run `engram-planner calibrate`)")
         return self
 
 
@@ -239,6 +262,10 @@ class CalibrationSpec(Spec):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CalibrationSpec":
+        for key, value in self.constants.items():
+            if value < 0:
+                raise ValueError(f"constants.{key} = {value!r} is negative: every constant is a "
+                                 "rate, a duration or a count (a damaged profile? re-run `engram-planner calibrate`)")
         names = [c.name for c in self.curves]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from planner.specs.base import Spec
+from planner.specs.limits import ENGRAM_TABLES, LAYERS, MAX_ROW_ID, ROW_ID_SLACK
 
 DType = Literal["fp32", "bf16", "fp16", "fp8"]
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -121,6 +122,10 @@ class EngramSpec(Spec):
         # One integer means "the same size for every order".
         if isinstance(data, dict) and isinstance(data.get("table_size_per_head"), int):
             orders = int(data.get("max_ngram", 3)) - 1 if str(data.get("max_ngram", 3)).isdigit() else 1
+            layers = len(data["layer_ids"]) if isinstance(data.get("layer_ids"), list) else 1
+            heads = data["n_heads"] if isinstance(data.get("n_heads"), int) else 1
+            ENGRAM_TABLES.check(layers * orders * heads, "", f"{layers} layers x {orders:,} orders (max_ngram - 1) "
+                                f"x {heads:,} heads")
             data = {**data, "table_size_per_head": [data["table_size_per_head"]] * max(orders, 1)}
         return data
 
@@ -133,6 +138,15 @@ class EngramSpec(Spec):
                 f"table_size_per_head has {len(self.table_size_per_head)} entries but "
                 f"max_ngram = {self.max_ngram} needs one per order 2..{self.max_ngram} "
                 f"({self.max_ngram - 1})"
+            )
+        ENGRAM_TABLES.check(len(self.layer_ids) * (self.max_ngram - 1) * self.n_heads, "",
+                            f"{len(self.layer_ids)} layers x {self.max_ngram - 1:,} orders x {self.n_heads:,} heads")
+        rows = self.n_heads * sum(self.table_size_per_head)
+        if rows > MAX_ROW_ID - ROW_ID_SLACK:
+            raise ValueError(
+                f"table_size_per_head = {_sizes_text(self.table_size_per_head)} with n_heads = {self.n_heads} "
+                f"makes a fused table of about {rows:.3g} rows per layer, past what 64-bit row ids "
+                f"address ({MAX_ROW_ID:.3g})"
             )
         if self.embed_dim_per_ngram % self.n_heads:
             raise ValueError(
@@ -160,6 +174,10 @@ class EngramSpec(Spec):
     def rows_per_token(self) -> int:
         """Table rows one token reads in one Engram layer."""
         return (self.max_ngram - 1) * self.n_heads
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    return "[" + ", ".join(f"{n:.3g}" if n >= 1e15 else str(n) for n in sizes) + "]"
 
 
 class ModelSpec(Spec):
@@ -194,6 +212,7 @@ class ModelSpec(Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
+        LAYERS.check(self.n_layers, "n_layers")
         att = self.attention
         if isinstance(att, GQAAttention) and att.head_dim is None and self.d_model % att.n_heads:
             raise ValueError(
