@@ -114,9 +114,11 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
                                                  kv_read=0.0 * pf)
     tokens = b + pf
     ops = _op_seconds(cost, model, shape)
+    device_tier = [l for l in model.engram_layer_ids if placement.tier_of(l) == "device"]
     compute = (ops["embed"] + ops["head"] + model.n_layers * ops["attn"] + _count(model, False) * ops["dense"]
-               + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"])
-    overhead = cost.step_overhead() + 0.0 * compute
+               + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"]
+               + len(device_tier) * ops["gather"])
+    overhead = cost.step_overhead(shape) + 0.0 * compute
     zero = np.zeros(np.shape(b))
     if not model.engram_layer_ids:
         return _result(overhead + compute, compute, zero, zero, tokens, hw, compute_bound(cost, shape, model), {},
@@ -139,7 +141,8 @@ def _op_seconds(cost: CostModel, model, shape: BatchShape) -> dict[str, Number]:
             "dense": cost.seconds(cost.ffn(_first(model, moe=False), shape)) if _count(model, moe=False) else 0.0,
             "moe": cost.seconds(cost.ffn(_first(model, moe=True), shape)) if _count(model, moe=True) else 0.0,
             "embed": cost.seconds(cost.embed(shape)), "head": cost.seconds(cost.head(shape)),
-            "engram": cost.seconds(cost.engram(shape)) if model.engram else 0.0}
+            "engram": cost.seconds(cost.engram(shape)) if model.engram else 0.0,
+            "gather": cost.seconds(cost.device_gather(shape)) if model.engram else 0.0}
 
 
 def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arrays: dict, overhead,
@@ -182,9 +185,10 @@ def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arra
     gather_end = copy_end = disk_end = hashing  # every pipeline starts after the step's hash
     for j, layer in enumerate(model.engram_layer_ids):
         layer_pos = arrays.get("layer_id", float(layer))
+        device_before = sum(l not in fetches for l in model.engram_layer_ids[:j])
         reach = (overhead + ops["embed"] + layer_pos * ops["attn"] + _dense_before(model, layer_pos) * ops["dense"]
                  + (layer_pos - _dense_before(model, layer_pos)) * ops["moe"] + j * ops["engram"]
-                 + exposed_total + stall_total)
+                 + device_before * ops["gather"] + exposed_total + stall_total)
         if layer not in fetches:  # device tier: its in-layer gather needs the worker's ids
             stall_total = stall_total + np.maximum(0.0, hashing - reach)
             continue

@@ -54,7 +54,7 @@ Number = Union[float, np.ndarray]
 
 # Kernels launched per op (forward). Counted from a typical eager implementation; CUDA graphs
 # (vLLM decode) hide most launch cost, which calibration captures as a smaller overhead.
-KERNELS = {"attention": 6, "ffn": 3, "moe": 10, "engram": 8, "embed": 1, "head": 2}
+KERNELS = {"attention": 6, "ffn": 3, "moe": 10, "engram": 8, "embed": 1, "head": 2, "gather": 2}
 
 
 # ----------------------------------------------------------------------------- work and shapes
@@ -258,6 +258,14 @@ class CostModel:
         )
         return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens)
 
+    def device_gather(self, b: BatchShape) -> Work:
+        """The in-layer gather of a device-tier Engram layer (the baseline's lookup): every
+        requested row read from the device table and written out, ``[B, T, K, D]``."""
+        e = self.model.engram
+        assert e is not None
+        nbytes = 2 * b.tokens * e.rows_per_token * self.row_bytes
+        return Work(0.0 * b.tokens, nbytes, KERNELS["gather"], "engram:gather", b.tokens)
+
     def embed(self, b: BatchShape) -> Work:
         """Input embedding: one row read per token and written to each of the ``hc_mult``
         hyper-connection branches."""
@@ -340,10 +348,11 @@ class CostModel:
         parallel over cores; compression included in the rate."""
         return self.eff.hash_s(tokens, self.hash_indices_per_token, cores)
 
-    def step_overhead(self) -> float:
-        """The engine's own seconds per step outside every op, hash and lookup (Python between
-        ops, the first block's cold caches): the profile's ``step:overhead``, else 0."""
-        return float(self.eff.step_overhead_s(self.model.n_layers))
+    def step_overhead(self, shape: BatchShape) -> Number:
+        """The engine's own seconds per step outside every op, hash and lookup (the Python
+        between ops, block 0's cold start, per-token work outside the ops): the profile's
+        ``step:overhead`` at the step's tokens, else 0."""
+        return self.eff.step_overhead_s(shape.tokens)
 
     def optimizer_bytes(self, rows: Number, optimizer: str = "adam") -> Number:
         """DRAM bytes of a sparse update of ``rows`` table rows: read the gradient, read and

@@ -129,11 +129,12 @@ class Efficiency:
         rate = self.hardware.host.hash_tokens_per_s_per_core * REFERENCE_HASH_INDICES / max(indices_per_token, 1e-9)
         return tokens / (cores * rate)
 
-    def step_overhead_s(self, n_layers: Number) -> Number:
-        """The serving engine's own host seconds per step (scheduling, the Python between
-        ops, the first block's cold start). None here (``host.engine_cores`` is reserved for
-        it and it is assumed to overlap the device)."""
-        return 0.0 * n_layers
+    def step_overhead_s(self, tokens: Number) -> Number:
+        """The serving engine's own seconds per step of ``tokens`` tokens outside every op and
+        lookup (scheduling, the Python between ops, block 0's cold start). None here
+        (``host.engine_cores`` is reserved for the engine's work and it is assumed to overlap
+        the device)."""
+        return 0.0 * np.asarray(tokens, float)
 
     def gather_rate(self, table_bytes: Number, row_bytes: Number, huge_pages: bool = False) -> Number:
         """Bytes/s one core copies random rows of a ``table_bytes`` table into staging, alone
@@ -180,8 +181,9 @@ class CalibratedEfficiency(Efficiency):
     * ``lookup:overhead``: a lookup's host seconds besides its gather, by requested rows.
     * ``hash:call`` (form ``linear``): the hash call's fixed seconds, and ``hash:tokens`` its
       tokens/s at large calls (32 indices a token).
-    * ``step:overhead`` (form ``linear`` in layers): the engine's per-step seconds not inside any
-      op, hash or lookup span.
+    * ``step:overhead`` (form ``linear`` in the step's tokens): the engine's per-step seconds not
+      inside any op, hash or lookup span (the Python between ops, block 0's cold start) and its
+      per-token work outside the ops (a prefill's fresh activation memory, KV-cache writes).
     """
 
     def __init__(self, hardware: HardwareSpec, dtype: str | None = None):
@@ -277,15 +279,19 @@ class CalibratedEfficiency(Efficiency):
         return np.maximum(fit(np.asarray(requested_rows, float)), 0.0)
 
     def hash_s(self, tokens: Number, indices_per_token: float, cores: Number) -> Number:
+        """The engine-timed ``hash:call`` line: its fixed seconds per call plus its seconds per
+        index hashed, that part split over ``cores``; without it, the datasheet rate."""
         call = self.curves.get("hash:call")
-        fixed = max(float(call.params["intercept"]), 0.0) if call is not None else 0.0
-        return fixed + super().hash_s(tokens, indices_per_token, cores)
+        if call is None:
+            return super().hash_s(tokens, indices_per_token, cores)
+        per_index = max(float(call.params["slope"]), 0.0)
+        return max(float(call.params["intercept"]), 0.0) + tokens * indices_per_token * per_index / cores
 
-    def step_overhead_s(self, n_layers: Number) -> Number:
+    def step_overhead_s(self, tokens: Number) -> Number:
         fit = self.curves.get("step:overhead")
         if fit is None:
-            return super().step_overhead_s(n_layers)
-        return np.maximum(fit(np.asarray(n_layers, float)), 0.0)
+            return super().step_overhead_s(tokens)
+        return np.maximum(fit(np.asarray(tokens, float)), 0.0)
 
     def _gather_curves(self, huge_pages: bool) -> tuple[Fit, Fit] | None:
         for suffix in (("+thp", "") if huge_pages else ("",)):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import re
+
 import yaml
 
 from planner.loading import MODELS_DIR, PROFILES_DIR
@@ -75,6 +77,9 @@ PLAN = {"s.yaml": scenario(), "p.yaml": plan()}
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
 CALIBRATED = (PROFILES_DIR / "calibrated-ci-cpu.yaml").read_text()
+# The committed profile's first y_max and its fp32 peak, as written (it is re-measured now and then).
+_Y_MAX = re.search(r"y_max: ([0-9.e+-]+)", CALIBRATED).group(1)
+_PEAK = re.search(r"peak_flops_fp32: ([0-9.e+-]+)", CALIBRATED).group(1)
 TWENTY_LAYERS = yaml.safe_load(model(n_layers=24, engram__layer_ids=list(range(20))))
 
 CASES = [
@@ -221,13 +226,13 @@ CASES = [
          ["cannot run as placed", "hardware.host.memory"],
          {"s.yaml": scenario(model="dense-8b-engram-100b", placement__tier="host")}),
     Case("calibrated-curve-nan", "nonsense", ["simulate", "s.yaml"], ["h.yaml", "calibration.curves[0].params.y_max", "finite"],
-         {"s.yaml": scenario(hardware="h.yaml"), "h.yaml": CALIBRATED.replace("y_max: 1.0006", "y_max: .nan", 1)}),
-    Case("calibrated-curve-negative", "nonsense", ["simulate", "s.yaml"], ["h.yaml", "params.y_max = -1.0006", "> 0"],
-         {"s.yaml": scenario(hardware="h.yaml"), "h.yaml": CALIBRATED.replace("y_max: 1.0006", "y_max: -1.0006", 1)}),
+         {"s.yaml": scenario(hardware="h.yaml"), "h.yaml": CALIBRATED.replace(f"y_max: {_Y_MAX}", "y_max: .nan", 1)}),
+    Case("calibrated-curve-negative", "nonsense", ["simulate", "s.yaml"], ["h.yaml", f"params.y_max = -{_Y_MAX}", "> 0"],
+         {"s.yaml": scenario(hardware="h.yaml"), "h.yaml": CALIBRATED.replace(f"y_max: {_Y_MAX}", f"y_max: -{_Y_MAX}", 1)}),
     Case("calibrated-constant-negative", "nonsense", ["simulate", "s.yaml"],
-         ["h.yaml", "calibration: constants.peak_flops_fp32 = -33524000000.0", "negative"],
+         ["h.yaml", f"calibration: constants.peak_flops_fp32 = -{float(_PEAK)}", "negative"],
          {"s.yaml": scenario(hardware="h.yaml"),
-          "h.yaml": CALIBRATED.replace("peak_flops_fp32: 33524000000.0", "peak_flops_fp32: -33524000000.0", 1)}),
+          "h.yaml": CALIBRATED.replace(f"peak_flops_fp32: {_PEAK}", f"peak_flops_fp32: -{_PEAK}", 1)}),
     Case("yaml-duplicate-key", "nonsense", ["simulate", "s.yaml"], ["s.yaml", "duplicate key 'tier'", "line"],
          {"s.yaml": scenario().replace("  tier: host\n", "  tier: host\n  tier: disk\n")}),
     Case("params-cache-fraction-nan", "nonsense", ["params", "tiny", "--tier", "host", "--cache-fraction", "nan"],

@@ -149,12 +149,14 @@ def _engine_samples():
         P, N, B = run["prompt_len"], run["output_len"], run["batch"]
         for k in range(N):
             phase, tokens, context = ("prefill", P, 0) if k == 0 else ("decode", 1, P + k - 1)
+            device = run["tier"] == "device"
             s = {"run": run["name"], "model": spec.name, "dtype": spec.dtype, "phase": phase, "batch": B,
-                 "tokens": tokens, "context": context, "n_layers": spec.n_layers,
+                 "tokens": tokens, "context": context, "n_layers": spec.n_layers, "tier": run["tier"],
                  "engram_layers": list(spec.engram_layer_ids), "spans": {}, "lookups": {}}
             shape = sample_shape(s)
             names = ["embed", "head"] + [f"{op}_L{i}" for i in range(spec.n_layers) for op in ("attn", "ffn")]
             names += [f"engram_L{i}" for i in spec.engram_layer_ids]
+            names += [f"gather_L{i}" for i in spec.engram_layer_ids] if device else []
             for name in names:
                 m = _BLOCK.match(name)
                 w = _work(cost, m.group(1), int(m.group(2)), shape) if m else _work(cost, name, None, shape)
@@ -163,11 +165,13 @@ def _engine_samples():
             row = engram_row_bytes(spec)
             for layer in spec.engram_layer_ids:
                 table = engram_table_bytes(spec)[layer]
-                s["spans"][f"wait_L{layer}"] = LOOKUP[0] + LOOKUP[1] * requested + requested * gather_row_s(table, row)
-                s["lookups"][str(layer)] = {"requested": requested, "fetched": requested}
+                s["spans"][f"wait_L{layer}"] = (s["spans"][f"gather_L{layer}"] if device else
+                                                LOOKUP[0] + LOOKUP[1] * requested + requested * gather_row_s(table, row))
+                s["lookups"][str(layer)] = {"requested": requested, "fetched": 0 if device else requested}
             indices = B * tokens * spec.engram.rows_per_token * len(spec.engram_layer_ids)
             s["spans"]["hash"] = HASH[0] + HASH[1] * indices
-            s["spans"]["step"] = sum(s["spans"].values()) + STEP_OVERHEAD
+            inside = {k: v for k, v in s["spans"].items() if not (device and k.startswith("gather_L"))}
+            s["spans"]["step"] = sum(inside.values()) + STEP_OVERHEAD
             out.append(s)
     return {"specs": specs, "steps": out}
 
@@ -263,7 +267,7 @@ def test_cost_model_reproduces_the_engine_spans(synthetic_profile):
         shape = sample_shape(s)
         for name, seconds in s["spans"].items():
             m = _BLOCK.match(name)
-            if m or name in ("embed", "head"):
+            if (m and (m.group(1) != "gather" or s["tier"] == "device")) or name in ("embed", "head"):
                 w = _work(truth, m.group(1), int(m.group(2)), shape) if m else _work(truth, name, None, shape)
                 assert float(cost.seconds(w)) == pytest.approx(seconds, rel=0.05), (s["run"], name)
         indices = s["batch"] * s["tokens"] * spec.engram.rows_per_token * len(spec.engram_layer_ids)

@@ -222,10 +222,11 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
 
     x, t = ef.step_residuals(samples, specs, ops_s)
     fit = ef.fit_positive_linear(x, t)
-    out.append(curve("step:overhead", fit, x, np.maximum(t, 1e-7), "layers", "seconds",
-                     "engine step span less its ops (as fitted), hash and lookups (as measured): the Python "
-                     "between spans and the first block's cold caches, per step"))
-    k["per_step_overhead_s"], k["per_layer_overhead_s"] = fit.params["intercept"], fit.params["slope"]
+    out.append(curve("step:overhead", fit, x, np.maximum(t, 1e-7), "tokens", "seconds",
+                     "engine step span less its ops (as fitted), hash and lookups (as measured), vs the step's "
+                     "tokens: the Python between spans and block 0's cold start (intercept), per-token work "
+                     "outside the ops (slope)"))
+    k["per_step_overhead_s"], k["per_token_overhead_s"] = fit.params["intercept"], fit.params["slope"]
     return out
 
 
@@ -283,9 +284,21 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
         + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base),
         calibration={"device": device, "quick": quick, "wall_s": wall_s, "fingerprint": _fp(fingerprint),
                      "curves": [c.model_dump(mode="json", exclude_none=True) for c in curves], "constants": k,
-                     "notes": _notes() + list(notes or []), "emulated_dtypes": emulated},
+                     "notes": _notes() + list(notes or []), "emulated_dtypes": emulated,
+                     "anchors": engine_anchors(results.get("engine"))},
     )
     return HardwareSpec.model_validate(data)
+
+
+def engine_anchors(engine: dict | None) -> dict[str, float]:
+    """Mean step seconds of each engine run (its steps' lower-quartile spans averaged): what
+    ``validate`` compares a re-measurement with (:func:`planner.validation.run.drift`)."""
+    if not engine:
+        return {}
+    by_run: dict[str, list[float]] = {}
+    for s in engine["steps"]:
+        by_run.setdefault(s["run"], []).append(s["spans"]["step"])
+    return {name: float(np.mean(v)) for name, v in by_run.items()}
 
 
 def _fp(fingerprint: dict) -> dict:

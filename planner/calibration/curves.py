@@ -21,7 +21,7 @@ OP_KINDS = ("attention:mla", "attention:gqa", "ffn:dense", "ffn:moe", "engram", 
 
 _X_LABELS = {"flops": "FLOP per op", "bytes": "bytes", "rows": "rows per batch",
              "tokens": "tokens per call", "layers": "layers", "table_bytes": "table bytes",
-             "indices": "indices per call"}
+             "indices": "indices per call", "seconds": "seconds"}
 _Y_LABELS = {"efficiency": "fraction of peak", "flop_per_s": "FLOP/s", "bytes_per_s": "bytes/s",
              "tokens_per_s": "tokens/s", "seconds": "seconds"}
 

@@ -15,9 +15,11 @@ predicts other shapes from the same physical terms:
 * ``lookup:overhead`` (``linear`` in requested rows): each ``wait_L`` span (prefetch off: the
   whole lookup) less its rows' gather at the calibrated table-gather rate (and, on CUDA, their
   copy): planning, de-duplication, assembly, the hand-off;
-* ``step:overhead`` (``linear`` in layers): the step's span less everything above as the fitted
-  curves predict it (ops) or as measured (hash, waits): the Python between spans, the first
-  block's cold start, the eviction of nothing (it runs before the span).
+* ``step:overhead`` (``linear`` in the step's tokens): the step's span less everything above as
+  the fitted curves predict it (ops) or as measured (hash, waits): the Python between spans and
+  block 0's cold start (the intercept; on the CI VM block 0's attention takes about 1.5x and its
+  FFN 1.2x what later blocks take) and per-token work outside the ops (the slope: a prefill
+  step's fresh activation memory faulted in, its KV-cache writes).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from planner.calibration.fit import Fit, fit_linear, fit_roofline, roofline_seco
 from planner.costmodel import BatchShape, CostModel
 from planner.specs import HardwareSpec, ModelSpec
 
-_BLOCK = re.compile(r"(attn|ffn|engram)_L(\d+)$")
+_BLOCK = re.compile(r"(attn|ffn|engram|gather)_L(\d+)$")
 _WAIT = re.compile(r"wait_L(\d+)$")
 
 
@@ -44,6 +46,8 @@ def sample_shape(s: dict) -> BatchShape:
 
 
 def _work(cost: CostModel, name: str, layer: int | None, shape: BatchShape):
+    if name == "gather":  # a device-tier layer's in-layer gather (host tiers' are lookup stages)
+        return cost.device_gather(shape)
     if name == "attn":
         return cost.attention(shape)
     if name == "ffn":
@@ -53,24 +57,30 @@ def _work(cost: CostModel, name: str, layer: int | None, shape: BatchShape):
     return getattr(cost, name)(shape)
 
 
+def op_spans(s: dict, cost: CostModel) -> list[tuple[object, float, int | None]]:
+    """``(work, seconds, layer)`` of every op span of one step sample: the blocks' attention,
+    FFN and Engram spans, ``embed``, ``head``, and a device-tier run's in-layer ``gather_L``
+    (a host tier's ``gather_L`` is a lookup stage inside its ``wait_L``, not an op)."""
+    shape = sample_shape(s)
+    out = []
+    for name, seconds in s["spans"].items():
+        m = _BLOCK.match(name)
+        if m and (m.group(1) != "gather" or s.get("tier") == "device"):
+            layer = int(m.group(2))
+            out.append((_work(cost, m.group(1), layer, shape), seconds, layer))
+        elif name in ("embed", "head"):
+            out.append((_work(cost, name, None, shape), seconds, None))
+    return out
+
+
 def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec) -> dict:
     """``{(kind, dtype): [(flops, bytes, tokens, seconds, n_blocks)]}``, one entry per step and
     kind: the mean over the step's blocks of that kind, block 0 left out."""
     groups: dict = defaultdict(list)
     for s in samples:
         spec = specs[s["model"]]
-        cost = CostModel(spec, counting)
-        shape = sample_shape(s)
         per_kind: dict = defaultdict(list)
-        for name, seconds in s["spans"].items():
-            m = _BLOCK.match(name)
-            if m:
-                layer = int(m.group(2))
-                work = _work(cost, m.group(1), layer, shape)
-            elif name in ("embed", "head"):
-                layer, work = None, _work(cost, name, None, shape)
-            else:
-                continue
+        for work, seconds, layer in op_spans(s, CostModel(spec, counting)):
             per_kind[work.kind].append((work, seconds, layer))
         for kind, entries in per_kind.items():
             # Block 0 runs cold (right after the hash and lookups): left out unless the kind
@@ -79,7 +89,8 @@ def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardw
             entries = later or entries
             w = entries[0][0]
             groups[(kind, spec.dtype)].append((float(w.flops), float(w.bytes), float(w.tokens),
-                                               float(np.mean([e[1] for e in entries])), len(entries)))
+                                               float(np.mean([e[1] for e in entries])), len(entries),
+                                               (s["run"], s["phase"])))
     return groups
 
 
@@ -89,25 +100,23 @@ def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardware
     out = {}
     for (kind, dtype), rows in sorted(op_samples(samples, specs, counting).items()):
         arr = np.array([r[:4] for r in rows])
+        # Each run's prefill and its decode steps weigh alike (a run has one prefill step and
+        # several decode steps; the prefill is the compute-bound end of the op).
+        groups = [r[5] for r in rows]
+        weights = np.array([1.0 / groups.count(g) for g in groups])
         peak = peaks.get(dtype, max(peaks.values()))
-        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, rows_fraction)
+        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, rows_fraction, weights)
         out[(kind, dtype)] = (fit, arr)
     return out
 
 
 def predicted_ops_s(s: dict, spec: ModelSpec, counting: HardwareSpec, ops: dict, peaks: dict[str, float],
-                    bandwidth: float, rows_fraction) -> float:
-    """The step's op seconds as the fitted rooflines price them (every block, block 0 too)."""
-    cost = CostModel(spec, counting)
-    shape = sample_shape(s)
+                    bandwidth: float, rows_fraction, layer: int | None = None) -> float:
+    """The step's op seconds as the fitted rooflines price them (every block, block 0 too;
+    ``layer``: that block's attention, FFN and Engram ops only)."""
     total = 0.0
-    for name in s["spans"]:
-        m = _BLOCK.match(name)
-        if m:
-            work = _work(cost, m.group(1), int(m.group(2)), shape)
-        elif name in ("embed", "head"):
-            work = _work(cost, name, None, shape)
-        else:
+    for work, _, at in op_spans(s, CostModel(spec, counting)):
+        if layer is not None and (at != layer or work.kind.startswith("engram:gather")):
             continue
         fit = ops.get((work.kind, spec.dtype))
         if fit is None:
@@ -144,6 +153,8 @@ def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s) ->
     ``fetch_s(spec, layer, fetched_rows)`` prices the gather (and copy) of the fetched rows."""
     x, t = [], []
     for s in samples:
+        if s.get("tier", "host") == "device":
+            continue  # no lookup: the in-layer gather is an op
         spec = specs[s["model"]]
         for name, seconds in s["spans"].items():
             m = _WAIT.match(name)
@@ -156,14 +167,18 @@ def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s) ->
 
 
 def step_residuals(samples: list[dict], specs: dict[str, ModelSpec], ops_s) -> tuple[np.ndarray, np.ndarray]:
-    """(layers, seconds) of each step not covered by its ops (as ``ops_s(sample, spec)``
-    prices them), its hash and its waits (as measured)."""
+    """(tokens in the step, seconds) of each step not covered by its ops (as ``ops_s(sample,
+    spec)`` prices them, block 0 at its steady-state cost), its hash and its waits (as
+    measured)."""
     x, t = [], []
     for s in samples:
         spec = specs[s["model"]]
         spans = s["spans"]
-        known = ops_s(s, spec) + spans.get("hash", 0.0) + sum(v for k, v in spans.items() if _WAIT.match(k))
-        x.append(spec.n_layers)
+        # A device-tier wait holds its in-layer gather (an op, priced above): its rest only.
+        gathers = sum(v for k, v in spans.items() if k.startswith("gather_L")) if s.get("tier") == "device" else 0.0
+        waits = sum(v for k, v in spans.items() if _WAIT.match(k))
+        known = ops_s(s, spec) + spans.get("hash", 0.0) + waits - gathers
+        x.append(s["batch"] * s["tokens"])
         t.append(spans["step"] - known)
     return np.array(x, float), np.array(t, float)
 

@@ -94,12 +94,14 @@ def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: floa
     return params["fixed_s"] + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"]))
 
 
-def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, rows_fraction=None) -> Fit:
-    """Least squares of ``log seconds`` (relative error) over the three ``roofline`` numbers,
-    each rate at most its ceiling (fractions in (1e-5, 1]) and the fixed cost in [1e-8, 1] s.
-    Several starts: the max() makes the objective piecewise smooth."""
+def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, rows_fraction=None,
+                 weights=None) -> Fit:
+    """Weighted least squares of ``log seconds`` (relative error) over the three ``roofline``
+    numbers, each rate at most its ceiling (fractions in (1e-5, 1]) and the fixed cost in
+    [1e-8, 1] s. Several starts: the max() makes the objective piecewise smooth."""
     flops, bytes_, seconds = (np.asarray(v, float) for v in (flops, bytes_, seconds))
     tokens = np.asarray(tokens, float)
+    w = np.sqrt(np.ones_like(seconds) if weights is None else np.asarray(weights, float))
     lt = np.log(seconds)
 
     def unpack(theta):
@@ -107,7 +109,7 @@ def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, 
                 "byte_fraction": float(np.exp(theta[2]))}
 
     def resid(theta):
-        return np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth, rows_fraction)) - lt
+        return w * (np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth, rows_fraction)) - lt)
 
     lower, upper = np.log([1e-8, 1e-5, 1e-5]), np.log([1.0, 1.0, 1.0])
     best = None

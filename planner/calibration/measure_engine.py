@@ -14,7 +14,9 @@ A calibration run is a fixed-length batched generation: ``batch`` sequences of r
 one prefill step of ``prompt_len`` positions, then ``output_len - 1`` decode steps, the Engram
 tables in host RAM (real tensors of the spec's shapes), lookups on demand (prefetch off, so the
 engine thread runs them inside the ``wait_L`` spans: hash, plan, gather, assembly all on the
-critical path and all timed). Repetitions of all runs are interleaved (as validation does) and
+critical path and all timed), token ids compressed by the bundled tokenizer's compressor as a
+deployment's are (ENGRAM.md 2.1); one run keeps its tables in device memory (the baseline's
+in-layer gather, its ``gather_L`` span on the compute track). Repetitions of all runs are interleaved (as validation does) and
 each step's spans keep the lower quartile over repetitions
 (:func:`planner.calibration.measure.lower_quartile`).
 
@@ -44,18 +46,21 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
     from contextlib import ExitStack
 
     from planner.accounting import engram_table_rows
+    from reference_model.compression import Compressor
     from reference_model.engine import Engine, default_evict_bytes
     from reference_model.instrument import SpanRecorder
     from reference_model.model import EngramModel
     from reference_model.prefetch import build_provider
+    from reference_model.tokenizer import load_tokenizer
 
-    placement = EngramPlacement(tier="host", prefetch=False, dedup=True)
+    compressor = Compressor(load_tokenizer())
     prepared = []
     with ExitStack() as stack, torch.no_grad():
         for i, run in enumerate(runs):
             spec = ModelSpec.model_validate(run["spec"])
+            placement = EngramPlacement(tier=run.get("tier", "host"), prefetch=False, dedup=True)
             torch.manual_seed(seed + i)
-            model = EngramModel(spec, materialize_tables=False, device=device).eval()
+            model = EngramModel(spec, compressor, materialize_tables=False, device=device).eval()
             g = torch.Generator().manual_seed(seed + i)
             tables = {layer: torch.empty(n, spec.engram.d_head).uniform_(-0.03, 0.03, generator=g)
                       for layer, n in engram_table_rows(spec).items()}
@@ -118,5 +123,6 @@ def _samples(run: dict, spec: ModelSpec, reps: list) -> list[dict]:
         phase, tokens, context = ("prefill", P, 0) if k == 0 else ("decode", 1, P + k - 1)
         out.append({"run": run["name"], "model": spec.name, "dtype": spec.dtype, "phase": phase, "batch": B,
                     "tokens": tokens, "context": context, "n_layers": spec.n_layers,
-                    "engram_layers": list(spec.engram_layer_ids), "spans": spans, "lookups": counts[k]})
+                    "engram_layers": list(spec.engram_layer_ids), "tier": run.get("tier", "host"),
+                    "spans": spans, "lookups": counts[k]})
     return out

@@ -27,7 +27,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 6
+MEASURE_VERSION = 7
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
@@ -140,7 +140,7 @@ def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
     # The reference model's ops, hashing, lookups and per-step engine cost, timed inside the
     # engine's own loop (measure_engine): backbones 1x-8x the tiny models' widths, so the
     # planner's questions fall between the shapes, not beyond them.
-    tasks.append(Task("engine", "measure_engine", {"runs": engine_runs(device, quick), "repeats": 5 if quick else 7,
+    tasks.append(Task("engine", "measure_engine", {"runs": engine_runs(device, quick), "repeats": 9,
                                                    "device": device}, module="measure_engine"))
     return tasks
 
@@ -173,14 +173,20 @@ def scaled_variant(spec: ModelSpec, factor: int, dtype: str | None = None) -> Mo
 
 
 
-def engine_spec(base: str, factor: int, n_layers: int, engram_layers: tuple[int, ...], dtype: str):
+def engine_spec(base: str, factor: int, n_layers: int, engram_layers: tuple[int, ...], dtype: str,
+                ffn_ratio: float | None = None):
     """A calibration backbone: bundled ``base`` with every width times ``factor``
-    (:func:`scaled_variant`), ``n_layers`` blocks, the
-    calibration Engram geometry at ``engram_layers``, computing in ``dtype``."""
+    (:func:`scaled_variant`), ``n_layers`` blocks, the calibration Engram geometry at
+    ``engram_layers``, computing in ``dtype``; ``ffn_ratio``: a dense FFN that many times
+    ``d_model`` wide (multiples of 16) instead of the base's ratio, so the fits see FFN bytes
+    vary apart from the width."""
     from planner.loading import load_model
 
     data = scaled_variant(load_model(base), factor, dtype).model_dump()
     data["name"] = f"{data['name'].split(' ')[0]} x{factor} L{n_layers} E{','.join(map(str, engram_layers))}"
+    if ffn_ratio is not None:
+        data["ffn"]["dense_width"] = int(round(ffn_ratio * data["d_model"] / 16)) * 16
+        data["name"] += f" F{data['ffn']['dense_width']}"
     data["n_layers"] = n_layers
     data["max_seq_len"] = 512
     data["engram"].update(CALIBRATION_ENGRAM, layer_ids=list(engram_layers))
@@ -193,15 +199,19 @@ def engine_runs(device: str, quick: bool) -> list[dict]:
     """The engine runs of a calibration (:mod:`planner.calibration.measure_engine`): each a
     backbone, a batch, a prompt and an output length. They span widths 64-512, decode batches
     2-16 (full: 1-32), prefill steps of 128-288 tokens and contexts up to 300, in the native
-    dtype of the device (fp32 on a CPU without bf16 units); the validation grid's backbones
-    differ from all of them (``tests/test_validation.py``)."""
+    dtype of the device (bf16 on CUDA, fp32 on a CPU), tables in host RAM (one run on the device
+    tier: the baseline's in-layer gather); the validation grid's backbones differ from all of
+    them (``tests/test_validation.py``)."""
     dtype = "bf16" if device == "cuda" else "fp32"
     gqa, mla = "tiny-gqa", "tiny"
-    plan = [  # (base, width factor, layers, Engram layers, batch, prompt, output)
+    plan = [  # (base, width factor, layers, Engram layers, batch, prompt, output[, tier[, FFN ratio]])
         (gqa, 2, 4, (1,), 16, 16, 8),
         (gqa, 4, 4, (1,), 4, 64, 8),
         (gqa, 4, 4, (1,), 12, 24, 8),
+        (gqa, 4, 4, (1,), 8, 40, 8, "host", 3.0),
+        (gqa, 4, 4, (1,), 6, 40, 8, "device"),  # the baseline's in-layer gather
         (gqa, 6, 5, (1, 3), 2, 144, 6),
+        (gqa, 6, 4, (1,), 6, 32, 6, "host", 3.0),
         (gqa, 8, 4, (2,), 6, 40, 6),
         (mla, 1, 4, (1, 2), 8, 24, 6),
         (mla, 2, 4, (1, 2), 4, 32, 6),
@@ -213,15 +223,26 @@ def engine_runs(device: str, quick: bool) -> list[dict]:
             (gqa, 4, 4, (0, 2), 32, 8, 6),
             (gqa, 5, 4, (1,), 3, 96, 8),
             (gqa, 8, 4, (1,), 2, 300, 6),
+            (gqa, 8, 4, (1,), 16, 24, 6, "device"),
             (mla, 3, 4, (1, 2), 6, 48, 6),
             (mla, 4, 4, (1, 2), 2, 128, 6),
         ]
     runs = []
-    for base, factor, layers, engram, batch, prompt, output in plan:
-        spec = engine_spec(base, factor, layers, engram, dtype)
-        runs.append({"name": f"{spec.name} B{batch} P{prompt}", "spec": spec.model_dump(mode="json"),
-                     "batch": batch, "prompt_len": prompt, "output_len": output})
+    for base, factor, layers, engram, batch, prompt, output, *rest in plan:
+        tier, ratio = (list(rest) + ["host", None][len(rest):])[:2]
+        spec = engine_spec(base, factor, layers, engram, dtype, ratio)
+        runs.append({"name": f"{spec.name} B{batch} P{prompt}" + ("" if tier == "host" else f" {tier}"),
+                     "spec": spec.model_dump(mode="json"), "batch": batch, "prompt_len": prompt,
+                     "output_len": output, "tier": tier})
     return runs
+
+
+def anchor_runs(device: str) -> list[dict]:
+    """Two engine runs of every calibration (quick and full) that ``validate`` times again, before
+    and after its grid, to measure the machine's drift since calibration: the 256-wide backbone
+    at batch 12 and the 384-wide one at batch 2 with a 144-token prompt."""
+    runs = {r["name"]: r for r in engine_runs(device, quick=True)}
+    return [runs["Tiny-GQA x4 L4 E1 B12 P24"], runs["Tiny-GQA x6 L5 E1,3 B2 P144"]]
 
 
 def run_task(task: Task, fingerprint: dict, cache_dir: Path | None, workdir: Path) -> tuple[object, bool]:

@@ -223,8 +223,8 @@ def format_report(r: dict) -> str:
     lines.append(f"hashing: {format_si(k['hash_tokens_per_s_per_core'], 'tokens/s')} per core "
                  f"({k['hash_indices_per_token']:.0f} indices a token)")
     lines.append(f"engine (timed in its own loop): hash call {format_seconds(k.get('hash_call_s', 0.0))}, per step "
-                 f"{format_seconds(k.get('per_step_overhead_s', 0.0))} + {format_seconds(k.get('per_layer_overhead_s', 0.0))}"
-                 f" per layer outside ops and lookups; dispatch {format_seconds(k['launch_s'])}")
+                 f"{format_seconds(k.get('per_step_overhead_s', 0.0))} + {format_seconds(k.get('per_token_overhead_s', 0.0))}"
+                 f" per token outside ops and lookups; dispatch {format_seconds(k['launch_s'])}")
     fp = r["fingerprint"]
     lines.append(f"fingerprint: {fp['cpu']}, {fp.get('gpu', 'no GPU')}, torch {fp['torch']}, "
                  f"{fp['threads']} threads, {fp['date']}")

@@ -1,6 +1,7 @@
 """The device compute stream: one step's ops, block by block, waiting for Engram rows.
 
-A forward pass is ``embed``, then per block ``engram_L{i}`` (Engram blocks only), ``attn_L{i}``,
+A forward pass is ``embed``, then per block ``gather_L{i}`` (device-tier Engram blocks: the
+baseline's in-layer lookup), ``engram_L{i}`` (Engram blocks only), ``attn_L{i}``,
 ``ffn_L{i}``, then ``head`` (span names of :mod:`planner.trace`). The stream runs them back to
 back; before an offloaded Engram block it waits until that layer's rows are on the device
 (``wait_L{i}``: the exposed lookup time). With prefetch the fetch was started when the step's
@@ -32,7 +33,7 @@ from planner.specs import EngramPlacement, ModelSpec
 @dataclass(frozen=True)
 class Op:
     name: str
-    kind: str  # attention | ffn_dense | ffn_moe | engram | embed | head
+    kind: str  # attention | ffn_dense | ffn_moe | engram | gather (device tier) | embed | head
     layer: int | None
     seconds: float
     bound: str  # compute | hbm | launch (roofline term that dominates)
@@ -62,6 +63,7 @@ class ComputeStream:
                 works[key] = c.ffn(i, shape)
         if self.engram_layers:
             works["engram"] = c.engram(shape)
+            works["gather"] = c.device_gather(shape)
         scaled = {k: w.scaled(factor) for k, w in works.items()}
         secs = {k: float(c.seconds(w)) for k, w in scaled.items()}
         bounds = {k: c.bound(w) for k, w in scaled.items()}
@@ -75,7 +77,11 @@ class ComputeStream:
 
         blocks = []
         for i in range(m.n_layers):
-            block = [op(f"engram_L{i}", "engram", i)] if i in self.engram_layers else []
+            block = []
+            if i in self.engram_layers and i not in self.offloaded:
+                block.append(op(f"gather_L{i}", "gather", i))  # the baseline's in-layer lookup
+            if i in self.engram_layers:
+                block.append(op(f"engram_L{i}", "engram", i))
             block.append(op(f"attn_L{i}", "attention", i))
             block.append(op(f"ffn_L{i}", "ffn_moe" if m.is_moe_layer(i) else "ffn_dense", i))
             blocks.append(block)
@@ -106,7 +112,7 @@ class ComputeStream:
                 stall = yield from self._wait_rows(op.layer, tokens, ready)
                 stalled += stall
                 clock = env.now
-            elif wait_rows and op.kind == "engram" and hashing is not None and not hashing.process.processed:
+            elif wait_rows and op.kind == "gather" and hashing is not None and not hashing.process.processed:
                 if pending:
                     yield env.timeout(pending)
                     pending = 0.0

@@ -54,7 +54,7 @@ class Replica:
             shape = BatchShape(tokens=plan.tokens, seqs=plan.seqs, attn_pairs=plan.attn_pairs, kv_read=plan.kv_read,
                                decode_tokens=plan.decode_tokens, decode_pairs=plan.decode_pairs)
             start = env.now
-            ready = yield from self.host_work(plan.tokens)
+            ready = yield from self.host_work(plan.tokens, shape)
             stall = yield from self.stream.run(self.stream.ops(shape), plan.tokens, ready)
             finish_step(plan, env.now, running)
             dur = env.now - start
@@ -63,20 +63,20 @@ class Replica:
             self.rec.span("step", f"dev{self.index} engine", start, dur, tokens=plan.tokens,
                           decode_tokens=plan.decode_tokens, seqs=plan.seqs)
 
-    def host_work(self, tokens: int):
+    def host_work(self, tokens: int, shape: BatchShape):
         """The step's host work before the forward (see the module docstring); returns the
         prefetch handles (None on demand)."""
         return (yield from engine_host_work(self.env, self.stream, self.fetcher, self.rec, self.index, tokens,
-                                            self.prefetch))
+                                            self.prefetch, shape))
 
 
 def engine_host_work(env, stream: ComputeStream, fetcher: Fetcher | None, rec: Recorder, index: int, tokens: int,
-                     prefetch: bool):
+                     prefetch: bool, shape: BatchShape):
     """Per-step engine host work (inference and training share it): the overhead, then the hash
     and the prefetch launch as :mod:`planner.stages` places them. Returns the handles."""
     track = f"dev{index} engine"
     start = env.now
-    overhead = stream.cost.step_overhead()
+    overhead = float(stream.cost.step_overhead(shape))
     if overhead > 0:
         yield env.timeout(overhead)
         rec.span("overhead", track, start, overhead)

@@ -153,7 +153,7 @@ class CurveFit(Spec):
     name: str
     description: str = ""
     form: Literal["saturating", "linear", "two_regime", "piecewise", "roofline"]
-    x: Literal["flops", "bytes", "rows", "tokens", "layers", "table_bytes", "indices"] = Field(
+    x: Literal["flops", "bytes", "rows", "tokens", "layers", "table_bytes", "indices", "seconds"] = Field(
         description="what x counts")
     y: Literal["efficiency", "flop_per_s", "bytes_per_s", "tokens_per_s", "seconds"] = Field(
         description="what y measures; efficiency is a fraction of the profile's own peak"
@@ -253,6 +253,10 @@ class CalibrationSpec(Spec):
         default_factory=dict, description="scalar results in SI units, e.g. per_layer_overhead_s"
     )
     notes: list[str] = Field(default_factory=list)
+    anchors: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="mean step seconds of each engine run calibration timed (by run name): `validate` times two "
+        "of them again to measure how much faster or slower the machine runs now")
     emulated_dtypes: list[DType] = Field(
         default_factory=list,
         description="dtypes the device has no native units for (e.g. bf16 on a CPU without "

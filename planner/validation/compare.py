@@ -124,8 +124,8 @@ def step_shares(sim: SimMetrics, scenario: Scenario, quant: dict) -> dict[str, f
             curve = _op_curve("engram", dtype, quant)
         elif name in ("embed", "head"):
             curve = _hc(name, quant, dtype)
-        elif name.startswith("gather_L"):
-            curve = lookup
+        elif name.startswith("gather_L"):  # a device tier's in-layer gather is an op
+            curve = _op_curve("engram:gather", dtype, quant) if s.track.endswith("compute") else lookup
         elif name == "hash":
             curve = "hash:call" if "hash:call" in quant else None
         elif name == "overhead":
@@ -183,6 +183,19 @@ class RunResult:
         errors = {m: self.error(m) for m in METRICS}
         return {"name": self.name, "config": self.config, "regime": self.regime, "measured": self.measured,
                 "predicted": self.predicted, "band": self.band, "error": errors}
+
+
+def controlled(results: list[RunResult], ratio: float | None) -> dict[str, float | None] | None:
+    """Step-time errors with every prediction scaled by the machine's drift (``ratio``): the
+    model's transfer from calibration's shapes to the grid's, the machine's change of speed
+    since calibration taken out. ``median_abs_error``, ``p90_abs_error``, ``runs``; None
+    without a drift measurement."""
+    if ratio is None:
+        return None
+    errs = [abs(relative_error(r.predicted["step_time_s"] * ratio, r.measured["step_time_s"]))
+            for r in results if r.measured["step_time_s"] > 0]
+    return {"median_abs_error": float(np.median(errs)) if errs else None,
+            "p90_abs_error": float(np.percentile(errs, 90)) if errs else None, "runs": len(errs)}
 
 
 def summarise(results: list[RunResult]) -> dict[str, dict[str, float | None]]:

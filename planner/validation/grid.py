@@ -203,6 +203,23 @@ def grid(quick: bool, device: str = "cpu") -> list[RunConfig]:
     return [c.for_device(device) for c in (quick_grid() if quick else full_grid())]
 
 
+def anchor_config(run: dict) -> RunConfig:
+    """One of calibration's engine runs (:func:`planner.calibration.tasks.anchor_runs`) as a
+    validation run: the same backbone, Engram geometry, batch, prompt and output length, tier
+    and placement, measured by the validation runner interleaved with the grid."""
+    from planner.calibration.tasks import CALIBRATION_ENGRAM
+
+    spec = run["spec"]
+    base = "tiny" if spec["attention"]["kind"] == "mla" else "tiny-gqa"
+    return RunConfig(f"anchor: {run['name']}", base=base, d_model=spec["d_model"],
+                     ffn_width=spec["ffn"]["dense_width"], n_layers=spec["n_layers"],
+                     engram_layers=tuple(spec["engram"]["layer_ids"]),
+                     table_size_per_head=CALIBRATION_ENGRAM["table_size_per_head"][0],
+                     engram_heads=CALIBRATION_ENGRAM["n_heads"], engram_dim=CALIBRATION_ENGRAM["embed_dim_per_ngram"],
+                     batch=run["batch"], prompt_len=run["prompt_len"], output_len=run["output_len"],
+                     tier=run.get("tier", "host"), dtype=spec["dtype"])
+
+
 # ----------------------------------------------------------------------------- disjointness
 
 

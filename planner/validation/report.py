@@ -99,6 +99,13 @@ def format_text(data: dict) -> str:
         verdict += " (foreign profile: not a test of the model)"
     lines.append(f"{verdict}: median |step-time error| {step:.1%} vs threshold {data['threshold']:.0%} "
                  f"({len(data['runs'])} runs, {data['wall_s']:.0f} s)")
+    d = data.get("drift") or {}
+    c = d.get("controlled")
+    if d.get("ratio") is not None and c and c["median_abs_error"] is not None:
+        lines.append(f"machine drift: two of calibration's own engine runs, timed again interleaved with the grid, "
+                     f"took {d['ratio']:.2f}x their calibrated time; step-time error with predictions scaled by that: median "
+                     f"{c['median_abs_error']:.1%}, p90 {c['p90_abs_error']:.1%} (the model's transfer to unseen "
+                     "shapes; the figures above include the machine's change of speed since calibration)")
     ms = data.get("machine_state")
     if ms:
         lines.append(f"machine: GEMM speed vs profile {ms['speed_before']:.0%} before, {ms['speed_after']:.0%} after; "

@@ -46,7 +46,7 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     t0 = time.perf_counter()
     configs = [c.for_device(device) for c in configs] if configs is not None else grid.grid(quick, device)
     threads = hw.calibration.fingerprint.threads if hw.calibration is not None else None
-    repeats = repeats or (5 if quick else 7)
+    repeats = repeats or 9
     notes = [f"mismatch with the profile's calibration: {m}" for m in fingerprint_mismatches(hw)]
     here = same_machine(hw)
     if hw.calibration is None:
@@ -64,11 +64,17 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     load = {"loadavg_before": os.getloadavg()[0], "speed_before": speed_probe(device, threads, gemm_dtype) / expected}
     runner = Runner(work_dir, device=device, threads=threads, repeats=repeats, host_mode=host_mode)
     results, out = [], Validation({}, trace_run)
+    anchors = anchor_configs(hw, device)
     try:
-        for cfg in configs:
+        for cfg in configs + list(anchors):
             runner.bundle(cfg)  # hash the corpus, write n-gram curves, fill tables: before timing
-        measured = runner.measure_all(configs, progress=(lambda r: progress(
-            f"repetition {r}/{repeats}{' (warm-up)' if r == 0 else ''} of {len(configs)} runs done")) if progress else None)
+        # The anchors are interleaved with the grid: they sample the same moments of the machine.
+        measured = runner.measure_all(configs + list(anchors), progress=(lambda r: progress(
+            f"repetition {r}/{repeats}{' (warm-up)' if r == 0 else ''} of {len(configs)} runs"
+            f" (+ {len(anchors)} drift anchors) done")) if progress else None)
+        drift_runs = {anchors[cfg]: m.metrics["step_time_s"] for cfg, m in zip(configs + list(anchors), measured)
+                      if cfg in anchors}
+        measured = measured[:len(configs)]
         for cfg, m in zip(configs, measured):
             scen = grid.scenario(cfg, hw, str(runner.bundle(cfg).stats_path), host_mode)
             with warnings.catch_warnings():
@@ -89,6 +95,8 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
     finally:
         runner.close()
     summary = compare.summarise(results)
+    drifted = drift(hw, [drift_runs])
+    ratio = drifted["ratio"] if drifted else None
     regimes = compare.by_regime(results)
     origin = profile_origin(hw, here, load)
     if origin["foreign"]:
@@ -99,8 +107,38 @@ def validate(hw: HardwareSpec, profile: str, work_dir: str | Path, *, quick: boo
         notes=notes + _load_notes(load),
         extra={"code": _code_version(), "machine_state": load, "profile_origin": origin, "device": device,
                "host_mode": host_mode,
+               "drift": {**(drifted or {"ratio": None}), "controlled": compare.controlled(results, ratio)},
                "quick": quick, "repeats": repeats, "trace_run": trace_run, "band_quantile": compare.BAND_QUANTILE})
     return out
+
+
+def anchor_configs(hw: HardwareSpec, device: str) -> dict:
+    """``{RunConfig: calibration run name}`` of the anchor runs the profile recorded
+    (``calibration.anchors``; :func:`planner.calibration.tasks.anchor_runs`); {} without."""
+    if hw.calibration is None or not hw.calibration.anchors:
+        return {}
+    from planner.calibration.tasks import anchor_runs
+
+    return {grid.anchor_config(r): r["name"] for r in anchor_runs(device) if r["name"] in hw.calibration.anchors}
+
+
+def drift(hw: HardwareSpec, measured: list[dict[str, float]]) -> dict | None:
+    """How much slower (> 1) or faster the machine runs now than when ``hw`` was calibrated:
+    the median over the anchor runs (calibration's own runs, timed again interleaved with the
+    grid) of their mean step time now / at calibration. ``{"ratio", "runs": {name: [now /
+    then, ...]}}``; None without anchors."""
+    recorded = hw.calibration.anchors if hw.calibration is not None else {}
+    ratios: dict[str, list[float]] = {}
+    for m in measured:
+        for name, seconds in m.items():
+            if recorded.get(name):
+                ratios.setdefault(name, []).append(seconds / recorded[name])
+    values = [v for vs in ratios.values() for v in vs]
+    if not values:
+        return None
+    import numpy as np
+
+    return {"ratio": float(np.median(values)), "runs": ratios}
 
 
 SPEED_TOLERANCE = 0.15  # a GEMM probe this far from the profile's speed: another machine's numbers
