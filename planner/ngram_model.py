@@ -219,9 +219,16 @@ class NgramStats(NgramTraffic):
         if not path.is_file():
             raise ValueError(f"ngram_stats: no such file {str(path)!r}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"ngram_stats {path}: not valid JSON: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"ngram_stats {path}: not a UTF-8 text file (byte {exc.object[exc.start]:#04x} at "
+                             f"offset {exc.start})") from None
+        except OSError as exc:
+            raise ValueError(f"ngram_stats {path}: cannot be read ({exc.strerror})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"ngram_stats {path}: expected a JSON object, got {type(data).__name__}")
         return NgramStats.from_dict(data, where=f"ngram_stats {path}")
 
     def to_dict(self) -> dict:

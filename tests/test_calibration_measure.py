@@ -98,3 +98,16 @@ def test_calibrate_refuses_cuda_without_a_gpu(tmp_path, capsys):
         pytest.skip("a GPU is present")
     assert main(["calibrate", "--device", "cuda", "--out", str(tmp_path / "x.yaml")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_entry_is_named_and_measured_again(tmp_path):
+    from planner.calibration.tasks import CorruptCacheWarning, run_task
+
+    task = Task("launch", "measure_launch", {"device": "cpu", "repeats": 2})
+    fp = {"cpu": "x", "threads": 1}
+    path = tmp_path / f"{task.key(fp)}.json"
+    path.write_text('{"result": ')  # truncated
+    with pytest.warns(CorruptCacheWarning, match=str(path)):
+        value, cached = run_task(task, fp, tmp_path, tmp_path)
+    assert not cached and value > 0
+    assert run_task(task, fp, tmp_path, tmp_path) == (value, True)  # rewritten whole

@@ -32,6 +32,10 @@ MEASURE_VERSION = 7
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
 
+class CorruptCacheWarning(UserWarning):
+    """A cached raw measurement could not be read: it is measured again and overwritten."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One measurement: ``module.function(**kwargs)`` returning JSON-able values."""
@@ -251,8 +255,11 @@ def run_task(task: Task, fingerprint: dict, cache_dir: Path | None, workdir: Pat
     if path is not None and path.is_file():
         try:
             return json.loads(path.read_text())["result"], True
-        except (OSError, ValueError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            import warnings
+
+            warnings.warn(f"{path}: damaged calibration cache entry for {task.name} ({type(exc).__name__}: "
+                          f"{str(exc)[:80]}); measuring it again", CorruptCacheWarning, stacklevel=2)
     result = task.run(workdir)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

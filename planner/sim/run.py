@@ -31,8 +31,12 @@ from planner.sim.training import Trainer
 from planner.specs import InferenceWorkload, ModelSpec, Scenario, length_bounds
 
 
-def check_runnable(scenario: Scenario) -> None:
-    """Inputs that are valid specs but cannot make progress: explain instead of hanging."""
+def check_runnable(scenario: Scenario, trace: bool = False) -> None:
+    """Inputs that are valid specs but cannot make progress, or whose simulation is past the
+    work limits (``planner.specs.limits``): explain instead of hanging."""
+    from planner.specs.limits import check_simulation
+
+    check_simulation(scenario, trace=trace)
     w = scenario.workload
     if isinstance(w, InferenceWorkload) and not w.chunked_prefill:
         longest = length_bounds(w.prompt_len)[1]
@@ -57,7 +61,7 @@ def traffic_for(scenario: Scenario, model: ModelSpec, base_dir: str | Path | Non
 def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_dir=None,
              efficiency: Efficiency | None = None) -> SimMetrics:
     """One simulation of ``scenario`` with ``model`` (the scenario's, or its baseline)."""
-    check_runnable(scenario)
+    check_runnable(scenario, trace)
     hw, placement, w = scenario.hardware, scenario.placement, scenario.workload
     env = simpy.Environment()
     cost = CostModel(model, hw, efficiency)
