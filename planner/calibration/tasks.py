@@ -241,12 +241,19 @@ def engine_runs(device: str, quick: bool) -> list[dict]:
     return runs
 
 
+ANCHORS = ("Tiny-GQA x4 L4 E1 B12 P24", "Tiny-GQA x4 L4 E1 B4 P64", "Tiny-GQA x4 L4 E1 F768 B8 P40",
+           "Tiny-GQA x6 L5 E1,3 B2 P144")
+
+
 def anchor_runs(device: str) -> list[dict]:
-    """Two engine runs of every calibration (quick and full) that ``validate`` times again, before
-    and after its grid, to measure the machine's drift since calibration: the 256-wide backbone
-    at batch 12 and the 384-wide one at batch 2 with a 144-token prompt."""
+    """Four engine runs of every calibration (quick and full) that ``validate`` replays,
+    interleaved with its grid, to measure the machine's drift since calibration: three
+    decode-heavy runs of the 256-wide backbone (batches 4, 8 and 12, like most of the grid) and
+    the prefill-heavy 384-wide one (batch 2, a 144-token prompt). The machine does not slow
+    every op alike (memory-bound decode steps more than compute-bound prefills under a busy
+    neighbour), so the anchors sample both."""
     runs = {r["name"]: r for r in engine_runs(device, quick=True)}
-    return [runs["Tiny-GQA x4 L4 E1 B12 P24"], runs["Tiny-GQA x6 L5 E1,3 B2 P144"]]
+    return [runs[name] for name in ANCHORS]
 
 
 def run_task(task: Task, fingerprint: dict, cache_dir: Path | None, workdir: Path) -> tuple[object, bool]:

@@ -30,11 +30,27 @@ DEFAULT_ENGRAM = {"max_ngram": 3, "n_heads": 8, "embed_dim_per_ngram": 640, "dty
 
 
 @dataclass(frozen=True)
+class SizeAxes:
+    """The axis values that built one model of the grid. ``size_axis``: the search's size axis
+    (``engram_params``, ``table_size_per_head`` or ``routed_experts_traded``) and
+    ``size_value`` its value; ``table_size_per_head`` the rows a head got from it."""
+
+    size_axis: str
+    size_value: float
+    table_size_per_head: int
+    layer_ids: tuple[int, ...]
+    n_heads: int
+    row_width: int
+    dtype: str
+    routed_experts_traded: int
+
+
+@dataclass(frozen=True)
 class ModelChoice:
     """One distinct model of the grid and the axis values that built it."""
 
     model: ModelSpec
-    axes: dict  # engram_params_target, table_size_per_head, layer_ids, n_heads, row_width, dtype, traded
+    axes: SizeAxes
 
 
 @dataclass(frozen=True)
@@ -101,9 +117,7 @@ def model_choices(study: Study) -> list[ModelChoice]:
         else:
             size = value
         model = _build(base, {**engram, "table_size_per_head": [size] * orders}, ffn)
-        out.append(ModelChoice(model, {
-            "size_axis": kind, "size_value": value, "table_size_per_head": size, "layer_ids": list(layers),
-            "n_heads": h, "row_width": width, "dtype": dtype, "routed_experts_traded": traded}))
+        out.append(ModelChoice(model, SizeAxes(kind, value, size, tuple(layers), h, width, dtype, traded)))
     return out
 
 

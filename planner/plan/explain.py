@@ -97,12 +97,13 @@ def next_up_text(row: dict | None, failing: list[tuple[Limit, float]], source: s
 # ----------------------------------------------------------------------------- infeasible
 
 
-def infeasible(table: dict[str, np.ndarray], fails: dict[str, np.ndarray], lims: list[Limit], rows, study,
+def infeasible(table, fails: dict[str, np.ndarray], lims: list[Limit], rows, study,
                unknown: np.ndarray) -> tuple[list[str], list[str], int]:
-    """Reasons, suggestions and the index of the closest candidate. ``fails[name]`` is a boolean
-    array per limit; violations are summed relative margins; ``unknown`` candidates (passed the
-    screen, never simulated) cannot be the closest."""
-    n = len(next(iter(table.values())))
+    """Reasons, suggestions and the index of the closest candidate of ``table`` (a
+    :class:`planner.plan.screen.ScreenTable`). ``fails[name]`` is a boolean array per limit;
+    violations are summed relative margins; ``unknown`` candidates (passed the screen, never
+    simulated) cannot be the closest."""
+    n = len(table)
     total = np.zeros(n)
     for l in lims:
         total += np.where(fails[l.name], np.minimum(-l.margin(table[l.metric]), 1e6), 0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def objectives(table: dict, idx: np.ndarray) -> np.ndarray:
+def objectives(table, idx: np.ndarray) -> np.ndarray:
     """Rows = candidates in ``idx``, columns = minimised objectives."""
     loss = np.asarray(table["relative_loss"], float)[idx]
     quality = loss if np.isfinite(loss).all() else -np.asarray(table["memory_slots"], float)[idx]
@@ -21,7 +21,7 @@ def objectives(table: dict, idx: np.ndarray) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def pareto_front(table: dict, idx: np.ndarray) -> list[int]:
+def pareto_front(table, idx: np.ndarray) -> list[int]:
     """Non-dominated members of ``idx``, in the order of ``idx`` (duplicates keep the first)."""
     idx = np.asarray(idx, int)
     if idx.size == 0:

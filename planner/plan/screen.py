@@ -21,9 +21,11 @@ Memory (docs/planner.md, "Memory tiers"), from :func:`planner.accounting.tier_fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
-from planner.accounting import kv_cache_bytes_per_token, param_counts, tier_footprint
+from planner.accounting import engram_table_bytes, kv_cache_bytes_per_token, param_counts, tier_footprint
 from planner.analytic import _mean_len, estimate_run_arrays
 from planner.plan.candidates import Group
 from planner.plan.spec import Study
@@ -78,6 +80,67 @@ def run_arrays(scenario: Scenario, max_num_seqs, max_batched_tokens, **overrides
     return out
 
 
+@dataclass(frozen=True)
+class ScreenTable:
+    """Every screened candidate of a study, one aligned array per metric (bytes, seconds,
+    tokens/s, USD, fractions; ``bound`` is text). A typed table: limits and objectives name
+    their metric (``column(name)``, ``table[name]``) and a name that is not a field is an
+    error, not a silent new column. Arrays may be written in place (the verifier replaces
+    screened values with simulated ones)."""
+
+    device_bytes: np.ndarray
+    device_engram_bytes: np.ndarray
+    weight_bytes: np.ndarray
+    kv_cache_bytes: np.ndarray
+    host_bytes: np.ndarray
+    disk_bytes: np.ndarray
+    table_bytes: np.ndarray
+    duration_s: np.ndarray
+    throughput_output_tokens_per_s: np.ndarray
+    decode_step_s: np.ndarray
+    exposed_decode_s: np.ndarray
+    stall_fraction: np.ndarray
+    first_layer_exposed_s: np.ndarray
+    bound: np.ndarray
+    ttft_p50_s: np.ndarray
+    ttft_p90_s: np.ndarray
+    ttft_p99_s: np.ndarray
+    tpot_p50_s: np.ndarray
+    tpot_p90_s: np.ndarray
+    tpot_p99_s: np.ndarray
+    baseline_throughput_output_tokens_per_s: np.ndarray
+    throughput_drop: np.ndarray
+    engram_params: np.ndarray
+    total_params: np.ndarray
+    memory_slots: np.ndarray
+    relative_loss: np.ndarray
+    cost_per_hour_usd: np.ndarray
+    usd_per_million_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return int(np.size(self.device_bytes))
+
+    def column(self, metric: str) -> np.ndarray:
+        if metric not in _SCREEN_FIELDS:
+            raise KeyError(f"no screened metric {metric!r}; the screen has {sorted(_SCREEN_FIELDS)}")
+        return getattr(self, metric)
+
+    __getitem__ = column
+
+    def keys(self) -> tuple[str, ...]:
+        return _SCREEN_FIELDS
+
+    def copy(self) -> "ScreenTable":
+        return ScreenTable(**{k: np.array(getattr(self, k), copy=True) for k in _SCREEN_FIELDS})
+
+    @staticmethod
+    def concat(parts: list["ScreenTable"]) -> "ScreenTable":
+        return ScreenTable(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in _SCREEN_FIELDS})
+
+
+_SCREEN_FIELDS = tuple(f.name for f in fields(ScreenTable))
+
+
 RUN_KEYS = ("duration_s", "throughput_output_tokens_per_s", "decode_step_s", "exposed_decode_s", "stall_fraction",
             "first_layer_exposed_s") + tuple(f"{k}_p{q}_s" for k in ("ttft", "tpot") for q in (50, 90, 99))
 
@@ -91,7 +154,7 @@ class Screen:
         self.price = study.settings.price or study.scenario.hardware.price
         self._baselines: dict = {}
 
-    def evaluate(self, group: Group) -> dict[str, np.ndarray]:
+    def evaluate(self, group: Group) -> ScreenTable:
         scenario = group.scenario
         m = memory(group, self.study)
         if "disk" in group.layer_tiers.values() and scenario.hardware.nvme is None:
@@ -113,9 +176,10 @@ class Screen:
                "engram_params": np.full(n, float(counts.engram_tables)),
                "total_params": np.full(n, float(counts.total)),
                "memory_slots": np.full(n, float(memory_slots(model))),
-               "relative_loss": np.full(n, est.relative_loss if quantified else np.nan)}
+               "relative_loss": np.full(n, est.relative_loss if quantified else np.nan),
+               "table_bytes": np.full(n, float(sum(engram_table_bytes(model).values())))}
         out.update(self.cost(out))
-        return out
+        return ScreenTable(**{k: np.broadcast_to(np.asarray(v), (n,)).copy() for k, v in out.items()})
 
     def cost(self, m: dict) -> dict[str, np.ndarray]:
         """USD per hour of the deployment and per million output tokens (NaN without prices).

@@ -23,7 +23,7 @@ from planner.plan.candidates import groups
 from planner.plan.constraints import limits
 from planner.plan.pareto import pareto_front
 from planner.plan.results import Infeasibility, PlanResult, Recommendation
-from planner.plan.screen import Screen
+from planner.plan.screen import Screen, ScreenTable
 from planner.plan.spec import OBJECTIVES, Study
 from planner.plan.verify import Verifier
 
@@ -112,25 +112,15 @@ def plan_study(study: Study) -> PlanResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _screen_all(gs, screen: Screen) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+def _screen_all(gs, screen: Screen) -> tuple[ScreenTable, list[tuple[int, int]]]:
     parts, where = [], []
     for g, group in enumerate(gs):
-        m = screen.evaluate(group)
-        m["table_bytes"] = np.full(len(group), float(sum(_table_bytes(group).values())))
-        parts.append(m)
+        parts.append(screen.evaluate(group))
         where += [(g, i) for i in range(len(group))]
-    table = {k: np.concatenate([np.broadcast_to(p[k], (len(gs[j]),)) for j, p in enumerate(parts)])
-             for k in parts[0]}
-    return table, where
+    return ScreenTable.concat(parts), where
 
 
-def _table_bytes(group) -> dict:
-    from planner.accounting import engram_table_bytes
-
-    return engram_table_bytes(group.choice.model)
-
-
-def _rank(table: dict, objectives: list[str], idx: np.ndarray) -> np.ndarray:
+def _rank(table, objectives: list[str], idx: np.ndarray) -> np.ndarray:
     """Indices ``idx`` sorted by the objectives (lexicographic), NaN last, ties by index."""
     if len(idx) == 0:
         return idx
@@ -146,22 +136,22 @@ def _rank(table: dict, objectives: list[str], idx: np.ndarray) -> np.ndarray:
 
 
 def _size_ranks(gs, where) -> list[int]:
-    sizes = sorted({(g.choice.axes["size_axis"], g.choice.axes["size_value"]) for g in gs}, key=lambda t: t[1])
+    sizes = sorted({(g.choice.axes.size_axis, g.choice.axes.size_value) for g in gs}, key=lambda t: t[1])
     pos = {s: k for k, s in enumerate(sizes)}
-    return [pos[(gs[g].choice.axes["size_axis"], gs[g].choice.axes["size_value"])] for g, _ in where]
+    return [pos[(gs[g].choice.axes.size_axis, gs[g].choice.axes.size_value)] for g, _ in where]
 
 
 def _row(gs, where, table, i: int, size_rank) -> dict:
     g, j = where[i]
     group = gs[g]
     a = group.choice.axes
-    row = {"id": i, "engram_params": float(table["engram_params"][i]),
-           "table_size_per_head": a["table_size_per_head"], "layer_ids": ",".join(map(str, a["layer_ids"])),
-           "n_heads": a["n_heads"], "row_width": a["row_width"], "dtype": a["dtype"],
-           "routed_experts_traded": a["routed_experts_traded"], "tiers": group.tiers_label,
+    row = {"id": i, "engram_params": float(table.engram_params[i]),
+           "table_size_per_head": a.table_size_per_head, "layer_ids": ",".join(map(str, a.layer_ids)),
+           "n_heads": a.n_heads, "row_width": a.row_width, "dtype": a.dtype,
+           "routed_experts_traded": a.routed_experts_traded, "tiers": group.tiers_label,
            "cache_fraction": float(group.cache_fraction[j]), "host_cache_fraction": group.host_cache_fraction,
            "prefetch": bool(group.prefetch[j]), "max_num_seqs": int(group.max_num_seqs[j]),
-           "max_batched_tokens": int(group.max_batched_tokens[j]), "first_layer": min(a["layer_ids"]),
+           "max_batched_tokens": int(group.max_batched_tokens[j]), "first_layer": min(a.layer_ids),
            "size_rank": size_rank[i]}
     for k in TABLE_METRICS:
         value = table[k][i]
@@ -197,7 +187,7 @@ def _recommendation(rank, i, rows, verifier, table, fails, lims, study, nxt) -> 
 def _infeasible(table, fails, passed, lims, rows, study, verifier, candidates) -> Infeasibility:
     """Screen results, with simulated metrics in place of the analytic ones where a candidate
     was simulated; passing candidates never simulated are not 'closest' (they are unknown)."""
-    table = {k: np.array(v, copy=True) for k, v in table.items()}
+    table = table.copy()
     fails = {k: np.array(v, copy=True) for k, v in fails.items()}
     for i, r in verifier.results.items():
         for l in lims:

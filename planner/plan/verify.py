@@ -53,7 +53,7 @@ class Verifier:
         # largest ratio sim / analytic (absolute difference for fractions).
         self.correction: dict[str, float] = {}
 
-    def predicted_to_fail(self, table: dict, i: int) -> bool:
+    def predicted_to_fail(self, table, i: int) -> bool:
         for l in self.lims:
             if l.exact or l.metric not in self.correction:
                 continue
@@ -87,7 +87,7 @@ class Verifier:
         self.count += 1
 
         analytic = self.screen.evaluate(_single(group, j))
-        metrics = {k: float(v[0]) for k, v in analytic.items() if k != "bound"}
+        metrics = {k: float(analytic.column(k)[0]) for k in analytic.keys() if k != "bound"}
         screened = dict(metrics)
         metrics.update({k: float(getattr(sim, k)) for k in SIM_KEYS if getattr(sim, k) is not None})
         for kind in ("ttft", "tpot"):

@@ -102,7 +102,7 @@ def format_text(data: dict) -> str:
     d = data.get("drift") or {}
     c = d.get("controlled")
     if d.get("ratio") is not None and c and c["median_abs_error"] is not None:
-        lines.append(f"machine drift: two of calibration's own engine runs, timed again interleaved with the grid, "
+        lines.append(f"machine drift: {len(d.get('runs') or {})} of calibration's own engine runs, timed again interleaved with the grid, "
                      f"took {d['ratio']:.2f}x their calibrated time; step-time error with predictions scaled by that: median "
                      f"{c['median_abs_error']:.1%}, p90 {c['p90_abs_error']:.1%} (the model's transfer to unseen "
                      "shapes; the figures above include the machine's change of speed since calibration)")
