@@ -72,7 +72,8 @@ def _time_error_quantiles(residuals: list[float], q: float, seconds: bool = Fals
     ``r = (fitted - measured) / measured``: ``1 / (1 + r) - 1`` for a curve of seconds, ``r``
     for a curve of rates (a rate fitted ``1 + r`` times the measured one predicts ``1 / (1 + r)``
     of the time: the measurement is ``1 + r`` times the prediction)."""
-    r = np.asarray(residuals, float)
+    # A fit of 0 seconds at a sample (r = -1: a clipped linear curve) bounds nothing: clip it.
+    r = np.maximum(np.asarray(residuals, float), -0.99)
     e = 1.0 / (1.0 + r) - 1.0 if seconds else r
     return float(np.quantile(e, q)), float(np.quantile(e, 1 - q))
 
