@@ -325,18 +325,38 @@ def load_hardware(ref: str | Path) -> HardwareSpec:
     return validate(HardwareSpec, read_yaml(path), str(path))
 
 
+def _merged(base: Any, over: Any) -> Any:
+    """``over`` laid on ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merged(base.get(k), v)
+        return out
+    return over
+
+
 def resolve_scenario_dict(data: Any, base_dir: Path, where: str) -> dict:
-    """Inline the ``model`` and ``hardware`` references of a scenario mapping."""
+    """Inline the ``model`` and ``hardware`` references of a scenario mapping. A reference is a
+    name or path, or a mapping with ``base:`` (a name or path) whose other keys override the
+    referenced file's (``hardware: {base: h800, device: {count: 1}}``; mappings merge key by
+    key, lists and values replace)."""
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping with model, hardware and workload")
     data = dict(data)
     for key, bundled, kind in (("model", MODELS_DIR, "model"), ("hardware", PROFILES_DIR, "hardware profile")):
-        if key in data:
-            value, source = _mapping_or_ref(data[key], base_dir, bundled, kind)
-            if isinstance(data[key], str):
-                # Validate the referenced file on its own so errors name that file.
-                validate(ModelSpec if key == "model" else HardwareSpec, value, source)
-            data[key] = value
+        if key not in data:
+            continue
+        ref, overrides = data[key], None
+        if isinstance(ref, dict) and "base" in ref:
+            overrides = {k: v for k, v in ref.items() if k != "base"}
+            ref = ref["base"]
+            if not isinstance(ref, str):
+                raise SpecError(f"{where}: {key}.base must name a bundled {kind} or a YAML file, got {_short(ref)}")
+        value, source = _mapping_or_ref(ref, base_dir, bundled, kind)
+        if isinstance(ref, str):
+            # Validate the referenced file on its own so errors name that file.
+            validate(ModelSpec if key == "model" else HardwareSpec, value, source)
+        data[key] = _merged(value, overrides) if overrides is not None else value
     return data
 
 

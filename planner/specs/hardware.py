@@ -34,7 +34,10 @@ class DeviceSpec(Spec):
     copy_engines: Annotated[int, Field(gt=0)] = Field(
         default=2, description="DMA engines: concurrent host<->device copies (one per direction)"
     )
-    kernel_launch_overhead: Seconds = Field(default=5e-6, description="fixed cost per kernel")
+    kernel_launch_overhead: Seconds = Field(default=5e-6, description="fixed cost per kernel launched eagerly")
+    graph_kernel_overhead: Seconds = Field(
+        default=1e-6, description="fixed cost per kernel replayed in a CUDA graph (CUDA.jl's graph docs: 80 small "
+        "kernels take 260 us eager, 70 us as one graph, about 0.9 us each)")
 
     @model_validator(mode="after")
     def _has_bf16_or_fp32(self) -> "DeviceSpec":
@@ -93,6 +96,11 @@ class HostSpec(Spec):
     engine_cores: Annotated[int, Field(ge=0)] = Field(
         default=1, description="cores the serving engine's own Python/CPU work occupies per device"
     )
+    engine_step_overhead: Seconds = Field(
+        default=0.0, description="the serving engine's host seconds per step outside the forward (scheduling, "
+        "input preparation, the sampler's sync, output processing), on the critical path of a synchronous engine")
+    engine_seq_overhead: Seconds = Field(
+        default=0.0, description="the engine's further host seconds per sequence scheduled in a step")
     numa_nodes: Annotated[int, Field(gt=0)] = 1
     remote_numa_factor: Fraction = Field(
         default=1.0, description="fraction of link bandwidth left when the source is on a remote socket"

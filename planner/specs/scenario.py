@@ -47,10 +47,19 @@ class Scenario(Spec):
         workload = self.workload
         if isinstance(workload, InferenceWorkload):
             longest = length_bounds(workload.prompt_len)[1] + length_bounds(workload.output_len)[1]
-            if longest > self.model.max_seq_len:
+            limit = workload.max_model_len
+            if limit is not None and limit > self.model.max_seq_len:
+                raise ValueError(
+                    f"workload.max_model_len = {limit} exceeds model.max_seq_len = {self.model.max_seq_len}"
+                )
+            if longest > workload.model_len(self.model.max_seq_len):
+                where = (f"workload.max_model_len = {limit}" if limit is not None
+                         else f"model.max_seq_len = {self.model.max_seq_len}" if workload.scheduler == "vllm"
+                         else f"max_model_len = {workload.model_len(self.model.max_seq_len)} (nano-vLLM's "
+                         "default; set workload.max_model_len)")
                 raise ValueError(
                     f"workload allows sequences of {longest} tokens (prompt_len + output_len "
-                    f"maxima) but model.max_seq_len = {self.model.max_seq_len}"
+                    f"maxima) but {where}"
                 )
         elif workload.seq_len > self.model.max_seq_len:
             raise ValueError(

@@ -69,11 +69,25 @@ def length_bounds(dist: FixedLength | UniformLength | LognormalLength) -> tuple[
     return dist.min, dist.max
 
 
+Scheduler = Literal["vllm", "nano-vllm"]
+
+# The KV block size each engine uses unless told otherwise: vLLM's ``--block-size`` default
+# (16 tokens, vllm/config CacheConfig) and nano-vLLM's ``kvcache_block_size`` (256, its config.py).
+DEFAULT_KV_BLOCK = {"vllm": 16, "nano-vllm": 256}
+# nano-vLLM's Config: max_model_len = 4096, capped by the model's max_position_embeddings; vLLM
+# takes the model's own limit.
+NANO_VLLM_MAX_MODEL_LEN = 4096
+
+
 class InferenceWorkload(Spec):
-    """``num_sequences`` requests served by continuous batching (vLLM-style): each engine step
-    runs at most ``max_num_seqs`` sequences and ``max_batched_tokens`` tokens, mixing decode
-    tokens with prefill chunks. ``arrival_rate: null`` puts every request in the queue at time 0
-    (an offline batch); a rate gives Poisson arrivals."""
+    """``num_sequences`` requests served by continuous batching: each engine step runs at most
+    ``max_num_seqs`` sequences and ``max_batched_tokens`` tokens. ``scheduler`` picks the
+    engine's policy (:mod:`planner.sim.schedulers`): ``vllm`` mixes decode tokens with chunked
+    prefill, ``nano-vllm`` runs whole prompts first and decodes otherwise. Admission is bounded by
+    the paged KV cache: ``gpu_memory_utilization`` of device memory, less weights, hot rows and
+    activation workspace, in blocks of ``kv_block_size`` tokens; a sequence that cannot get a
+    block is preempted and recomputed later. ``arrival_rate: null`` puts every request in the
+    queue at time 0 (an offline batch); a rate gives Poisson arrivals."""
 
     kind: Literal["inference"] = "inference"
     num_sequences: PositiveInt
@@ -85,7 +99,45 @@ class InferenceWorkload(Spec):
     max_batched_tokens: PositiveInt = 8192
     max_num_seqs: PositiveInt = 256
     chunked_prefill: bool = True
+    scheduler: Scheduler = Field(default="vllm", description="engine scheduling policy: vllm (decode first, "
+                                 "chunked prefill) or nano-vllm (whole prompts first, then decode)")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.9, description="share of device memory the engine may use (weights, activations, KV cache); "
+        "vLLM's and nano-vLLM's default 0.9")
+    kv_block_size: PositiveInt | None = Field(
+        default=None, description="tokens per KV-cache block; null = the scheduler's engine default "
+        "(vllm 16, nano-vllm 256)")
+    max_model_len: PositiveInt | None = Field(
+        default=None, description="longest sequence (prompt + output) the engine accepts; null = the engine's "
+        "default (vllm: model.max_seq_len; nano-vllm: 4096, at most model.max_seq_len)")
+    cuda_graphs: bool = Field(default=True, description="replay CUDA graphs for decode-only steps of up to "
+                              "cuda_graph_max_batch sequences (false: eager everywhere, enforce_eager)")
+    cuda_graph_max_batch: PositiveInt | None = Field(
+        default=None, description="largest decode batch run as a graph; null = the engine's default (vllm: "
+        "min(2 x max_num_seqs, 512, max_batched_tokens); nano-vllm: min(max_num_seqs, 512))")
     seed: int = 0
+
+    @property
+    def graph_max_batch(self) -> int:
+        """The largest decode batch replayed as a CUDA graph (0: none)."""
+        if not self.cuda_graphs:
+            return 0
+        if self.cuda_graph_max_batch is not None:
+            return self.cuda_graph_max_batch
+        if self.scheduler == "nano-vllm":  # nano-vLLM model_runner.capture_cudagraph
+            return min(self.max_num_seqs, 512)
+        return min(2 * self.max_num_seqs, 512, self.max_batched_tokens)  # vLLM _set_cudagraph_sizes
+
+    def model_len(self, model_max: int) -> int:
+        """The longest sequence the engine accepts for a model of ``model_max`` positions."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        return min(NANO_VLLM_MAX_MODEL_LEN, model_max) if self.scheduler == "nano-vllm" else model_max
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV block: ``kv_block_size`` or the scheduler's default."""
+        return self.kv_block_size or DEFAULT_KV_BLOCK[self.scheduler]
 
 
 class TrainingWorkload(Spec):
