@@ -114,6 +114,10 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
                                                  kv_read=0.0 * pf)
     tokens = b + pf
     ops = _op_seconds(cost, model, shape)
+    graph = _graph_steps(scenario, b, pf)
+    if np.any(graph):  # decode-only steps within the engine's CUDA-graph batch replay a graph
+        replayed = _op_seconds(cost.graphed(), model, shape)
+        ops = {k: np.where(graph, replayed[k], v) for k, v in ops.items()}
     device_tier = [l for l in model.engram_layer_ids if placement.tier_of(l) == "device"]
     compute = (ops["embed"] + ops["head"] + model.n_layers * ops["attn"] + _count(model, False) * ops["dense"]
                + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"]
@@ -133,6 +137,14 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     step = compute + pick["host"] + pick["exposed"] + pick["stall"]
     return _result(step, compute, pick["exposed"], pick["fetch"], tokens, hw, bound, per_layer, pick["window"],
                    host=pick["host"])
+
+
+def _graph_steps(scenario: Scenario, batch, prefill) -> np.ndarray:
+    """Which configurations are decode-only steps the engine replays as a CUDA graph
+    (:attr:`planner.specs.InferenceWorkload.graph_max_batch`; the simulator decides alike)."""
+    w = scenario.workload
+    limit = w.graph_max_batch if isinstance(w, InferenceWorkload) and scenario.hardware.device.kind == "cuda" else 0
+    return (np.asarray(prefill) == 0) & (np.asarray(batch) <= limit) & (np.asarray(batch) > 0)
 
 
 def _op_seconds(cost: CostModel, model, shape: BatchShape) -> dict[str, Number]:
@@ -182,7 +194,10 @@ def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arra
             per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": lf.alone_s, "window_s": zero,
                                 "exposed_s": zero}
         return _pipeline_out(zero, zero, overhead + work, fetch_last, window_last, stage_max, per_layer)
-    gather_end = copy_end = disk_end = hashing  # every pipeline starts after the step's hash
+    # The lookups launch when the engine's own step work is done (planner.sim.inference): every
+    # pipeline starts then, after the step's hash; fetch and window are measured from the launch.
+    launch = overhead
+    gather_end = copy_end = disk_end = launch + hashing
     for j, layer in enumerate(model.engram_layer_ids):
         layer_pos = arrays.get("layer_id", float(layer))
         device_before = sum(l not in fetches for l in model.engram_layer_ids[:j])
@@ -190,7 +205,7 @@ def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arra
                  + (layer_pos - _dense_before(model, layer_pos)) * ops["moe"] + j * ops["engram"]
                  + device_before * ops["gather"] + exposed_total + stall_total)
         if layer not in fetches:  # device tier: its in-layer gather needs the worker's ids
-            stall_total = stall_total + np.maximum(0.0, hashing - reach)
+            stall_total = stall_total + np.maximum(0.0, launch + hashing - reach)
             continue
         lf = fetches[layer]
         sync_copy = lf.copy_s if lf.copy_mode == "pageable" else zero
@@ -201,8 +216,8 @@ def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arra
         exposed_total = exposed_total + exposed
         for key, part in (("cpu", hashing), ("host_gather", lf.host_s), ("link", lf.copy_s), ("disk", lf.disk_s)):
             stage_max[key] = np.maximum(stage_max[key], np.where(exposed > 0, part, 0.0))
-        fetch_last, window_last = copy_end + sync_copy, reach
-        per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": fetch_last, "window_s": reach,
+        fetch_last, window_last = copy_end + sync_copy - launch, reach - launch
+        per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": fetch_last, "window_s": window_last,
                             "exposed_s": exposed}
     return _pipeline_out(exposed_total, stall_total, overhead, fetch_last, window_last, stage_max, per_layer)
 

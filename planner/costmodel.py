@@ -78,6 +78,8 @@ class Work:
         return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind, tokens)
 
     def scaled(self, factor: float) -> "Work":
+        if factor == 1.0:
+            return self
         return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind, self.tokens)
 
 
@@ -181,6 +183,10 @@ class CostModel:
     def bound(self, work: Work) -> str:
         """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
         return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s).bound
+
+    def terms(self, work: Work):
+        """The roofline terms of ``work`` (:class:`planner.efficiency.OpTerms`; arrays allowed)."""
+        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s)
 
     def extrapolation(self, work: Work) -> Number:
         """1 where the profile's op model was fitted on work like this, else how far beyond."""
@@ -349,10 +355,19 @@ class CostModel:
         return self.eff.hash_s(tokens, self.hash_indices_per_token, cores)
 
     def step_overhead(self, shape: BatchShape) -> Number:
-        """The engine's own seconds per step outside every op, hash and lookup (the Python
-        between ops, block 0's cold start, per-token work outside the ops): the profile's
-        ``step:overhead`` at the step's tokens, else 0."""
-        return self.eff.step_overhead_s(shape.tokens)
+        """The engine's own seconds per step outside every op, hash and lookup (scheduling,
+        input preparation, sampling, the Python between ops): a calibrated profile's
+        ``step:overhead`` at the step's tokens, else the host's ``engine_step_overhead`` plus
+        ``engine_seq_overhead`` per sequence of the step."""
+        return self.eff.step_overhead_s(shape.tokens, shape.seqs)
+
+    def graphed(self) -> "CostModel":
+        """This cost model for a step replayed as a CUDA graph: each kernel costs
+        ``device.graph_kernel_overhead`` instead of an eager launch."""
+        clone = object.__new__(CostModel)
+        clone.__dict__.update(self.__dict__)
+        clone.launch_s = self.hardware.device.graph_kernel_overhead
+        return clone
 
     def optimizer_bytes(self, rows: Number, optimizer: str = "adam") -> Number:
         """DRAM bytes of a sparse update of ``rows`` table rows: read the gradient, read and

@@ -42,6 +42,9 @@ Number = Union[float, np.ndarray]
 REFERENCE_HASH_INDICES = 32.0
 
 
+BOUNDS = ("launch", "hbm", "compute")  # in the order ties go (max of (value, name) pairs)
+
+
 @dataclass(frozen=True)
 class OpTerms:
     """The three terms of one op's time (floats or arrays, seconds)."""
@@ -60,6 +63,12 @@ class OpTerms:
         return max((float(self.compute_s), "compute"), (float(self.memory_s), "hbm"),
                    (float(self.fixed_s), "launch"))[1]
 
+    def bounds(self) -> np.ndarray:
+        """:attr:`bound` of each element of array terms (ties broken as :attr:`bound` does)."""
+        stack = np.broadcast_arrays(np.asarray(self.fixed_s, float), np.asarray(self.memory_s, float),
+                                    np.asarray(self.compute_s, float))
+        return np.array(BOUNDS)[np.argmax(np.stack(stack), axis=0)]
+
 
 class Efficiency:
     """A datasheet preset: constant fractions of its ceilings (``hardware.efficiency``).
@@ -68,8 +77,13 @@ class Efficiency:
     of the memory bandwidth, and pays ``kernels x kernel_launch_overhead``; host gathers run at
     ``host.gather_bandwidth_per_core`` whatever the table size; hashing at
     ``host.hash_tokens_per_s_per_core`` (quoted at 32 indices a token) with no fixed cost.
-    Simplifies: no dependence on op size, no few-row ceiling, no per-step engine cost.
+    The engine's own cost per step is ``host.engine_step_overhead`` plus
+    ``host.engine_seq_overhead`` per sequence (0 unless the preset sources them).
+    Simplifies: no dependence on op size, no few-row ceiling.
     """
+
+    # Whether :meth:`extrapolation` can ever exceed 1 (a fitted op model); callers skip it if not.
+    fitted = False
 
     def __init__(self, hardware: HardwareSpec, dtype: str | None = None):
         self.hardware = hardware
@@ -129,12 +143,13 @@ class Efficiency:
         rate = self.hardware.host.hash_tokens_per_s_per_core * REFERENCE_HASH_INDICES / max(indices_per_token, 1e-9)
         return tokens / (cores * rate)
 
-    def step_overhead_s(self, tokens: Number) -> Number:
-        """The serving engine's own seconds per step of ``tokens`` tokens outside every op and
-        lookup (scheduling, the Python between ops, block 0's cold start). None here
-        (``host.engine_cores`` is reserved for the engine's work and it is assumed to overlap
-        the device)."""
-        return 0.0 * np.asarray(tokens, float)
+    def step_overhead_s(self, tokens: Number, seqs: Number = 0.0) -> Number:
+        """The serving engine's own seconds per step of ``tokens`` tokens over ``seqs``
+        sequences outside every op and lookup (scheduling, input preparation, sampling, output
+        processing): ``host.engine_step_overhead + host.engine_seq_overhead x seqs``."""
+        host = self.hardware.host
+        return (host.engine_step_overhead + host.engine_seq_overhead * np.asarray(seqs, float)
+                + 0.0 * np.asarray(tokens, float))
 
     def gather_rate(self, table_bytes: Number, row_bytes: Number, huge_pages: bool = False) -> Number:
         """Bytes/s one core copies random rows of a ``table_bytes`` table into staging, alone
@@ -185,6 +200,8 @@ class CalibratedEfficiency(Efficiency):
       inside any op, hash or lookup span (the Python between ops, block 0's cold start) and its
       per-token work outside the ops (a prefill's fresh activation memory, KV-cache writes).
     """
+
+    fitted = True
 
     def __init__(self, hardware: HardwareSpec, dtype: str | None = None):
         super().__init__(hardware, dtype)
@@ -287,10 +304,10 @@ class CalibratedEfficiency(Efficiency):
         per_index = max(float(call.params["slope"]), 0.0)
         return max(float(call.params["intercept"]), 0.0) + tokens * indices_per_token * per_index / cores
 
-    def step_overhead_s(self, tokens: Number) -> Number:
-        fit = self.curves.get("step:overhead")
+    def step_overhead_s(self, tokens: Number, seqs: Number = 0.0) -> Number:
+        fit = self.curves.get("step:overhead")  # the reference engine's, fitted against step tokens
         if fit is None:
-            return super().step_overhead_s(tokens)
+            return super().step_overhead_s(tokens, seqs)
         return np.maximum(fit(np.asarray(tokens, float)), 0.0)
 
     def _gather_curves(self, huge_pages: bool) -> tuple[Fit, Fit] | None:

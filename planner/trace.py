@@ -50,8 +50,20 @@ class Span:
         return self.start_s + self.dur_s
 
 
-def chrome_trace(spans: Iterable[Span], process: str, metadata: dict | None = None) -> dict:
-    """Chrome trace event JSON (``traceEvents`` of complete ``"X"`` events, microseconds)."""
+@dataclass(frozen=True)
+class Counter:
+    """Values of a counter track from ``time_s`` on (KV blocks in use, running sequences):
+    a ``"C"`` event, drawn by Perfetto as a step chart."""
+
+    track: str
+    time_s: float
+    values: dict[str, float]
+
+
+def chrome_trace(spans: Iterable[Span], process: str, metadata: dict | None = None,
+                 counters: Iterable[Counter] = ()) -> dict:
+    """Chrome trace event JSON (``traceEvents`` of complete ``"X"`` events and ``"C"`` counter
+    events, microseconds)."""
     spans = list(spans)
     tracks: dict[str, int] = {}
     for span in spans:
@@ -75,6 +87,8 @@ def chrome_trace(spans: Iterable[Span], process: str, metadata: dict | None = No
                 "args": span.args,
             }
         )
+    for c in sorted(counters, key=lambda c: (c.time_s, c.track)):
+        events.append({"ph": "C", "pid": 1, "name": c.track, "ts": c.time_s * 1e6, "args": dict(c.values)})
     return {"traceEvents": events, "displayTimeUnit": "ms", "metadata": metadata or {}}
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from planner.analytic import estimate_run, estimate_step
 from planner.sim import simulate
-from tests.sim_helpers import hardware, scenario
+from tests.sim_helpers import hardware, roomy, scenario
 
 
 def steady(hw, placement=None):
@@ -37,8 +37,8 @@ def _profiles():
     from planner.loading import load_hardware
 
     return {"gpu-datasheet": hardware(1, 1), "gpu-slow-link": hardware(1, 1, h2d_bandwidth=2e8),
-            "cpu-datasheet": load_hardware("cpu-workstation"),  # no spare core: the worker holds the compute cores
-            "cpu-calibrated": load_hardware("calibrated-ci-cpu")}
+            "cpu-datasheet": roomy(load_hardware("cpu-workstation")),  # no spare core: the worker holds the compute cores
+            "cpu-calibrated": roomy(load_hardware("calibrated-ci-cpu"))}
 
 
 @pytest.mark.parametrize("profile", ["gpu-datasheet", "gpu-slow-link", "cpu-datasheet", "cpu-calibrated"])

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of the run")
     p.add_argument("--no-baseline", action="store_true", help="skip the run without Engram")
     p.add_argument("--ignore-memory", action="store_true",
-                   help="simulate even when weights and tables do not fit the memory of their tier")
+                   help="simulate even when weights and tables do not fit the memory of their tier "
+                   "(and give every request room in the KV cache: no admission limit, no preemption)")
     p.set_defaults(func=run)
 
 
@@ -56,10 +57,12 @@ def run(args) -> int:
     for problem in problems:
         sys.stderr.write(f"engram-planner simulate: warning: {problem} (simulated anyway: --ignore-memory)\n")
     base_dir = Path(args.scenario).parent if Path(args.scenario).is_file() else None
-    metrics = simulate(scenario, baseline=not args.no_baseline, trace=bool(args.trace), base_dir=base_dir)
+    metrics = simulate(scenario, baseline=not args.no_baseline, trace=bool(args.trace), base_dir=base_dir,
+                       kv_limit=not args.ignore_memory)
     if args.trace:
         path = write_atomic(args.trace, json.dumps(chrome_trace(
-            metrics.spans, f"simulated: {scenario.name}", {"scenario": scenario.name, "source": "planner.sim"})))
+            metrics.spans, f"simulated: {scenario.name}", {"scenario": scenario.name, "source": "planner.sim"},
+            counters=metrics.counters)))
     if args.json:
         print_json(metrics.as_dict())
     else:
@@ -86,6 +89,8 @@ def report(m) -> str:
         lines.append(f"without Engram: {m.baseline['throughput_output_tokens_per_s']:,.0f} tokens/s -> "
                      f"drop {100 * m.throughput_drop:.2f}%")
     lines.append(f"run {format_seconds(m.duration_s)}, {m.steps} steps, mean step {format_seconds(m.mean_step_time_s)}")
+    if m.serving is not None:
+        lines.extend(_serving_lines(m))
     if m.ttft_s:
         lines.append(f"TTFT p50/p90/p99: {_pct(m.ttft_s)}")
         lines.append(f"TPOT p50/p90/p99: {_pct(m.tpot_s)}")
@@ -119,6 +124,33 @@ def report(m) -> str:
     moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in m.bytes_moved.items() if v)
     lines.append(f"bytes moved: {moved or 'none'}")
     return "\n".join(lines)
+
+
+def _serving_lines(m) -> list[str]:
+    """The KV cache and admission, with the baseline's beside them when there is one."""
+    sv = m.serving
+    out = [f"scheduler {sv.scheduler}; KV cache per device: {_kv_text(sv.memory)}"]
+
+    def line(label: str, s) -> str:
+        get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
+        return (f"{label}: peak {get('peak_running')} running sequences (mean {get('mean_running'):.1f}), "
+                f"{get('preemptions')} preemptions ({get('recomputed_tokens'):,} tokens recomputed), "
+                f"KV use peak {100 * get('kv_peak_fraction'):.0f}% / mean {100 * get('kv_mean_fraction'):.0f}% "
+                f"of {get('kv_blocks'):,} blocks")
+
+    out.append(line("with Engram" if m.baseline else "admission", sv))
+    if m.baseline and m.baseline.get("serving"):
+        out.append(line("without Engram", m.baseline["serving"]))
+    return out
+
+
+def _kv_text(mem: dict) -> str:
+    if not mem.get("limited", True):
+        return f"not limited by memory (--ignore-memory: {mem['blocks']:,} blocks of {mem['block_tokens']} tokens)"
+    return (f"{format_bytes(mem['kv_bytes'])} = {mem['blocks']:,} blocks of {mem['block_tokens']} tokens "
+            f"({mem['kv_tokens']:,} tokens) after weights {format_bytes(mem['weights'])}, Engram on device "
+            f"{format_bytes(mem['engram'])}, activations {format_bytes(mem['workspace'])} and runtime "
+            f"{format_bytes(mem['runtime'])} of {mem['utilization']:g} x {format_bytes(mem['capacity'])}")
 
 
 def _ranges(ids: list[int]) -> str:

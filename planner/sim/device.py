@@ -20,8 +20,9 @@ CPU launch gaps other than the op's fixed cost; the engine's per-step host work 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import simpy
 
 from planner.costmodel import BatchShape, CostModel
@@ -30,13 +31,17 @@ from planner.sim.node import Recorder
 from planner.specs import EngramPlacement, ModelSpec
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     name: str
     kind: str  # attention | ffn_dense | ffn_moe | engram | gather (device tier) | embed | head
     layer: int | None
     seconds: float
     bound: str  # compute | hbm | launch (roofline term that dominates)
+
+
+# Op kinds whose work depends on a step's token and sequence counts only, not on its context:
+# priced once per (tokens, sequences) and reused (decode steps repeat them thousands of times).
+CONTEXT_FREE = ("ffn_dense", "ffn_moe", "engram", "gather", "embed", "head")
 
 
 class ComputeStream:
@@ -49,50 +54,151 @@ class ComputeStream:
         self.track = f"dev{index} compute"
         self.engram_layers = set(model.engram_layer_ids)
         self.offloaded = {l for l in self.engram_layers if placement.tier_of(l) != "device"}
+        self.graph_cost = cost.graphed()
+        self._priced: dict[tuple, tuple[dict, dict]] = {}
+        self._layouts: dict[bool, list[tuple[str, str, int | None]]] = {}
+        self._ffn_blocks: dict[str, int] = {}  # FFN op kind -> the first block of that kind
+        for i in range(model.n_layers):
+            self._ffn_blocks.setdefault("ffn_moe" if model.is_moe_layer(i) else "ffn_dense", i)
+        self._segments: list | None = None
+        self._counts: dict[str, int] | None = None
+
+    def cost_for(self, graph: bool) -> CostModel:
+        """The cost model of an eager step, or of one replayed as a CUDA graph."""
+        return self.graph_cost if graph else self.cost
 
     # ---- the op list of one pass
 
-    def ops(self, shape: BatchShape, factor: float = 1.0, reverse: bool = False) -> list[Op]:
-        """Ops of one pass with their durations; ``factor`` 2 with ``reverse`` is a backward
-        pass (about twice the forward FLOPs and bytes: gradients of inputs and of weights)."""
-        c, m = self.cost, self.model
-        works = {"attention": c.attention(shape), "embed": c.embed(shape), "head": c.head(shape)}
-        for i in range(m.n_layers):  # one dense and one MoE FFN cost serve every such block
-            key = "ffn_moe" if m.is_moe_layer(i) else "ffn_dense"
-            if key not in works:
-                works[key] = c.ffn(i, shape)
+    def works(self, shape: BatchShape, factor: float = 1.0, note: bool = True, kinds=None) -> dict:
+        """The work of each op kind of a pass over ``shape`` (fields may be arrays); ``note``:
+        record the op kinds priced beyond a calibrated profile's fitted shapes; ``kinds``: only
+        these."""
+        note = note and self.cost.eff.fitted
+        c = self.cost
+        makers = {"attention": lambda: c.attention(shape), "embed": lambda: c.embed(shape),
+                  "head": lambda: c.head(shape)}
+        for key, i in self._ffn_blocks.items():  # one dense and one MoE FFN cost serve every such block
+            makers[key] = lambda i=i: c.ffn(i, shape)
         if self.engram_layers:
-            works["engram"] = c.engram(shape)
-            works["gather"] = c.device_gather(shape)
-        scaled = {k: w.scaled(factor) for k, w in works.items()}
-        secs = {k: float(c.seconds(w)) for k, w in scaled.items()}
-        bounds = {k: c.bound(w) for k, w in scaled.items()}
-        for w in scaled.values():
-            ratio = float(c.extrapolation(w))
+            makers["engram"] = lambda: c.engram(shape)
+            makers["gather"] = lambda: c.device_gather(shape)
+        scaled = {k: make().scaled(factor) for k, make in makers.items() if kinds is None or k in kinds}
+        if note:
+            self.note_extrapolation(scaled)
+        return scaled
+
+    def note_extrapolation(self, works: dict, upto: int | None = None) -> None:
+        """Record how far beyond its fitted shapes each op kind was priced (the first ``upto``
+        elements of array works)."""
+        for w in works.values():
+            ratio = np.asarray(self.cost.extrapolation(w), float)
+            ratio = float(np.max(ratio.ravel()[:upto] if upto is not None and ratio.ndim else ratio))
             if ratio > 1.0 and w.kind:
                 self.rec.extrapolated[w.kind] = max(ratio, self.rec.extrapolated.get(w.kind, 1.0))
 
-        def op(name: str, kind: str, layer: int | None) -> Op:
-            return Op(name, kind, layer, secs[kind], bounds[kind])
+    def price(self, shape: BatchShape, factor: float = 1.0, graph: bool = False,
+              note: bool = True) -> tuple[dict, dict]:
+        """Seconds and roofline bound of each op kind for one pass over ``shape`` (scalars)."""
+        c = self.cost_for(graph)
+        key = (shape.tokens, shape.seqs, factor, graph)
+        cached = self._priced.get(key)
+        if cached is None or not note:
+            works = self.works(shape, factor, note, kinds=CONTEXT_FREE)
+            cached = ({k: float(c.seconds(w)) for k, w in works.items()}, {k: c.bound(w) for k, w in works.items()})
+            if note:
+                self._priced[key] = cached
+        attention = c.terms(self.works(shape, factor, note, kinds=("attention",))["attention"])
+        secs, bounds = dict(cached[0]), dict(cached[1])
+        secs["attention"], bounds["attention"] = float(attention.seconds), attention.bound
+        return secs, bounds
 
-        blocks = []
-        for i in range(m.n_layers):
-            block = []
-            if i in self.engram_layers and i not in self.offloaded:
-                block.append(op(f"gather_L{i}", "gather", i))  # the baseline's in-layer lookup
-            if i in self.engram_layers:
-                block.append(op(f"engram_L{i}", "engram", i))
-            block.append(op(f"attn_L{i}", "attention", i))
-            block.append(op(f"ffn_L{i}", "ffn_moe" if m.is_moe_layer(i) else "ffn_dense", i))
-            blocks.append(block)
-        if reverse:
-            ops = [op("head", "head", None)]
-            for block in reversed(blocks):
-                ops.extend(reversed(block))
-            return ops + [op("embed", "embed", None)]
-        return [op("embed", "embed", None)] + [o for b in blocks for o in b] + [op("head", "head", None)]
+    def layout(self, reverse: bool = False) -> list[tuple[str, str, int | None]]:
+        """(span name, op kind, block) of every op of a pass, in order (backward: reversed)."""
+        if reverse not in self._layouts:
+            m, blocks = self.model, []
+            for i in range(m.n_layers):
+                block = []
+                if i in self.engram_layers and i not in self.offloaded:
+                    block.append((f"gather_L{i}", "gather", i))  # the baseline's in-layer lookup
+                if i in self.engram_layers:
+                    block.append((f"engram_L{i}", "engram", i))
+                block.append((f"attn_L{i}", "attention", i))
+                block.append((f"ffn_L{i}", "ffn_moe" if m.is_moe_layer(i) else "ffn_dense", i))
+                blocks.append(block)
+            embed, head = ("embed", "embed", None), ("head", "head", None)
+            if reverse:
+                out = [head] + [o for b in reversed(blocks) for o in reversed(b)] + [embed]
+            else:
+                out = [embed] + [o for b in blocks for o in b] + [head]
+            self._layouts[reverse] = out
+        return self._layouts[reverse]
+
+    def segments(self) -> list[tuple[tuple[str, int] | None, dict[str, int]]]:
+        """The forward layout cut at the ops that may wait (an offloaded Engram layer for its
+        rows, a device-tier gather for the worker's hash): (that op's (kind, block) or None,
+        op kinds up to the next cut with their counts, the op itself included)."""
+        if self._segments is None:
+            out, point, kinds = [], None, {}
+            for _, kind, layer in self.layout():
+                if (kind == "engram" and layer in self.offloaded) or kind == "gather":
+                    out.append((point, kinds))
+                    point, kinds = (kind, layer), {}
+                kinds[kind] = kinds.get(kind, 0) + 1
+            out.append((point, kinds))
+            self._segments = out
+        return self._segments
+
+    def op_counts(self) -> dict[str, int]:
+        """How many ops of each kind one forward pass runs."""
+        if self._counts is None:
+            counts: dict[str, int] = {}
+            for _, kind, _ in self.layout():
+                counts[kind] = counts.get(kind, 0) + 1
+            self._counts = counts
+        return self._counts
+
+    def ops(self, shape: BatchShape, factor: float = 1.0, reverse: bool = False, note: bool = True,
+            graph: bool = False) -> list[Op]:
+        """Ops of one pass with their durations; ``factor`` 2 with ``reverse`` is a backward
+        pass (about twice the forward FLOPs and bytes: gradients of inputs and of weights);
+        ``graph``: the pass is a CUDA graph replay (kernels cost their in-graph launch)."""
+        secs, bounds = self.price(shape, factor, graph, note)
+        return [Op(name, kind, layer, secs[kind], bounds[kind]) for name, kind, layer in self.layout(reverse)]
 
     # ---- running a pass
+
+    def forward(self, shape: BatchShape, tokens: int, ready: dict[int, FetchHandle] | None, graph: bool = False):
+        """Run one forward pass over ``shape`` (see :meth:`run`); returns the total stall. With
+        a trace every op is a span (:meth:`run`); without one the ops between two wait points
+        are priced by kind and count, which is the same clock in a few events."""
+        if self.rec.trace:
+            return (yield from self.run(self.ops(shape, graph=graph), tokens, ready))
+        secs, bounds = self.price(shape, graph=graph)
+        op_s = self.rec.op_s
+        for kind, count in self.op_counts().items():
+            op_s[kind][bounds[kind]] += count * secs[kind]
+        env, stalled, pending = self.env, 0.0, 0.0
+        hashing = (ready or {}).get("hash")
+        for point, kinds in self.segments():
+            if point is not None:
+                kind, layer = point
+                if kind == "engram":
+                    if pending:
+                        yield env.timeout(pending)
+                        pending = 0.0
+                    stalled += yield from self._wait_rows(layer, tokens, ready)
+                elif hashing is not None and not hashing.process.processed:
+                    if pending:
+                        yield env.timeout(pending)
+                        pending = 0.0
+                    reached = env.now
+                    yield hashing.process  # the device-tier gather needs the worker's ids
+                    stalled += env.now - reached
+            for kind, count in kinds.items():
+                pending += count * secs[kind]
+        if pending:
+            yield env.timeout(pending)
+        return stalled
 
     def run(self, ops: list[Op], tokens: int, ready: dict[int, FetchHandle] | None,
             wait_rows: bool = True, after_op=None, **span_args):
@@ -101,11 +207,12 @@ class ComputeStream:
         backward pass reuses the forward's rows). ``after_op(op)`` is called when a block's op
         ends (training hooks). Returns the total stall (seconds)."""
         env, stalled, pending = self.env, 0.0, 0.0
-        clock, op_s = env.now, self.rec.op_s
+        clock, op_s, tracing = env.now, self.rec.op_s, self.rec.trace
         hashing = (ready or {}).get("hash")
+        offloaded = self.offloaded if wait_rows else ()
         for op in ops:
             op_s[op.kind][op.bound] += op.seconds
-            if wait_rows and op.kind == "engram" and op.layer in self.offloaded:
+            if op.kind == "engram" and op.layer in offloaded:
                 if pending:
                     yield env.timeout(pending)
                     pending = 0.0
@@ -121,7 +228,8 @@ class ComputeStream:
                 self.rec.span(f"wait_L{op.layer}", self.track, reached, env.now - reached)
                 stalled += env.now - reached
                 clock = env.now
-            self.rec.span(op.name, self.track, clock, op.seconds, **span_args)
+            if tracing:
+                self.rec.span(op.name, self.track, clock, op.seconds, **span_args)
             clock += op.seconds
             pending += op.seconds
             if after_op is not None and op.layer is not None:

@@ -49,7 +49,7 @@ class Fetcher:
 
     def __init__(self, env: simpy.Environment, node: Node, ports: DevicePorts, cost: CostModel,
                  placement: EngramPlacement, traffic: dict[int, NgramTraffic], row_bytes: float,
-                 recorder: Recorder, cpu_device: bool):
+                 recorder: Recorder, cpu_device: bool, exclusive: bool = False):
         self.env, self.node, self.ports, self.cost = env, node, ports, cost
         self.placement, self.traffic, self.row_bytes, self.rec = placement, traffic, row_bytes, recorder
         self.cpu_device = cpu_device
@@ -58,16 +58,34 @@ class Fetcher:
         self.tag = f"dev{ports.index} "
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
         self.copies_on_stream = copy_mode(cost, placement) == "pageable"
+        # A step's plan and hash time depend on its token count only: priced once per count.
+        self._plans: dict[tuple[int, int], LayerFetch] = {}
+        self._hash_s: dict[int, float] = {}
+        # ``exclusive``: one step's fetch at a time holds this device's worker pool and copy
+        # engine (inference: the forward waits for every layer it launched before the next step
+        # starts). Then a prefetch of staged, non-disk lookups is one chain (:meth:`_chain`),
+        # timed as the queued stages would be, in a third of the events.
+        mode = copy_mode(cost, placement)
+        self.chained = exclusive and mode in ("pinned", "none") and all(
+            placement.tier_of(layer) != "disk" for layer in self.offloaded)
 
     # ---- what to fetch
 
     def plan(self, layer: int, tokens: int) -> LayerFetch:
-        return layer_fetch(self.cost, self.placement, self.traffic[layer], layer, tokens, self.host).scalars()
+        key = (layer, tokens)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = layer_fetch(self.cost, self.placement, self.traffic[layer], layer, tokens,
+                                                  self.host).scalars()
+        return plan
 
     # ---- launching
 
     def hash_seconds(self, tokens: int) -> float:
-        return float(hash_s(self.cost, tokens, self.host))
+        secs = self._hash_s.get(tokens)
+        if secs is None:
+            secs = self._hash_s[tokens] = float(hash_s(self.cost, tokens, self.host))
+        return secs
 
     def start(self, tokens: int, layers: list[int], hashed: bool = True) -> dict:
         """Start fetching ``layers``' rows for a step of ``tokens`` tokens; returns, per layer,
@@ -75,23 +93,78 @@ class Fetcher:
         gathered). ``hashed``: hash the step's ids first on the worker pool (prefetch; the
         handle under key ``"hash"`` ends when the ids are known); False: the ids are known
         (hashed on the engine thread), the lookups start now."""
+        if hashed and self.chained:
+            return self._start_chain(tokens, layers)
         hashed_proc = self.env.process(self._hash(tokens)) if hashed else None
         ready = {}
         if hashed_proc is not None:
             ready["hash"] = FetchHandle(hashed_proc, self.env.now)
         for layer in layers:
-            plan = self.plan(layer, tokens)
-            self.rec.rows_requested[layer] += float(plan.lookups)
-            self.rec.rows_fetched[layer] += float(plan.rows)
-            self.rec.bytes_requested[layer] += float(plan.bytes)
-            self.rec.bytes_by_tier[plan.tier] += float(plan.bytes)
-            self.rec.regime[layer] = plan.regime
-            ready[layer] = FetchHandle(self.env.process(self._timed(self._layer(plan, hashed_proc))), self.env.now)
+            plan = self._launch(layer, tokens)
+            ready[layer] = FetchHandle(self.env.process(self._layer(plan, hashed_proc)), self.env.now)
         return ready
 
-    def _timed(self, gen):
-        yield from gen
-        return self.env.now
+    def _launch(self, layer: int, tokens: int) -> LayerFetch:
+        """The plan of a lookup being launched, its rows and bytes recorded."""
+        plan, rec = self.plan(layer, tokens), self.rec
+        rec.rows_requested[layer] += plan.lookups
+        rec.rows_fetched[layer] += plan.rows
+        rec.bytes_requested[layer] += plan.bytes
+        rec.bytes_by_tier[plan.tier] += plan.bytes
+        rec.regime[layer] = plan.regime
+        return plan
+
+    def _start_chain(self, tokens: int, layers: list[int]) -> dict:
+        """:meth:`start` when this device's pool and copy engine serve this step alone: the hash
+        is a timeout event; one process gathers the layers in order (the pool's FIFO order) and
+        hands each to the copy engine, which copies in the same order."""
+        env, now = self.env, self.env.now
+        dur = self.hash_seconds(tokens)
+        hashed = env.timeout(dur, value=now + dur)
+        self.rec.span("hash", self.tag + "host_cpu", now, dur, tokens=tokens)
+        for layer in self.offloaded:
+            self.rec.stage(layer, "hash", dur / len(self.offloaded))
+        plans = [self._launch(layer, tokens) for layer in layers]
+        usable = [env.event() for _ in plans]
+        env.process(self._chain(plans, usable, dur))
+        ready = {"hash": FetchHandle(hashed, now)}
+        ready.update({plan.layer: FetchHandle(event, now) for plan, event in zip(plans, usable)})
+        return ready
+
+    def _chain(self, plans: list[LayerFetch], usable: list[simpy.Event], hash_s: float):
+        env, copied = self.env, None
+        head = hash_s  # the hash, then the first lookup's own overhead, in one wait
+        for i, plan in enumerate(plans):
+            if plan.rows <= 0:
+                if head > 0:
+                    yield env.timeout(head)
+                    head = 0.0
+                usable[i].succeed(env.now)
+                continue
+            start = env.now + head
+            wait = head + float(plan.overhead_s)
+            head = 0.0
+            if wait > 0:
+                yield env.timeout(wait)
+            yield self.node.dram.transfer(plan.bytes, cap=plan.gather_rate)
+            if self.cpu_device:
+                self.rec.cpu_gathered += plan.bytes
+            self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, bytes=plan.bytes)
+            if self.cpu_device:
+                usable[i].succeed(env.now)
+            elif i == len(plans) - 1:  # the last layer: copy it here, after the copies queued
+                if copied is not None and not copied.processed:
+                    yield copied
+                yield from self._copy_now(plan, "pinned")
+                usable[i].succeed(env.now)
+            else:
+                copied = env.process(self._copy_after(copied, plan, usable[i]))
+
+    def _copy_after(self, previous: simpy.Process | None, plan: LayerFetch, usable: simpy.Event):
+        if previous is not None and not previous.processed:
+            yield previous
+        yield from self._copy_now(plan, "pinned")
+        usable.succeed(self.env.now)
 
     def _hash(self, tokens: int):
         dur = self.hash_seconds(tokens)
@@ -104,10 +177,11 @@ class Fetcher:
             self.rec.stage(layer, "hash", dur / len(self.offloaded))
 
     def _layer(self, plan: LayerFetch, hashed: simpy.Process | None):
-        if hashed is not None:
+        """One layer's fetch; returns the time its rows are usable."""
+        if hashed is not None and not hashed.processed:
             yield hashed
         if plan.rows <= 0:
-            return
+            return self.env.now
         env, layer = self.env, plan.layer
         if plan.disk_rows > 0:
             start = env.now
@@ -122,11 +196,12 @@ class Fetcher:
             yield env.timeout(self.cost.hardware.link.latency)
             yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", "uva", plan.bytes))
             self._done_stage(layer, "link", f"h2d_L{layer}", "h2d", start, bytes=plan.bytes, mode="uva")
-            return
+            return env.now
         yield from self.gather(plan)
         if self.cpu_device or self.copies_on_stream:
-            return  # usable in place (CPU), or the compute stream copies it (pageable)
+            return env.now  # usable in place (CPU), or the compute stream copies it (pageable)
         yield from self.copy(plan, "pinned")
+        return env.now
 
     def gather(self, plan: LayerFetch):
         """Worker pool copies the rows into staging, sharing DRAM with every other stream."""
@@ -144,12 +219,15 @@ class Fetcher:
 
     def copy(self, plan: LayerFetch, mode: str):
         """Host-to-device DMA on this device's copy engine and its uplink."""
-        env = self.env
         with self.ports.h2d_engine.request() as engine:
             yield engine
-            start = env.now
-            yield env.timeout(self.cost.hardware.link.latency)
-            yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", mode, plan.bytes))
+            yield from self._copy_now(plan, mode)
+
+    def _copy_now(self, plan: LayerFetch, mode: str):
+        """The DMA itself, the copy engine held."""
+        env, start = self.env, self.env.now
+        yield env.timeout(self.cost.hardware.link.latency)
+        yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", mode, plan.bytes))
         self._done_stage(plan.layer, "link", f"h2d_L{plan.layer}", "h2d", start, bytes=plan.bytes, mode=mode)
 
     def _done_stage(self, layer: int, stage: str, name: str, track: str, start: float, **args) -> None:

@@ -1,8 +1,9 @@
 """The serving engine of one device: its scheduler loop, one engine step after another.
 
-Each step (the stages of :mod:`planner.stages`): admit arrived requests, let the continuous-
-batching scheduler pick decode tokens and prefill chunks (:mod:`planner.sim.requests`), pay the
-engine's own per-step host work (``overhead``: a calibrated profile's ``step:overhead``), then
+Each step (the stages of :mod:`planner.stages`): admit arrived requests, let the scheduler
+(:mod:`planner.sim.schedulers`, bounded by the device's KV blocks) pick decode tokens and
+prefill chunks and preempt what does not fit, pay the engine's own per-step host work
+(``overhead``: a calibrated profile's ``step:overhead``), then
 
 * prefetch: start the Engram fetch for the step's tokens on the worker pool (their ids are
   known now: decode tokens were sampled when the previous step ended), hash first;
@@ -25,8 +26,10 @@ import simpy
 from planner.costmodel import BatchShape
 from planner.sim.device import ComputeStream
 from planner.sim.fetch import Fetcher
+from planner.sim.kvcache import BlockPool
 from planner.sim.node import Recorder, StepRecord
-from planner.sim.requests import Request, finish_step, schedule_step
+from planner.sim.requests import Request
+from planner.sim.schedulers import make_scheduler
 from planner.specs import InferenceWorkload
 
 
@@ -34,34 +37,65 @@ class Replica:
     """One data-parallel replica (one device) and the requests routed to it."""
 
     def __init__(self, env: simpy.Environment, index: int, stream: ComputeStream, fetcher: Fetcher | None,
-                 workload: InferenceWorkload, requests: list[Request], recorder: Recorder, prefetch: bool):
+                 workload: InferenceWorkload, requests: list[Request], recorder: Recorder, prefetch: bool,
+                 pool: BlockPool, coalescer=None):
         self.env, self.index, self.stream, self.fetcher = env, index, stream, fetcher
         self.workload, self.rec, self.prefetch = workload, recorder, prefetch
         self.pending = sorted(requests, key=lambda r: (r.arrival_s, r.rid))
         self.offloaded = sorted(stream.offloaded)
+        self.scheduler = make_scheduler(workload, pool)
+        # Decode-only steps of up to this many sequences replay a CUDA graph (0: none; a CPU has none).
+        self.graph_max = workload.graph_max_batch if stream.cost.hardware.device.kind == "cuda" else 0
+        self.coalescer = coalescer  # planner.sim.coalesce.Coalescer, or None: every step simulated
 
     def run(self):
-        env, waiting, running = self.env, [], []
-        pending = self.pending
-        while pending or waiting or running:
-            while pending and pending[0].arrival_s <= env.now:
-                waiting.append(pending.pop(0))
-            if not waiting and not running:
-                yield env.timeout(pending[0].arrival_s - env.now)
+        env, sched, pending = self.env, self.scheduler, self.pending
+        pool, track, rec = sched.pool, f"dev{self.index} kv", self.rec
+        nxt = 0
+        while nxt < len(pending) or sched.busy:
+            while nxt < len(pending) and pending[nxt].arrival_s <= env.now:
+                sched.arrive(pending[nxt])
+                nxt += 1
+            if not sched.busy:
+                yield env.timeout(pending[nxt].arrival_s - env.now)
                 continue
-            plan = schedule_step(running, waiting, self.workload)
-            assert plan.tokens > 0, "scheduler made no progress (validated before the run)"
+            if self.coalescer is not None and sched.steady():
+                arrival = pending[nxt].arrival_s if nxt < len(pending) else float("inf")
+                if (yield from self.coalescer.advance(sched, arrival, len(sched.running) <= self.graph_max)):
+                    continue
+            plan = sched.schedule()
+            if plan.tokens == 0:
+                raise RuntimeError(self._stuck(sched))
             shape = BatchShape(tokens=plan.tokens, seqs=plan.seqs, attn_pairs=plan.attn_pairs, kv_read=plan.kv_read,
                                decode_tokens=plan.decode_tokens, decode_pairs=plan.decode_pairs)
             start = env.now
+            running, used = len(sched.running), pool.used
+            if rec.trace:
+                rec.counter(track, start, blocks_used=used, running=running, waiting=len(sched.waiting))
             ready = yield from self.host_work(plan.tokens, shape)
-            stall = yield from self.stream.run(self.stream.ops(shape), plan.tokens, ready)
-            finish_step(plan, env.now, running)
+            graph = plan.decode_tokens == plan.tokens and plan.seqs <= self.graph_max
+            stall = yield from self.stream.forward(shape, plan.tokens, ready, graph)
+            sched.finish(plan, env.now)
             dur = env.now - start
-            self.rec.steps.append(StepRecord(self.index, start, dur, plan.tokens, plan.decode_tokens,
-                                             plan.seqs, stall))
-            self.rec.span("step", f"dev{self.index} engine", start, dur, tokens=plan.tokens,
-                          decode_tokens=plan.decode_tokens, seqs=plan.seqs)
+            rec.steps.append(StepRecord(self.index, start, dur, plan.tokens, plan.decode_tokens,
+                                        plan.seqs, stall, running, used, len(plan.preempted)))
+            if rec.trace:
+                rec.span("step", f"dev{self.index} engine", start, dur, tokens=plan.tokens,
+                         decode_tokens=plan.decode_tokens, seqs=plan.seqs, preempted=len(plan.preempted))
+        rec.preemptions += sched.preemptions
+        rec.recomputed_tokens += sched.recomputed_tokens
+        rec.counter(track, env.now, blocks_used=pool.used, running=0, waiting=0)
+
+    def _stuck(self, sched) -> str:
+        head = sched.waiting[0] if sched.waiting else None
+        if head is not None and not self.workload.chunked_prefill and self.workload.scheduler == "vllm":
+            return (f"device {self.index}: request {head.rid} must prefill {head.prefill_target - head.computed} "
+                    f"tokens (its prompt and, after {head.preemptions} preemption(s), what it had generated) but "
+                    f"workload.max_batched_tokens = {self.workload.max_batched_tokens} and chunked_prefill is "
+                    "false: enable chunked_prefill or raise max_batched_tokens")
+        return (f"device {self.index}: the {sched.name} scheduler could schedule nothing with "
+                f"{len(sched.running)} running and {len(sched.waiting)} waiting sequences and "
+                f"{sched.pool.free} of {sched.pool.total} KV blocks free")
 
     def host_work(self, tokens: int, shape: BatchShape):
         """The step's host work before the forward (see the module docstring); returns the

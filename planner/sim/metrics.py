@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from planner.memory import DeviceMemory
 from planner.sim.node import Node, Recorder
 from planner.sim.requests import Request
 from planner.specs import InferenceWorkload, ModelSpec, Scenario
-from planner.trace import Span
+from planner.trace import Counter, Span
 
 PERCENTILES = (50, 90, 99)
 
@@ -53,6 +54,25 @@ class LayerMetrics:
 
 
 @dataclass(frozen=True)
+class ServingMetrics:
+    """Admission under the paged KV cache, per device (docs/metrics.md): sequences holding
+    blocks while a step runs (peak, and the mean weighted by step time), preemptions and the
+    KV tokens they dropped (prefilled again later), and the cache's size and use."""
+
+    scheduler: str
+    peak_running: int
+    mean_running: float
+    preemptions: int
+    recomputed_tokens: int
+    kv_blocks: int
+    kv_block_tokens: int
+    kv_peak_fraction: float
+    kv_mean_fraction: float
+    memory: dict
+    kv_limited: bool = True
+
+
+@dataclass(frozen=True)
 class SimMetrics:
     """The result of one simulated run (see docs/metrics.md for each definition)."""
 
@@ -80,11 +100,13 @@ class SimMetrics:
     bytes_requested_by_layer: dict[int, float]
     bytes_requested_by_tier: dict[str, float]
     layers: list[LayerMetrics]
+    serving: ServingMetrics | None = None
     host_s: float = 0.0  # per step: the engine's own host work (overhead, engine-thread hash, a worker on its cores)
     extrapolated: dict[str, float] = field(default_factory=dict)  # op kind -> how far beyond its fitted shapes
     baseline: dict | None = None
     throughput_drop: float | None = None
     spans: list[Span] = field(default_factory=list, repr=False)
+    counters: list[Counter] = field(default_factory=list, repr=False)  # KV use over time (traced runs)
     approximations: list[str] = field(default_factory=list)
 
     def with_baseline(self, base: "SimMetrics") -> "SimMetrics":
@@ -94,23 +116,40 @@ class SimMetrics:
         summary = {k: getattr(base, k) for k in ("duration_s", "steps", "mean_step_time_s",
                                                  "throughput_output_tokens_per_s",
                                                  "throughput_total_tokens_per_s", "ttft_s", "tpot_s")}
+        summary["serving"] = asdict(base.serving) if base.serving is not None else None
         return replace(self, baseline=summary, throughput_drop=1.0 - ours / theirs if theirs > 0 else None)
 
     def as_dict(self, include_spans: bool = False) -> dict:
         out = asdict(self)
         out.pop("spans")
+        out.pop("counters")
         if include_spans:
             out["spans"] = [asdict(s) for s in self.spans]
         return out
 
 
+def serving_metrics(scenario: Scenario, rec: Recorder, memory: DeviceMemory) -> ServingMetrics:
+    busy = sum(st.dur_s for st in rec.steps)
+    peak_blocks = max((st.kv_blocks_used for st in rec.steps), default=0)
+    weighted = sum(st.kv_blocks_used * st.dur_s for st in rec.steps) / busy if busy else 0.0
+    return ServingMetrics(
+        scheduler=scenario.workload.scheduler,
+        peak_running=max((st.running for st in rec.steps), default=0),
+        mean_running=sum(st.running * st.dur_s for st in rec.steps) / busy if busy else 0.0,
+        preemptions=rec.preemptions, recomputed_tokens=rec.recomputed_tokens,
+        kv_blocks=memory.blocks, kv_block_tokens=memory.block_tokens,
+        kv_peak_fraction=peak_blocks / memory.blocks, kv_mean_fraction=weighted / memory.blocks,
+        memory=memory.as_dict(), kv_limited=memory.limited,
+    )
+
+
 def build_metrics(scenario: Scenario, model: ModelSpec, rec: Recorder, node: Node,
-                  requests: list[Request], end_s: float) -> SimMetrics:
+                  requests: list[Request], end_s: float, memory: DeviceMemory | None = None) -> SimMetrics:
     hw, w = scenario.hardware, scenario.workload
     inference = isinstance(w, InferenceWorkload)
     if inference:
         start_s = min((r.arrival_s for r in requests), default=0.0)
-        output = sum(r.output_len for r in requests)
+        output = sum(r.generated for r in requests)  # tokens produced (each sampled once: tests)
         total = output + sum(r.prompt_len for r in requests)
         ttft = percentiles([r.first_token_s - r.arrival_s for r in requests])
         tpot = percentiles([(r.finish_s - r.first_token_s) / (r.output_len - 1)
@@ -163,15 +202,17 @@ def build_metrics(scenario: Scenario, model: ModelSpec, rec: Recorder, node: Nod
         bytes_requested_by_layer=dict(rec.bytes_requested),
         bytes_requested_by_tier={k: v for k, v in rec.bytes_by_tier.items() if k != "nvme_read"},
         layers=_layers(scenario, model, rec, steps),
+        serving=serving_metrics(scenario, rec, memory) if inference and memory is not None else None,
         host_s=rec.host_s / steps if steps else 0.0,
         extrapolated=dict(rec.extrapolated),
         spans=rec.spans,
+        counters=rec.counters,
         approximations=[
             "rows per step are expected values of the n-gram model (Zipf or measured curves)",
             "host DRAM, PCIe uplinks and NVMe are fair-shared fluid pipes (max-min, per-flow caps)",
             "multi-node: identical nodes, node 0 simulated, throughput x nodes",
-            "no KV-cache capacity limit or preemption; scheduling is part of the engine's per-step overhead "
-            "(0 for a datasheet preset)",
+            "paged KV cache sized once from device memory (weights, hot rows, an estimated activation "
+            "workspace); preemption by recompute; scheduling is part of the engine's per-step overhead",
         ],
     )
 

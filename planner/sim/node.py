@@ -26,7 +26,7 @@ import simpy
 from planner.costmodel import CostModel
 from planner.sim.fluid import FluidResource
 from planner.stages import engram_cores_per_device
-from planner.trace import Span
+from planner.trace import Counter, Span
 
 
 @dataclass
@@ -75,6 +75,9 @@ class StepRecord:
     decode_tokens: int
     seqs: int
     wait_s: float
+    running: int = 0  # sequences holding KV blocks while the step runs
+    kv_blocks_used: int = 0
+    preempted: int = 0
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Recorder:
 
     trace: bool = False
     spans: list[Span] = field(default_factory=list)
+    counters: list[Counter] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     # Per Engram layer: total stall of compute, and time in each fetch stage (summed over steps).
     wait_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
@@ -107,10 +111,16 @@ class Recorder:
     d2h_requested: float = 0.0
     # Compute time by op kind and roofline bound, summed over steps and devices.
     op_s: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    preemptions: int = 0
+    recomputed_tokens: int = 0  # KV tokens dropped by preemption and prefilled again
 
     def span(self, name: str, track: str, start_s: float, dur_s: float, **args) -> None:
         if self.trace and dur_s > 0:
             self.spans.append(Span(name, track, start_s, dur_s, args))
+
+    def counter(self, track: str, time_s: float, **values: float) -> None:
+        if self.trace:
+            self.counters.append(Counter(track, time_s, values))
 
     def stage(self, layer: int, stage: str, dur_s: float) -> None:
         self.stage_s[layer][stage] += dur_s

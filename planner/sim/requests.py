@@ -1,13 +1,11 @@
-"""Requests and the continuous-batching scheduler (vLLM's, as of its V1 engine).
+"""Requests of a simulated run and the plan of one engine step.
 
-Each engine step the scheduler fills a token budget (``max_batched_tokens``) over at most
-``max_num_seqs`` running sequences: first one decode token for every running sequence whose
-prompt is done, then prefill chunks, continuing partially prefilled sequences before admitting
-waiting ones in arrival order (chunked prefill). Without chunked prefill a prompt is scheduled
-only if it fits whole in the remaining budget.
-
-Simplifies: no KV-cache capacity limit and so no preemption (size ``max_num_seqs`` to the
-memory); no prefix caching; no speculative decoding; scheduling itself takes no time.
+A request's life: it arrives, waits, is admitted and prefills its prompt (in chunks or whole,
+as the scheduler of :mod:`planner.sim.schedulers` decides), then decodes one token per step
+until ``output_len`` tokens are out. Preemption by recompute (vLLM V1's and nano-vLLM's only
+mode) drops its KV cache: it waits again and, when readmitted, prefills its prompt and every
+token it has generated so far before it decodes on. Tokens already generated stay generated:
+none is lost or sampled twice.
 """
 
 from __future__ import annotations
@@ -19,9 +17,11 @@ import numpy as np
 from planner.specs import FixedLength, InferenceWorkload, LognormalLength, UniformLength
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
-    """One sequence. Times in seconds; ``computed`` = tokens whose KV is cached."""
+    """One sequence. Times in seconds; ``computed`` = tokens whose KV is cached;
+    ``prefill_target`` = tokens to compute before the next sample (the prompt, or after a
+    preemption the prompt and the tokens generated so far)."""
 
     rid: int
     arrival_s: float
@@ -30,12 +30,30 @@ class Request:
     device: int = 0
     computed: int = 0
     generated: int = 0
+    prefill_target: int = 0
+    preemptions: int = 0
     first_token_s: float | None = None
     finish_s: float | None = None
 
+    def __post_init__(self) -> None:
+        self.prefill_target = self.prefill_target or self.prompt_len
+
     @property
     def prefilling(self) -> bool:
-        return self.computed < self.prompt_len
+        return self.computed < self.prefill_target
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the sequence has: its prompt and every token generated."""
+        return self.prompt_len + self.generated
+
+    def preempt(self) -> int:
+        """Drop the KV cache (recompute mode); returns the tokens whose KV was lost."""
+        lost = self.computed
+        self.computed = 0
+        self.prefill_target = self.num_tokens
+        self.preemptions += 1
+        return lost
 
     @property
     def done(self) -> bool:
@@ -76,11 +94,23 @@ class StepPlan:
     model needs (see :class:`planner.costmodel.BatchShape`)."""
 
     items: list[tuple[Request, int]] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)  # this step's victims
     tokens: int = 0
     decode_tokens: int = 0
     attn_pairs: float = 0.0
     kv_read: float = 0.0
     decode_pairs: float = 0.0  # the decode tokens' share of attn_pairs
+
+    def add_decodes(self, reqs: list[Request]) -> None:
+        """:meth:`add` of one decode token for each of ``reqs`` (the hot path of a step)."""
+        self.items.extend((req, 1) for req in reqs)
+        prior = sum(req.computed for req in reqs)
+        n = len(reqs)
+        self.tokens += n
+        self.decode_tokens += n
+        self.kv_read += prior
+        self.attn_pairs += prior + n
+        self.decode_pairs += prior + n
 
     def add(self, req: Request, n: int) -> None:
         prior = req.computed
@@ -99,59 +129,3 @@ class StepPlan:
     @property
     def prefill_tokens(self) -> int:
         return self.tokens - self.decode_tokens
-
-
-def schedule_step(running: list[Request], waiting: list[Request], workload: InferenceWorkload) -> StepPlan:
-    """Pick this step's work; moves admitted requests from ``waiting`` to ``running``."""
-    plan, budget = StepPlan(), workload.max_batched_tokens
-    for req in running:  # decode tokens first
-        if budget == 0:
-            break
-        if not req.prefilling:
-            plan.add(req, 1)
-            budget -= 1
-    for req in running:  # then continue partial prefills
-        if budget == 0:
-            break
-        if req.prefilling:
-            n = _chunk(req, budget, workload.chunked_prefill)
-            if n == 0:
-                break
-            plan.add(req, n)
-            budget -= n
-    while waiting and budget > 0 and len(running) < workload.max_num_seqs:
-        n = _chunk(waiting[0], budget, workload.chunked_prefill)
-        if n == 0:
-            break
-        req = waiting.pop(0)
-        running.append(req)
-        plan.add(req, n)
-        budget -= n
-    return plan
-
-
-def _chunk(req: Request, budget: int, chunked: bool) -> int:
-    left = req.prompt_len - req.computed
-    if chunked:
-        return min(left, budget)
-    return left if left <= budget else 0
-
-
-def finish_step(plan: StepPlan, now_s: float, running: list[Request]) -> list[Request]:
-    """Apply a finished step: advance each request, stamp first-token and finish times, and
-    return the requests that completed (removed from ``running``)."""
-    finished = []
-    for req, n in plan.items:
-        was_prefilling = req.prefilling
-        req.computed += n
-        if was_prefilling and req.prefilling:
-            continue  # mid-prompt chunk: no token sampled yet
-        req.generated += 1
-        if req.first_token_s is None:
-            req.first_token_s = now_s
-        if req.done:
-            req.finish_s = now_s
-            finished.append(req)
-    for req in finished:
-        running.remove(req)
-    return finished
