@@ -123,7 +123,10 @@ class Efficiency:
                        work.bytes / (memory_bandwidth * self.memory_fraction(work.bytes)))
 
     def _rows(self, work) -> Number:
-        tokens = np.asarray(work.tokens, float)
+        tokens = work.tokens
+        if isinstance(tokens, (int, float)):  # one op of one step (the simulator's hot path)
+            return self.rows_fraction(max(float(tokens), 1.0)) if tokens > 0 else 1.0
+        tokens = np.asarray(tokens, float)
         return np.where(tokens > 0, self.rows_fraction(np.maximum(tokens, 1.0)), 1.0)
 
     def extrapolation(self, work) -> Number:

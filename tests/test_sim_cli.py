@@ -40,4 +40,8 @@ def test_bad_scenario_exits_2_naming_the_field(tmp_path, capsys):
 def test_bench_simulator_quick(capsys):
     assert main(["bench", "simulator", "--quick", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["analytic_configs"] == 10_000 and r["simulate_wall_s"] > 0
+    assert r["analytic_configs"] == 10_000 and r["quick"]
+    offline, poisson = r["offline"], r["poisson"]
+    assert offline["scenario"] == "paper-offload-dense8b" and offline["devices"] == 1 and offline["wall_s"] > 0
+    assert poisson["devices"] == 8 and poisson["arrival_rate"] > 0 and poisson["num_sequences"] == 1_000
+    assert poisson["simulated_steps"] > 0 and poisson["peak_running"] >= 1

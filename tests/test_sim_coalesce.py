@@ -111,3 +111,22 @@ def test_chained_prefetch_equals_queued_stages(model, devices, per_link, cache, 
         patch.setattr(Fetcher, "__init__", queued)
         queued_run = simulate(s, baseline=False)
     assert_same(chained.as_dict(), queued_run.as_dict())
+
+
+def test_a_long_offline_decode_is_mostly_coalesced():
+    """The agreement tests above mean something only if stretches are coalesced: here, 32
+    sequences decoding 200 tokens on one device, most steps are advanced in stretches."""
+    from planner.sim.coalesce import Coalescer
+
+    advanced, advance = [], Coalescer.advance
+
+    def counting(self, *args, **kwargs):
+        steps = yield from advance(self, *args, **kwargs)
+        advanced.append(steps)
+        return steps
+
+    s = scenario(seqs=32, prompt=64, output=200, placement={"tier": "host"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Coalescer, "advance", counting)
+        m = simulate(s, baseline=False)
+    assert sum(advanced) > 0.9 * m.steps

@@ -56,6 +56,11 @@ class FetchTemplate:
     pipes: list[tuple[float, float]]
 
 
+# Stretches shorter than this run step by step: pricing K steps as arrays costs about what a
+# handful of steps one by one do (a speed choice only: either way the result is the same).
+MIN_STRETCH = 6
+
+
 def _pipes(node: Node) -> list:
     return [node.dram] + ([node.nvme] if node.nvme is not None else []) + node.h2d_links + node.d2h_links
 
@@ -69,6 +74,7 @@ class Coalescer:
         self.fetcher, self.rec, self.index, self.prefetch = fetcher, rec, index, prefetch
         self.fetch_args = fetch_args  # what builds a Fetcher on a scratch node
         self.templates: dict[int, FetchTemplate] = {}
+        self.last_step_s = 0.0  # the device's latest step (the replica sets it): how far arrivals are
 
     # ---- the fetch of one step, measured on an idle node
 
@@ -138,8 +144,8 @@ class Coalescer:
         CUDA graph). Returns the steps run."""
         env = self.env
         k_max = self.stretch_length(sched, next_arrival_s)
-        if k_max < 1:
-            return 0
+        if k_max < MIN_STRETCH or (next_arrival_s - env.now) < MIN_STRETCH * self.last_step_s:
+            return 0  # too short to pay for pricing it as arrays: the steps run one by one
         running = sched.running
         n = len(running)
         ks = np.arange(k_max, dtype=float)
@@ -156,6 +162,7 @@ class Coalescer:
             if late.size:
                 k = int(late[0]) + 1
         self._book(books, k, sched, starts, dur, stall, n)
+        self.last_step_s = float(dur[k - 1])
         yield env.timeout(float(starts[k - 1] + dur[k - 1] - env.now))
         self._apply(sched, k, env.now)
         return k

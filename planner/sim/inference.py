@@ -77,6 +77,8 @@ class Replica:
             stall = yield from self.stream.forward(shape, plan.tokens, ready, graph)
             sched.finish(plan, env.now)
             dur = env.now - start
+            if self.coalescer is not None:
+                self.coalescer.last_step_s = dur
             rec.steps.append(StepRecord(self.index, start, dur, plan.tokens, plan.decode_tokens,
                                         plan.seqs, stall, running, used, len(plan.preempted)))
             if rec.trace:

@@ -66,7 +66,7 @@ class Node:
             ))
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     device: int
     start_s: float

@@ -147,10 +147,10 @@ class VllmScheduler(Scheduler):
             budget -= 1
             gone = set(plan.preempted)
             decoding = [r for r in decoding[len(served) + 1:] if r not in gone]
-        for req in list(self.running):  # then continue partial prefills
+        for req in [r for r in self.running if r.computed < r.prefill_target]:  # then partial prefills
             if budget == 0:
                 break
-            if not req.prefilling or req in scheduled or req in plan.preempted:
+            if req in scheduled or req in plan.preempted:
                 continue
             n = _chunk(req, budget, w.chunked_prefill)
             if n == 0:

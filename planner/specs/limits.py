@@ -59,7 +59,7 @@ class Limit:
 
 
 SEQUENCES = Limit("ENGRAM_PLANNER_MAX_SEQUENCES", 1_000_000, "sequences in one simulated run")
-SIMULATED_STEPS = Limit("ENGRAM_PLANNER_MAX_SIMULATED_STEPS", 2_000_000,
+SIMULATED_STEPS = Limit("ENGRAM_PLANNER_MAX_SIMULATED_STEPS", 16_000_000,
                         "engine steps (upper estimate) in one simulated run")
 TRACED_STEPS = Limit("ENGRAM_PLANNER_MAX_TRACED_STEPS", 50_000,
                      "engine steps (upper estimate) in one traced run")  # about 70 spans, 20 kB, per step
@@ -153,8 +153,9 @@ def check_analytic_run(scenario, where: str = "scenario") -> None:
 def capacity_problems(scenario) -> list[str]:
     """What cannot physically fit: weights and device-tier tables (plus hot-row caches) beyond
     one device's memory, host-tier tables beyond the node's DRAM, disk-tier tables beyond its
-    NVMe. The KV cache is left out (the simulator does not model its capacity); the planner
-    enforces the full footprint with headroom (docs/planner.md)."""
+    NVMe. The KV cache is not checked here: :func:`planner.memory.check_memory` sizes it from
+    what these leave (the simulator admits by its blocks); the planner enforces the full
+    footprint with headroom (docs/planner.md)."""
     from planner.accounting import tier_footprint
     from planner.units import format_bytes
 
