@@ -169,7 +169,7 @@ CASES = [
           "p.yaml": plan({"search": {"tier": ["device", "host", "disk"], "per_table_tiers": True}})}),
     Case("simulate-poisson-steps-above-limit", "runaway", ["simulate", "s.yaml"],
          ["engine steps", "Poisson", "ENGRAM_PLANNER_MAX_SIMULATED_STEPS"],
-         {"s.yaml": scenario(workload__num_sequences=900_000, workload__arrival_rate=5.0)}),
+         {"s.yaml": scenario(workload__num_sequences=900_000, workload__arrival_rate=5.0, workload__output_len=64)}),
     Case("simulate-trace-steps-above-limit", "runaway", ["simulate", "s.yaml", "--trace", "t.json"],
          ["with a trace", "ENGRAM_PLANNER_MAX_TRACED_STEPS"],
          {"s.yaml": scenario(workload__num_sequences=20_000, workload__arrival_rate=5.0)}),
