@@ -110,11 +110,13 @@ def simulated(scenario_json_text: str) -> dict:
     from planner.sim import simulate  # imported on first use: it pulls in SciPy (calibration fits)
 
     metrics = simulate(_load(scenario_json_text), baseline=True, trace=True)
-    return {"metrics": metrics.as_dict(), "spans": SpanTable.from_spans(metrics.spans)}
+    return {"metrics": metrics.as_dict(), "spans": SpanTable.from_spans(metrics.spans),
+            "counters": list(metrics.counters)}
 
 
 def chrome_trace_json(result: dict, process: str) -> str:
     import json
 
     return json.dumps(chrome_trace(result["spans"].spans(), process,
-                                   {"scenario": process, "source": "planner.sim via engram-planner app"}))
+                                   {"scenario": process, "source": "planner.sim via engram-planner app"},
+                                   counters=result.get("counters", [])))

@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app import figures, runs, widgets
+from planner.sim.metrics import serving_lines
 from planner.specs.limits import capacity_problems, check_analytic_run, check_simulation
 from planner.units import format_bytes, format_seconds
 
@@ -123,7 +124,8 @@ with tab_sim:
     over = capacity_problems(scenario)
     if over:
         st.warning("**Physically impossible as placed:** " + "; ".join(over)
-                   + ". The simulator runs it anyway (it does not model capacity); the planner would not.")
+                   + ". The simulator refuses a device that leaves no room for a KV cache, but it does not "
+                   "model host DRAM or NVMe capacity; the planner would not run this.")
     if c1.button("Run simulator", type="primary", key="wi.simulate", icon=":material/play_arrow:"):
         with st.spinner("Simulating (and the no-Engram baseline)…"):
             try:
@@ -146,6 +148,8 @@ with tab_sim:
         card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
         card(cols[5], "Exposed share", f"{100 * m['exposed_fraction']:.2f}%",
              help="Stalled time waiting for Engram rows / total step time")
+        if m.get("serving"):
+            st.caption("  \n".join(serving_lines(m["serving"], (m.get("baseline") or {}).get("serving"))))
 
         table = sim["spans"]
         steps_tracks = [i for i, t in enumerate(table.tracks) if t.endswith(" engine")]

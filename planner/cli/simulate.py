@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from planner.cli.common import HELP_FORMATTER, add_json_flag, format_table, print_json
 from planner.files import output_file, write_atomic
 from planner.loading import load_scenario
 from planner.sim import simulate
+from planner.sim.metrics import serving_lines
 from planner.specs.limits import capacity_problems, check_simulation
 from planner.trace import chrome_trace
 from planner.units import format_bytes, format_seconds
@@ -90,7 +92,8 @@ def report(m) -> str:
                      f"drop {100 * m.throughput_drop:.2f}%")
     lines.append(f"run {format_seconds(m.duration_s)}, {m.steps} steps, mean step {format_seconds(m.mean_step_time_s)}")
     if m.serving is not None:
-        lines.extend(_serving_lines(m))
+        lines.extend(serving_lines(asdict(m.serving), (m.baseline or {}).get("serving"),
+                                   "with Engram" if m.baseline else "admission"))
     if m.ttft_s:
         lines.append(f"TTFT p50/p90/p99: {_pct(m.ttft_s)}")
         lines.append(f"TPOT p50/p90/p99: {_pct(m.tpot_s)}")
@@ -124,33 +127,6 @@ def report(m) -> str:
     moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in m.bytes_moved.items() if v)
     lines.append(f"bytes moved: {moved or 'none'}")
     return "\n".join(lines)
-
-
-def _serving_lines(m) -> list[str]:
-    """The KV cache and admission, with the baseline's beside them when there is one."""
-    sv = m.serving
-    out = [f"scheduler {sv.scheduler}; KV cache per device: {_kv_text(sv.memory)}"]
-
-    def line(label: str, s) -> str:
-        get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
-        return (f"{label}: peak {get('peak_running')} running sequences (mean {get('mean_running'):.1f}), "
-                f"{get('preemptions')} preemptions ({get('recomputed_tokens'):,} tokens recomputed), "
-                f"KV use peak {100 * get('kv_peak_fraction'):.0f}% / mean {100 * get('kv_mean_fraction'):.0f}% "
-                f"of {get('kv_blocks'):,} blocks")
-
-    out.append(line("with Engram" if m.baseline else "admission", sv))
-    if m.baseline and m.baseline.get("serving"):
-        out.append(line("without Engram", m.baseline["serving"]))
-    return out
-
-
-def _kv_text(mem: dict) -> str:
-    if not mem.get("limited", True):
-        return f"not limited by memory (--ignore-memory: {mem['blocks']:,} blocks of {mem['block_tokens']} tokens)"
-    return (f"{format_bytes(mem['kv_bytes'])} = {mem['blocks']:,} blocks of {mem['block_tokens']} tokens "
-            f"({mem['kv_tokens']:,} tokens) after weights {format_bytes(mem['weights'])}, Engram on device "
-            f"{format_bytes(mem['engram'])}, activations {format_bytes(mem['workspace'])} and runtime "
-            f"{format_bytes(mem['runtime'])} of {mem['utilization']:g} x {format_bytes(mem['capacity'])}")
 
 
 def _ranges(ids: list[int]) -> str:

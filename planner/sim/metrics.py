@@ -15,6 +15,7 @@ from planner.sim.node import Node, Recorder
 from planner.sim.requests import Request
 from planner.specs import InferenceWorkload, ModelSpec, Scenario
 from planner.trace import Counter, Span
+from planner.units import format_bytes
 
 PERCENTILES = (50, 90, 99)
 
@@ -126,6 +127,33 @@ class SimMetrics:
         if include_spans:
             out["spans"] = [asdict(s) for s in self.spans]
         return out
+
+
+def serving_lines(serving: dict, baseline: dict | None = None, label: str = "with Engram") -> list[str]:
+    """The KV cache and admission in words (``serving`` and the baseline's as ``as_dict`` gives
+    them), for the CLI and the dashboard."""
+    out = [f"scheduler {serving['scheduler']}; KV cache per device: {kv_text(serving['memory'])}"]
+
+    def line(name: str, s: dict) -> str:
+        return (f"{name}: peak {s['peak_running']} running sequences (mean {s['mean_running']:.1f}), "
+                f"{s['preemptions']} preemptions ({s['recomputed_tokens']:,} tokens recomputed), "
+                f"KV use peak {100 * s['kv_peak_fraction']:.0f}% / mean {100 * s['kv_mean_fraction']:.0f}% "
+                f"of {s['kv_blocks']:,} blocks")
+
+    out.append(line(label, serving))
+    if baseline:
+        out.append(line("without Engram", baseline))
+    return out
+
+
+def kv_text(mem: dict) -> str:
+    """One device's memory plan (:meth:`planner.memory.DeviceMemory.as_dict`) in words."""
+    if not mem.get("limited", True):
+        return f"not limited by memory (--ignore-memory: {mem['blocks']:,} blocks of {mem['block_tokens']} tokens)"
+    return (f"{format_bytes(mem['kv_bytes'])} = {mem['blocks']:,} blocks of {mem['block_tokens']} tokens "
+            f"({mem['kv_tokens']:,} tokens) after weights {format_bytes(mem['weights'])}, Engram on device "
+            f"{format_bytes(mem['engram'])}, activations {format_bytes(mem['workspace'])} and runtime "
+            f"{format_bytes(mem['runtime'])} of {mem['utilization']:g} x {format_bytes(mem['capacity'])}")
 
 
 def serving_metrics(scenario: Scenario, rec: Recorder, memory: DeviceMemory) -> ServingMetrics:
