@@ -20,14 +20,20 @@ modulus in float64 arithmetic, exactly:
 
 1. split ``mix = hi * 2**50 + lo`` with ``hi < 2**13`` and ``lo < 2**50`` (both exact in float64);
 2. ``y = hi * (2**50 mod p) + lo`` is congruent to ``mix`` mod p and below ``2**13 * p + 2**50``,
-   which is under ``2**51`` for every ``p <= 2**37``, so float64 holds it exactly;
+   which for every ``p <= 2**35`` is at most ``5 * 2**48``: float64 holds it, and every
+   product and sum forming it, exactly;
 3. ``q = floor(y / p + 0.5 / p)`` computed as ``floor(y * (1/p) + 0.5 * (1/p))``: the true value
-   is ``y/p + 1/(2p)``, at least ``1/(2p)`` away from any integer, and the rounding error is at
-   most ``3 * 2**-53 * y / p < 2**-1.4 / p`` for ``y < 2**51``, so the floor is exactly
-   ``y // p``;
+   ``(y + 0.5) / p = y // p + (y mod p + 0.5) / p`` is at least ``0.5 / p`` away from any integer.
+   Three roundings (of ``1/p``, the product and the sum; halving is exact) leave a relative
+   error of at most ``(1 + 2**-53)**3 - 1 < 3.0001 * 2**-53``, so an absolute error below
+   ``3.0001 * 2**-53 * 5 * 2**48 / p < 0.469 / p``: the floor is exactly ``y // p``;
 4. ``r = y - q * p`` is exact (all terms are integers below 2**53).
 
-Primes above ``2**37`` (1.4e11 rows per head) take the int64 ``%`` path in the same loop. The
+The bound is tight to the proof, not to the hardware: at ``p = 2**37`` the same argument needs
+``3 * 2**-53 * 2**51 = 0.75`` below ``0.5`` and fails (the float path holds for
+``p < 2**37 / 3``, about ``2**35.4``; ``2**35`` is the round figure under it).
+
+Primes above ``2**35`` (3.4e10 rows per head) take the int64 ``%`` path in the same loop. The
 loop releases the GIL (``nogil``), so a prefetch thread hashes while the model computes.
 """
 
@@ -43,7 +49,7 @@ from planner.specs.model import EngramSpec
 # The recipe's layer stride for seeding (the demo's PRIME_1).
 SEED_LAYER_STRIDE = 10007
 _SPLIT_BITS = 50
-_FLOAT_PATH_MAX_PRIME = 1 << 37
+_FLOAT_PATH_MAX_PRIME = 1 << 35  # the proof of the module docstring, step 3
 
 
 @numba.njit(cache=True, nogil=True)

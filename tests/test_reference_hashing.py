@@ -50,7 +50,7 @@ CONFIGS = [
     (dict(layer_ids=[5, 2, 9], max_ngram=4, n_heads=3, table_size_per_head=[97, 7_239_680, 1000],
           embed_dim_per_ngram=6, seed=123), 99991, 17),
     (dict(layer_ids=[3], max_ngram=3, n_heads=1, table_size_per_head=[78_125_000, 2**40],
-          embed_dim_per_ngram=2), 2, 1),  # tiny vocab (huge multipliers) and a prime above 2**37
+          embed_dim_per_ngram=2), 2, 1),  # tiny vocab (huge multipliers) and a prime above the float path's
 ]
 
 
@@ -120,3 +120,43 @@ def test_bad_input_raises():
         hasher.hash(np.array([[0, -1]]))
     with pytest.raises(ValueError, match="2-D"):
         hasher.hash(np.array([1, 2]))
+
+
+def _largest_prime_at_most(n: int) -> int:
+    from planner.primes import is_prime
+
+    while not is_prime(n):
+        n -= 1
+    return n
+
+
+@pytest.mark.parametrize("prime", [_largest_prime_at_most(2**35), 2**31 - 1, 3])
+def test_float_modulus_is_exact_at_its_proved_edge(prime):
+    """The compiled float path (reference_model/hashing.py, steps 1-4 of its docstring) at the
+    largest prime it accepts, on the mixes that push ``y`` to its bound: the largest ``hi``
+    (mix near 2**63), the largest ``lo``, residues next to 0 and p, and random mixes."""
+    from reference_model.hashing import _FLOAT_PATH_MAX_PRIME, _SPLIT_BITS, _hash_kernel
+
+    assert prime <= _FLOAT_PATH_MAX_PRIME
+    rng = np.random.default_rng(1)
+    top = 2**63 - 1
+    edges = [top, top - 1, top - prime, (top // prime) * prime, (top // prime) * prime - 1, 2**50 - 1, 2**50,
+             (2**13 - 1) * 2**50, (2**13 - 1) * 2**50 + 2**50 - 1, prime, prime - 1, 0, 1]
+    mixes = np.array(edges + list(rng.integers(0, top, 20_000, dtype=np.int64)), dtype=np.int64)
+    # One sequence per mix, n-gram order 2 with multipliers 1: mix = id ^ (previous id = 0).
+    ctx_BX = np.stack([np.zeros_like(mixes), mixes], axis=1)
+    p_LOH = np.array([[[prime]]], dtype=np.int64)
+    out = np.empty((1, len(mixes), 1), dtype=np.int64)
+    _hash_kernel(ctx_BX, 1, np.ones((1, 2), dtype=np.int64), p_LOH,
+                 np.array([[[pow(2, _SPLIT_BITS, prime)]]], dtype=np.float64), 1.0 / p_LOH.astype(np.float64),
+                 np.zeros_like(p_LOH), True, out)
+    np.testing.assert_array_equal(out[0, :, 0], mixes % prime)
+
+
+def test_primes_past_the_proved_edge_take_the_integer_path():
+    e = EngramSpec(layer_ids=[0], max_ngram=2, n_heads=1, table_size_per_head=[2**35 + 100], embed_dim_per_ngram=2)
+    hasher = NgramHasher(e, 5, 0)
+    assert hasher.table_sizes[0][0][0] > 2**35 and not hasher._float_path
+    ids = np.random.default_rng(2).integers(0, 5, size=(3, 40))
+    expected, _ = reference_hash(e, 5, 0, ids)
+    np.testing.assert_array_equal(hasher.hash(ids)[0], expected[0])
