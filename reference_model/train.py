@@ -34,22 +34,50 @@ def corpus_ids(tokenizer_path: str | None = None) -> np.ndarray:
     return np.asarray(load_tokenizer(tokenizer_path).encode(corpus_text()).ids, dtype=np.int64)
 
 
+# Parameters that weight decay must leave alone, by the name they have in their module: a
+# decayed norm gain or identity mix is pulled toward 0, away from what it must represent.
+NO_DECAY = frozenset({
+    "bias", "key_bias",  # biases
+    "key_norm", "query_norm", "conv_norm",  # Engram's per-branch RMSNorm gains [M, D]
+    "static_alpha", "static_beta", "alpha_scale", "beta_scale",  # hyper-connection mixes and gates
+})
+
+
+def parameter_groups(model: EngramModel) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Every parameter in one of three groups, by name and owning module, not by shape:
+    ``tables`` (Engram embedding tables: the sparse optimiser), ``no_decay`` (RMSNorm gains,
+    biases, hyper-connection mixes: :data:`NO_DECAY`), ``decay`` (weight matrices and
+    projections: linear, convolution, embedding, expert and router weights, the key projection,
+    the dynamic HC projections)."""
+    from reference_model.engram import EngramModule
+    from reference_model.layers import RMSNorm
+
+    tables = {id(m.table.weight) for m in model.modules() if isinstance(m, EngramModule) and m.table is not None}
+    groups: dict[str, list] = {"tables": [], "decay": [], "no_decay": []}
+    for module_name, module in model.named_modules():
+        for leaf, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            if id(param) in tables:
+                groups["tables"].append((name, param))
+            elif isinstance(module, RMSNorm) or leaf in NO_DECAY:
+                groups["no_decay"].append((name, param))
+            else:
+                groups["decay"].append((name, param))
+    return groups
+
+
 def optimizers(model: EngramModel, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """[AdamW for the backbone, Adam (5x lr, no decay) for the Engram tables if any]."""
-    tables, decay, no_decay = [], [], []
-    for name, param in model.named_parameters():
-        if name.endswith("engram.table.weight"):
-            tables.append(param)
-        elif param.ndim >= 2:
-            decay.append(param)
-        else:  # norms, biases, HC scalars: no decay (nanoGPT's rule)
-            no_decay.append(param)
+    """[AdamW for the backbone (decay on the ``decay`` group of :func:`parameter_groups`
+    only), Adam (5x lr, no decay) for the Engram tables if any]."""
+    groups = parameter_groups(model)
+    params = {k: [p for _, p in v] for k, v in groups.items()}
     out: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": params["decay"], "weight_decay": weight_decay},
+         {"params": params["no_decay"], "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
     )]
-    if tables:
-        out.append(torch.optim.Adam(tables, lr=lr * ENGRAM_LR_MULT, betas=(0.9, 0.95), weight_decay=0.0))
+    if params["tables"]:
+        out.append(torch.optim.Adam(params["tables"], lr=lr * ENGRAM_LR_MULT, betas=(0.9, 0.95), weight_decay=0.0))
     return out
 
 

@@ -1,11 +1,14 @@
 """The tiny trainer: the loss of the tiny model falls on the bundled corpus within a few dozen
-CPU steps, and the optimiser split puts the Engram tables in their own Adam."""
+CPU steps, the optimiser split puts the Engram tables in their own Adam, and weight decay
+reaches weight matrices only."""
+
+import pytest
 
 import torch
 
 from planner.loading import load_model
 from reference_model.model import EngramModel
-from reference_model.train import ENGRAM_LR_MULT, optimizers, train
+from reference_model.train import ENGRAM_LR_MULT, optimizers, parameter_groups, train
 
 
 def test_loss_falls():
@@ -27,3 +30,33 @@ def test_optimizer_split():
     n_backbone = sum(p.numel() for g in backbone.param_groups for p in g["params"])
     assert n_backbone + sum(p.numel() for p in tables.param_groups[0]["params"]) == sum(
         p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])
+def test_weight_decay_by_name_spares_norms_biases_and_mixes(name):
+    """Norm gains, biases and hyper-connection mixes are not decayed whatever their shape (the
+    Engram key/query/conv norms are [M, D], the HC identity mix [M, M + 1]); weight matrices are."""
+    model = EngramModel(load_model(name).model_copy(update={"dtype": "fp32"}))
+    groups = {k: dict(v) for k, v in parameter_groups(model).items()}
+    named = dict(model.named_parameters())
+    assert sorted(n for g in groups.values() for n in g) == sorted(named)  # each in exactly one group
+    backbone = optimizers(model, lr=1e-3, weight_decay=0.1)[0]
+    decay_of = {id(p): g["weight_decay"] for g in backbone.param_groups for p in g["params"]}
+    engram = next(i for i, b in enumerate(model.blocks) if b.engram is not None)
+    spared = [f"blocks.{engram}.engram.{k}" for k in ("key_norm", "query_norm", "conv_norm", "key_bias",
+                                                       "value_proj.bias")]
+    spared += ["blocks.0.attn_norm.weight", "blocks.0.ffn_norm.weight"]
+    decayed = ["embed.weight", "head.weight", f"blocks.{engram}.engram.key_weight",
+               f"blocks.{engram}.engram.value_proj.weight", f"blocks.{engram}.engram.conv.weight",
+               "blocks.0.attn.wo.weight", "blocks.0.ffn.w2.weight" if name == "tiny" else "blocks.0.ffn.w1.weight"]
+    if model.spec.hc_mult > 1:
+        spared += ["blocks.0.hc_attn.static_alpha", "blocks.0.hc_attn.static_beta", "blocks.0.hc_attn.alpha_scale",
+                   "blocks.0.hc_attn.norm.weight"]
+        decayed += ["blocks.0.hc_attn.dynamic_alpha"]
+    if model.spec.attention.kind == "mla":
+        spared += ["blocks.0.attn.q_norm.weight", "blocks.0.attn.kv_norm.weight"]
+    for n in spared:
+        assert n in groups["no_decay"] and decay_of[id(named[n])] == 0.0, n
+    for n in decayed:
+        assert n in groups["decay"] and decay_of[id(named[n])] == 0.1, n
+    assert all(n.endswith("engram.table.weight") for n in groups["tables"]) and groups["tables"]
