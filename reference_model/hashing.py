@@ -18,16 +18,19 @@ is no SIMD integer divide) in one numpy pass per layer, order and head. Here one
 (numba) walks the tokens once, computes each order's mix once for its 8 heads, and takes the
 modulus in float64 arithmetic, exactly:
 
-1. split ``mix = hi * 2**50 + lo`` with ``hi < 2**13`` and ``lo < 2**50`` (both exact in float64);
-2. ``y = hi * (2**50 mod p) + lo`` is congruent to ``mix`` mod p and below ``2**13 * p + 2**50``,
+1. split ``mix = hi * 2**50 + lo`` with ``-2**13 <= hi < 2**13`` (an arithmetic shift: a
+   padding marker's mix may be negative) and ``0 <= lo < 2**50`` (both exact in float64);
+2. ``y = hi * (2**50 mod p) + lo`` is congruent to ``mix`` mod p and below ``2**13 * p + 2**50``
+   in magnitude,
    which for every ``p <= 2**35`` is at most ``5 * 2**48``: float64 holds it, and every
    product and sum forming it, exactly;
 3. ``q = floor(y / p + 0.5 / p)`` computed as ``floor(y * (1/p) + 0.5 * (1/p))``: the true value
-   ``(y + 0.5) / p = y // p + (y mod p + 0.5) / p`` is at least ``0.5 / p`` away from any integer.
+   ``(y + 0.5) / p = y // p + (y mod p + 0.5) / p`` (floor division, ``y mod p`` in ``[0, p)``, for
+   either sign) is at least ``0.5 / p`` away from any integer.
    Three roundings (of ``1/p``, the product and the sum; halving is exact) leave a relative
    error of at most ``(1 + 2**-53)**3 - 1 < 3.0001 * 2**-53``, so an absolute error below
    ``3.0001 * 2**-53 * 5 * 2**48 / p < 0.469 / p``: the floor is exactly ``y // p``;
-4. ``r = y - q * p`` is exact (all terms are integers below 2**53).
+4. ``r = y - q * p`` is exact (all terms are integers below 2**53 in magnitude), in ``[0, p)``.
 
 The bound is tight to the proof, not to the hardware: at ``p = 2**37`` the same argument needs
 ``3 * 2**-53 * 2**51 = 0.75`` below ``0.5`` and fails (the float path holds for
@@ -103,9 +106,10 @@ class NgramHasher:
     Engram layer at once.
 
     Models ENGRAM.md 2.2-2.5 exactly. ``pad_id`` is the *compressed* pad id, read for positions
-    before the start of a sequence when no past ids are given. Inputs are compressed ids in
-    ``[0, compressed_vocab_size)``; negative padding markers are rejected here (the demo would
-    hash them, but no model input contains them).
+    before the start of a sequence when no past ids are given. Inputs are compressed ids below
+    ``compressed_vocab_size``, or negative padding markers (a left-padded batch's ``-1``), which
+    compression passes through and the recipe hashes like any id (ENGRAM.md 2.1): their mix may
+    be negative, and ``mix mod p`` is taken as the demo's numpy ``%`` takes it, in ``[0, p)``.
     """
 
     def __init__(self, engram_config: EngramSpec, compressed_vocab_size: int, pad_id: int):
@@ -192,10 +196,10 @@ class NgramHasher:
             raise ValueError(f"{name} must be 2-D [batch, positions], got shape {ids.shape}")
         if ids.dtype.kind not in "iu":
             raise ValueError(f"{name} must hold integers, got dtype {ids.dtype}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.compressed_vocab_size):
+        if ids.size and ids.max() >= self.compressed_vocab_size:
             raise ValueError(
-                f"{name} holds ids outside [0, {self.compressed_vocab_size}) (min {ids.min()}, "
-                f"max {ids.max()}): the hasher reads compressed ids"
+                f"{name} holds ids up to {ids.max()}, at or above the compressed vocabulary's "
+                f"{self.compressed_vocab_size}: the hasher reads compressed ids (negative padding markers pass)"
             )
         return ids.astype(np.int64, copy=False)
 

@@ -192,10 +192,13 @@ class EngramModel(nn.Module):
     # ------------------------------------------------------------------ lookup path
 
     def compress(self, ids) -> np.ndarray:
-        """Raw ids -> compressed ids (identity without a compressor), as int64 numpy."""
+        """Raw ids -> compressed ids (identity without a compressor), as int64 numpy. Negative
+        ids are padding markers: they pass through and are hashed (ENGRAM.md 2.1), so the rows
+        of a left-padded batch can be fetched; the backbone's embedding cannot take them."""
         arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        if arr.size and (arr.min() < 0 or arr.max() >= self.spec.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.spec.vocab_size}), got {arr.min()}..{arr.max()}")
+        if arr.size and arr.max() >= self.spec.vocab_size:
+            raise ValueError(f"token ids must be below vocab_size = {self.spec.vocab_size} (negative padding "
+                             f"markers pass), got up to {arr.max()}")
         return self.compressor(arr) if self.compressor is not None else arr.astype(np.int64)
 
     def engram_row_ids(self, input_ids_BT, past_ids_BP=None, device=None) -> dict[int, torch.Tensor]:
@@ -228,6 +231,10 @@ class EngramModel(nn.Module):
         if input_ids_BT.ndim != 2:
             raise ValueError(f"input_ids must be [batch, positions], got shape {tuple(input_ids_BT.shape)}")
         B, T = input_ids_BT.shape
+        if input_ids_BT.device.type == "cpu" and input_ids_BT.numel() and int(input_ids_BT.min()) < 0:
+            raise ValueError("input_ids holds negative ids (padding markers): their Engram rows can be hashed and "
+                             "fetched (engram_row_ids) but the token embedding cannot take them; pass a pad token "
+                             "id at those positions")
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.spec.max_seq_len:
             raise ValueError(f"positions {start}..{start + T - 1} exceed max_seq_len = {self.spec.max_seq_len}")

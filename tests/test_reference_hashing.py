@@ -114,10 +114,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="pad_id"):
         NgramHasher(e, 100, 100)
     hasher = NgramHasher(e, 100, 2)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="at or above the compressed vocabulary"):
         hasher.hash(np.array([[0, 100]]))
-    with pytest.raises(ValueError, match="outside"):
-        hasher.hash(np.array([[0, -1]]))
+    assert hasher.hash(np.array([[0, -1]]))[1].min() >= 0  # a padding marker is hashed
     with pytest.raises(ValueError, match="2-D"):
         hasher.hash(np.array([1, 2]))
 
@@ -160,3 +159,42 @@ def test_primes_past_the_proved_edge_take_the_integer_path():
     ids = np.random.default_rng(2).integers(0, 5, size=(3, 40))
     expected, _ = reference_hash(e, 5, 0, ids)
     np.testing.assert_array_equal(hasher.hash(ids)[0], expected[0])
+
+
+def _numpy_demo_hash(e: EngramSpec, vocab: int, pad: int, ids: np.ndarray, primes) -> dict[int, np.ndarray]:
+    """The demo's numpy recipe as written (int64 products and XOR, numpy's ``%``), which is
+    also what it does with negative padding markers: their mix may be negative and ``%`` puts
+    every index in [0, p)."""
+    from reference_model.hashing import layer_multipliers
+
+    mult = layer_multipliers(e, vocab)
+    B, T = ids.shape
+    ctx = np.concatenate([np.full((B, e.max_ngram - 1), pad, dtype=np.int64), ids.astype(np.int64)], axis=1)
+    out = {}
+    for layer in e.layer_ids:
+        cols = []
+        for n in range(2, e.max_ngram + 1):
+            mix = np.zeros((B, T), dtype=np.int64)
+            for k in range(n):
+                mix ^= ctx[:, e.max_ngram - 1 - k:e.max_ngram - 1 - k + T] * mult[layer][k]
+            cols += [mix % p for p in primes[layer][n - 2]]
+        out[layer] = np.stack(cols, axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("kwargs,vocab,pad", CONFIGS[:4])
+def test_padding_markers_are_hashed_as_the_demo_hashes_them(kwargs, vocab, pad):
+    """A left-padded batch: -1 markers before each prompt (and a -100 ignore index) pass
+    compression unchanged (ENGRAM.md 2.1) and hash like the demo's numpy recipe, indices in [0, p)."""
+    e = EngramSpec(**kwargs)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, vocab, size=(3, 17))
+    ids[0, :5], ids[1, :1], ids[2, 7] = -1, -1, -100
+    hasher = NgramHasher(e, vocab, pad)
+    expected = _numpy_demo_hash(e, vocab, pad, ids, hasher.table_sizes)
+    got = hasher.hash(ids)
+    for layer in e.layer_ids:
+        np.testing.assert_array_equal(got[layer], expected[layer])
+        assert got[layer].min() >= 0
+    with pytest.raises(ValueError, match="at or above the compressed vocabulary"):
+        hasher.hash(np.array([[0, vocab]]))

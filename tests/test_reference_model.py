@@ -253,3 +253,22 @@ def test_mla_decode_uses_absorbed_form():
         prefill_calls = len(calls)
         model(ids[:, 8:], kv_cache=cache)
     assert prefill_calls > 0 and len(calls) == prefill_calls
+
+
+def test_left_padded_batch_rows_are_hashed_but_not_embedded():
+    """Padding markers (-1) of a left-padded batch get Engram rows like any id (ENGRAM.md 2.1:
+    compression passes them through, the recipe hashes them); the forward refuses them clearly."""
+    model = EngramModel(load_model("tiny").model_copy(update={"dtype": "fp32"}))
+    ids = torch.randint(0, model.spec.vocab_size, (2, 9))
+    ids[0, :4] = -1
+    rows = model.host_row_ids(ids)
+    for layer, r in rows.items():
+        assert r.shape == (2, 9, model.hasher.rows_per_token) and 0 <= int(r.min())
+        assert int(r.max()) < model.hasher.table_rows[layer]
+    unpadded = model.host_row_ids(ids[1:])
+    for layer in rows:
+        assert torch.equal(rows[layer][1:], unpadded[layer])
+    with pytest.raises(ValueError, match="padding markers"):
+        model(ids)
+    with pytest.raises(ValueError, match="below vocab_size"):
+        model.host_row_ids(torch.full((1, 3), model.spec.vocab_size))
