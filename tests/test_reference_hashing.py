@@ -198,3 +198,28 @@ def test_padding_markers_are_hashed_as_the_demo_hashes_them(kwargs, vocab, pad):
         assert got[layer].min() >= 0
     with pytest.raises(ValueError, match="at or above the compressed vocabulary"):
         hasher.hash(np.array([[0, vocab]]))
+
+
+def test_golden_vectors_of_the_demo_algorithm_are_reproduced_bit_exactly():
+    """tests/fixtures/demo_hash_vectors.json was made by scripts/demo_golden_vectors.py, which
+    re-traces the public demo's NgramHashMapping step by step (numpy, sympy primes) without
+    this project's code: multipliers, table primes and every index must match."""
+    import json
+    from pathlib import Path
+
+    from reference_model.hashing import layer_multipliers
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "demo_hash_vectors.json").read_text())
+    assert len(data["cases"]) >= 4
+    for case in data["cases"]:
+        e = EngramSpec(layer_ids=case["layer_ids"], max_ngram=case["max_ngram"], n_heads=case["n_heads"],
+                       table_size_per_head=case["table_size_per_head"], embed_dim_per_ngram=2 * case["n_heads"],
+                       seed=case["seed"])
+        hasher = NgramHasher(e, case["compressed_vocab_size"], case["compressed_pad_id"])
+        mult = layer_multipliers(e, case["compressed_vocab_size"])
+        got = hasher.hash(np.array(case["ids"]))
+        for layer in e.layer_ids:
+            key = str(layer)
+            assert mult[layer].tolist() == case["multipliers"][key], case["name"]
+            assert hasher.table_sizes[layer] == case["table_sizes"][key], case["name"]
+            np.testing.assert_array_equal(got[layer], np.array(case["hashes"][key]), err_msg=case["name"])
