@@ -22,7 +22,9 @@ SPAN_NAMES = {
     "overhead": "the engine's own host work of a step outside every op and lookup (simulated only)",
     "hash": "n-gram hashing of the step's token ids, all Engram layers at once (track 'engine' without "
             "prefetch, the worker's 'host_cpu' with it)",
-    "gather_L{i}": "collecting layer i's rows from their tier (host RAM, disk, cache) into staging",
+    "gather_L{i}": "collecting layer i's rows from their tier (host RAM, disk, cache) into staging; on track "
+                   "'host_generate' when the table is a generated stand-in (rows computed from the seed, no "
+                   "memory read: reference_model.store_sources.LazyRows)",
     "h2d_L{i}": "host-to-device copy of layer i's gathered rows",
     "wait_L{i}": "compute stalled waiting for layer i's rows (the exposed lookup time)",
     "engram_L{i}": "Engram module compute of block i (gate, value, conv)",

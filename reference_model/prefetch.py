@@ -172,7 +172,7 @@ class RowProvider:
         if not self.cuda:
             return store.lookup(ids, self.tracer), None
         with torch.cuda.device(self.device):
-            with self.tracer(f"gather_L{store.layer_id}", "host_gather"):
+            with self.tracer(f"gather_L{store.layer_id}", store.source.gather_track):
                 plan = store.plan(ids)
                 staged = store.stage(plan)
             with torch.cuda.stream(self._copy_stream):

@@ -164,7 +164,7 @@ class LayerStore:
                 return self._device_gather(ids_BTK)
         # Span boundaries: gather = plan + stage (host work), h2d = transfer + assemble (device
         # work; on a CPU-only machine, the copy into the output).
-        with tracer(f"gather_L{i}", "host_gather"):
+        with tracer(f"gather_L{i}", self.source.gather_track):
             plan = self.plan(ids_BTK)
             staged = self.stage(plan)
         with contextlib.ExitStack() as ctx:
@@ -354,6 +354,15 @@ class EngramTableStore:
             layers[layer] = LayerStore(layer, source, device=device, cache=cache, dedup=placement.dedup,
                                        uva=placement.host_mode == "uva")
         return cls(layers)
+
+    def describe(self) -> list[str]:
+        """Where each layer's rows come from, in words: a generated stand-in says so (its tier
+        is only where it stands in; nothing is read from that memory)."""
+        out = []
+        for layer, store in sorted(self.layers.items()):
+            cache = f", {store.cache.capacity:,}-row device cache" if store.cache is not None else ""
+            out.append(f"layer {layer}: {store.tier} tier, {store.source.label}{cache}")
+        return out
 
     def lookup(self, layer_id: int, ids_BTK: torch.Tensor, tracer=None) -> torch.Tensor:
         """Rows for one layer, synchronously (the one-call interface)."""

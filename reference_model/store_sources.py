@@ -68,6 +68,10 @@ class RowSource:
     """
 
     tier: str = "host"
+    # What a read of this source is, for people (store summaries, bench output) and the trace
+    # track its host-side gathers go on.
+    label: str = "host DRAM"
+    gather_track: str = "host_gather"
 
     def __init__(self, num_rows: int, d_head: int, dtype: torch.dtype):
         if num_rows <= 0 or d_head <= 0:
@@ -105,6 +109,7 @@ class DenseRows(RowSource):
         if tier not in ("device", "host"):
             raise ValueError(f"DenseRows holds the device or host tier, got {tier!r}")
         self.tier = tier
+        self.label = "device memory" if tier == "device" else "host DRAM"
         weight_RD = weight_RD.detach()
         if tier == "host" and weight_RD.is_cuda:
             weight_RD = weight_RD.cpu()
@@ -136,6 +141,7 @@ class DiskRows(RowSource):
     :meth:`drop_page_cache` evicts it to measure cold reads."""
 
     tier = "disk"
+    label = "disk (memory-mapped file)"
 
     def __init__(self, path: str | Path, num_rows: int, d_head: int, dtype: torch.dtype):
         super().__init__(num_rows, d_head, dtype)
@@ -199,8 +205,10 @@ class LazyRows(RowSource):
         if num_rows * d_head >= 1 << 62:
             raise ValueError(f"{num_rows} x {d_head} elements overflow the 64-bit counter")
         self.seed, self.layer_id, self.init_std = int(seed), int(layer_id), float(init_std)
-        self.tier = tier
+        self.tier = tier  # the tier it stands in for (routing: offloaded or not); nothing is stored there
+        self.label = f"generated ({tier}-tier stand-in: rows computed from the seed, not read from memory)"
         self.device = torch.device(device)
+        self.gather_track = "host_generate" if self.device.type == "cpu" else "compute"
         self.key = lazy_stream_key(self.seed, self.layer_id)
         self._bound = init_std * math.sqrt(3.0)
         self._cols = torch.arange(1, d_head + 1, dtype=torch.int64, device=self.device)

@@ -44,9 +44,24 @@ def test_lazy_host_rows_equal_device_rows(tiny_spec, prefetch):
             assert rows.shape == (2, 5, 8, tiny_spec.engram.d_head)
             assert torch.equal(rows, device.lookup(layer, ids[layer]))
             assert handle.wait() is rows  # a second wait returns the same tensor
-    gathers = [t for name, track, t in tracer.seen if name.startswith("gather_L")]
+    gathers = [(track, t) for name, track, t in tracer.seen if name.startswith("gather_L")]
     assert len(gathers) == 2
-    assert all(t.startswith("engram-prefetch") for t in gathers) == prefetch
+    assert all(t.startswith("engram-prefetch") for _, t in gathers) == prefetch
+    # Generated rows are not host-DRAM reads: their gathers have their own track and label.
+    assert {track for track, _ in gathers} == {"host_generate"}
+    assert all("generated" in line and "host tier" in line for line in provider.store.describe())
+
+
+def test_real_tables_keep_the_host_gather_track(tiny_spec):
+    from planner.accounting import engram_table_rows
+
+    tables = {l: torch.randn(n, tiny_spec.engram.d_head) for l, n in engram_table_rows(tiny_spec).items()}
+    tracer = ThreadTracer()
+    with build_provider(tiny_spec, EngramPlacement(tier="host", prefetch=False), tables=tables, tracer=tracer) as p:
+        for handle in p.fetch(_ids(tiny_spec)).values():
+            handle.wait()
+        assert all("host DRAM" in line for line in p.store.describe())
+    assert {track for name, track, _ in tracer.seen if name.startswith("gather_L")} == {"host_gather"}
 
 
 def test_prefetch_errors_surface_at_wait(tiny_spec):
