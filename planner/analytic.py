@@ -231,10 +231,11 @@ def _pipeline_out(exposed, stall, host, fetch, window, stage_max, per_layer) -> 
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """Whole offline runs, one per configuration (arrays): every request at t = 0, per device
-    waves of ``max_num_seqs`` sequences, each a prefill in ``max_batched_tokens`` chunks then
-    ``output - 1`` decode steps at the wave's mean context. TTFT/TPOT quantiles are a screen,
-    not a prediction: queueing under arrivals is invisible here (the simulator sees it)."""
+    """Whole runs, one per configuration (arrays): every request at t = 0, per device waves of
+    ``max_num_seqs`` sequences, each a prefill in ``max_batched_tokens`` chunks then
+    ``output - 1`` decode steps at the wave's mean context; with Poisson arrivals the run lasts
+    at least until the last request has arrived and been served alone. TTFT/TPOT quantiles are
+    a screen, not a prediction: queueing under arrivals is invisible here (the simulator sees it)."""
 
     duration_s: np.ndarray
     throughput_output_tokens_per_s: np.ndarray
@@ -292,6 +293,12 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
     pre_r, dec_r = wave(np.where(rem > 0, rem, 1.0))
     wave_f = pre_f + dec_f.step_s * decode_steps
     total = full * wave_f + (rem > 0) * (pre_r + dec_r.step_s * decode_steps)
+    if w.arrival_rate is not None:
+        # Poisson arrivals: the last of the run's requests arrives about (n - 1) / rate after the
+        # first, and the run cannot end before it is served (at best alone): an arrival-bound
+        # run's throughput is the offered load, whatever the engine could do.
+        pre_1, dec_1 = wave(np.ones_like(b))
+        total = np.maximum(total, (w.num_sequences - 1) / w.arrival_rate + pre_1 + dec_1.step_s * decode_steps)
     waves = full + (rem > 0)
     # With chunked prefill a request whose prompt finishes early decodes through the wave's
     # remaining prefill chunks; the request at quantile q sees about q of them.
@@ -314,9 +321,9 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
 
 
 def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_dir=None) -> RunEstimate:
-    """Whole offline run of ``scenario`` as the workload sets it (one configuration; see
+    """Whole run of ``scenario`` as the workload sets it (one configuration; see
     :class:`RunEstimate`). Exact for fixed lengths when each wave's prompts fit the prefill
-    budget; cannot model arrivals (``arrival_rate`` is ignored)."""
+    budget; arrivals only bound the run's length from below (no queueing)."""
     return estimate_run_arrays(scenario, efficiency=efficiency, base_dir=base_dir).item()
 
 

@@ -70,6 +70,25 @@ def test_cannot_see_queueing_of_arrival_bursts():
     assert des > 3 * ana
 
 
+@pytest.mark.parametrize("rate", [5.0, 20.0])
+def test_arrival_bound_runs_have_the_offered_throughput(rate):
+    """Arrivals far below capacity: the run lasts until the last request has arrived and been
+    served, in the estimator as in the simulator (the offline waves would be 10x faster). The
+    estimator takes the expected span of the n arrivals, the simulator one draw of it (this
+    seed's is 13% longer): beyond the span, both serve the last request alone."""
+    from planner.sim.requests import sample_requests
+
+    n = 400
+    s = scenario(seqs=n, prompt=64, output=16, arrival_rate=rate)
+    offline = estimate_run(s.model_copy(update={"workload": s.workload.model_copy(update={"arrival_rate": None})}))
+    est = estimate_run(s)
+    assert est.throughput_output_tokens_per_s < 0.2 * offline.throughput_output_tokens_per_s
+    assert est.throughput_output_tokens_per_s == pytest.approx(16 * rate, rel=0.01)
+    arrivals = [r.arrival_s for r in sample_requests(s.workload, 1)]
+    tail = est.duration_s - (n - 1) / rate  # the estimator's service of the last request
+    assert simulate(s, baseline=False).duration_s == pytest.approx(arrivals[-1] - arrivals[0] + tail, rel=0.02)
+
+
 def test_vectorised_equals_one_at_a_time():
     s = steady(hardware(1, 1))
     rng = np.random.default_rng(0)

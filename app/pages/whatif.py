@@ -60,7 +60,8 @@ drop = est["drop"]
 exposed_ms = 1e3 * float(step.exposed_s)
 cols = st.columns(6)
 card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f"{est['throughput']:,.0f}",
-               help="Analytic: whole offline run for inference (planner.analytic.estimate_run), "
+               help="Analytic: whole run for inference (planner.analytic.estimate_run: waves of "
+                    "max_num_seqs; with an arrival rate, no faster than the requests arrive), "
                     "one steady step for training")
 card(cols[1], "Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%")
 card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
