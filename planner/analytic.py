@@ -14,6 +14,10 @@ The estimate is the simulator without queueing, built on the same stage definiti
               = the whole lookup, stage after stage                            without
     step      = overhead + compute + sum_j exposed_j (+ device-tier waits for the hash)
 
+A training workload's step is a bottleneck model of :mod:`planner.sim.training` instead
+(forward + backward on the stream, lookups a step ahead, row-gradient updates behind it: the
+busiest of compute, worker pool and copy engines; :func:`_training_step`).
+
 Every input may be a numpy array; they broadcast together (see :func:`estimate_step`), so one
 call evaluates tens of thousands of configurations. :func:`estimate_run_arrays` turns steps into
 whole offline runs (waves of ``max_num_seqs``) for arrays of engine settings, the planner's
@@ -37,7 +41,7 @@ from planner.accounting import engram_row_bytes, engram_table_rows
 from planner.costmodel import BatchShape, CostModel, Number
 from planner.efficiency import Efficiency
 from planner.ngram_model import ZipfTraffic, traffic_model
-from planner.specs import InferenceWorkload, Scenario
+from planner.specs import InferenceWorkload, Scenario, TrainingWorkload
 from planner.stages import host_placement, layer_fetch
 
 OVERRIDES = {
@@ -89,6 +93,8 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(OVERRIDES)}")
+    if isinstance(scenario.workload, TrainingWorkload):
+        return _training_step(scenario, efficiency, base_dir, overrides)
     model, hw, placement = scenario.model, scenario.hardware, scenario.placement
     batch, context = _default_decode(scenario)
     o = {"batch_size": batch, "context_len": context, "prefill_tokens": 0.0, "prefill_seqs": 1.0,
@@ -118,10 +124,7 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     if np.any(graph):  # decode-only steps within the engine's CUDA-graph batch replay a graph
         replayed = _op_seconds(cost.graphed(), model, shape)
         ops = {k: np.where(graph, replayed[k], v) for k, v in ops.items()}
-    device_tier = [l for l in model.engram_layer_ids if placement.tier_of(l) == "device"]
-    compute = (ops["embed"] + ops["head"] + model.n_layers * ops["attn"] + _count(model, False) * ops["dense"]
-               + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"]
-               + len(device_tier) * ops["gather"])
+    compute = _forward_s(model, placement, ops)
     overhead = cost.step_overhead(shape) + 0.0 * compute
     zero = np.zeros(np.shape(b))
     if not model.engram_layer_ids:
@@ -137,6 +140,116 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     step = compute + pick["host"] + pick["exposed"] + pick["stall"]
     return _result(step, compute, pick["exposed"], pick["fetch"], tokens, hw, bound, per_layer, pick["window"],
                    host=pick["host"])
+
+
+def _forward_s(model, placement, ops: dict) -> Number:
+    """Seconds of one forward pass's ops (embed, blocks, head; device-tier in-layer gathers)."""
+    device_tier = [l for l in model.engram_layer_ids if placement.tier_of(l) == "device"]
+    return (ops["embed"] + ops["head"] + model.n_layers * ops["attn"] + _count(model, False) * ops["dense"]
+            + _count(model, True) * ops["moe"] + len(model.engram_layer_ids) * ops["engram"]
+            + len(device_tier) * ops["gather"])
+
+
+TRAINING_OVERRIDES = ("batch_size", "context_len", "cache_fraction", "table_rows", "h2d_bandwidth",
+                      "host_memory_bandwidth", "flops_scale", "prefetch")
+
+
+def _training_step(scenario: Scenario, efficiency, base_dir, overrides: dict) -> AnalyticResult:
+    """One steady training step (:mod:`planner.sim.training`) as a bottleneck model.
+
+    The compute stream runs the forward over ``batch_size x seq_len`` tokens (``batch_size``
+    and ``context_len`` override them) and the backward at 2x its work (3x with activation
+    checkpointing). Each offloaded layer's lookups go through the worker pool (hash, gather) and
+    the h2d copy engine, its row gradients through the d2h engine and the pool (sparse
+    optimiser). With prefetch the next batch's rows are fetched a whole step ahead and the
+    updates may finish during the next step, so a steady step lasts as long as its busiest
+    actor: ``max(compute, pool, h2d engine, d2h engine)`` (one engine for both directions when
+    ``copy_engines`` is 1). Without prefetch the hash (engine thread) and each lookup, stage
+    after stage, are on the compute path. Cannot see: the first step's fetch and the last step's
+    drain (the simulator's mean includes them), FIFO interleaving on the pool."""
+    bad = sorted(set(overrides) - set(TRAINING_OVERRIDES))
+    if bad:
+        raise ValueError(f"override(s) {bad} do not apply to a training workload; "
+                         f"it takes {list(TRAINING_OVERRIDES)}")
+    model, hw, placement, w = scenario.model, scenario.hardware, scenario.placement, scenario.workload
+    o = {"batch_size": float(w.batch_size), "context_len": float(w.seq_len),
+         "cache_fraction": placement.cache_fraction, "flops_scale": 1.0, "prefetch": float(placement.prefetch),
+         "h2d_bandwidth": hw.link.h2d_bandwidth, "host_memory_bandwidth": hw.host.memory_bandwidth, **overrides}
+    keys = list(o)
+    a = dict(zip(keys, np.broadcast_arrays(*[np.asarray(o[k], dtype=float) for k in keys])))
+    cost = CostModel(model, hw, efficiency).with_rates(
+        peak_flops=hw.device.flops_for(model.dtype) * a["flops_scale"], h2d_bandwidth=a["h2d_bandwidth"],
+        host_memory_bandwidth=a["host_memory_bandwidth"])
+    B, S = a["batch_size"], a["context_len"]
+    tokens = B * S
+    # Causal attention over whole sequences; the loss needs logits at every position.
+    shape = BatchShape(tokens=tokens, seqs=tokens, attn_pairs=tokens * (S + 1) / 2, kv_read=0.0 * tokens)
+    factor = 3.0 if w.activation_checkpointing else 2.0
+    forward = _forward_s(model, placement, _op_seconds(cost, model, shape))
+    compute = forward * (1.0 + factor)
+    zero = np.zeros(np.shape(tokens))
+    offloaded = [l for l in model.engram_layer_ids if placement.tier_of(l) != "device"]
+    if model.engram is None or not offloaded:
+        hashing = cost.hash(tokens, host_placement(cost, placement).hash_cores) + zero if model.engram else zero
+        on_thread = np.where(a["prefetch"] > 0, 0.0, hashing)
+        return _result(compute + on_thread, compute, zero, zero, tokens, hw, compute_bound(cost, shape, model), {},
+                       host=on_thread)
+    devices = 1 if hw.device.kind == "cpu" else hw.device.count
+    pf_on = a["prefetch"] > 0
+    steps = {}
+    for prefetch in (True, False):
+        p = placement.model_copy(update={"prefetch": prefetch})
+        host = host_placement(cost, p)
+        hashing = cost.hash(tokens, host.hash_cores) + zero
+        pool, disk, h2d, d2h, on_demand, per_layer = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy(), {}
+        stages = {"host_gather": zero.copy(), "link": zero.copy(), "disk": zero.copy()}  # of the on-demand lookups
+        for layer in offloaded:
+            rows_total = a["table_rows"] if "table_rows" in overrides else engram_table_rows(model)[layer]
+            table_bytes = rows_total * engram_row_bytes(model) if "table_rows" in overrides else None
+            lf = layer_fetch(cost, p, _traffic(scenario, model, rows_total, base_dir), layer, tokens, host,
+                             a["cache_fraction"], devices, table_bytes)
+            grads = lf.rows * cost.row_bytes
+            write = 0.0 * grads if hw.device.kind == "cpu" else cost.transfer(grads, "d2h", "pinned")
+            table = cost.table_bytes(layer) if table_bytes is None else table_bytes
+            optim = cost.optimizer_bytes(lf.rows, w.table_optimizer) / np.minimum(
+                cost.gather_rate(host.cores, table), cost.host_dram_rate() / devices)
+            pool, disk = pool + lf.host_s + optim, disk + lf.disk_s
+            h2d, d2h = h2d + lf.copy_s, d2h + write
+            on_demand = on_demand + lf.alone_s
+            for key, part in (("host_gather", lf.host_s), ("link", lf.copy_s), ("disk", lf.disk_s)):
+                stages[key] = stages[key] + part
+            per_layer[layer] = {"rows": lf.rows, "bytes": lf.bytes, "fetch_s": lf.alone_s, "window_s": zero,
+                                "exposed_s": zero}
+        engines = [h2d + d2h] if hw.device.copy_engines == 1 else [h2d, d2h]
+        if prefetch:  # the worker pool also hashes the next batch
+            path = compute + 0.0 * hashing
+            pool = pool + hashing
+        else:  # hash on the engine thread, each lookup on demand at its layer, stage after stage
+            path = compute + hashing + on_demand
+        actors = {"compute": path, "host_gather": pool, "link": np.maximum.reduce(engines), "disk": disk}
+        step = np.maximum.reduce(list(actors.values()))
+        names = np.array(list(actors))
+        busiest = names[np.argmax(np.stack(list(actors.values())), axis=0)]
+        if not prefetch:  # the compute path holds the lookups: name their slowest stage
+            stage_names = np.array(list(stages))
+            slowest = stage_names[np.argmax(np.stack(list(stages.values())), axis=0)]
+            busiest = np.where((busiest == "compute") & (on_demand > 0), slowest, busiest)
+        stall = step - path
+        first = offloaded[0]
+        per_layer[first]["exposed_s"] = stall + (0.0 if prefetch else on_demand)
+        if prefetch:
+            for layer in offloaded:
+                per_layer[layer]["window_s"] = step + zero  # fetched a whole step ahead
+        steps[prefetch] = {"step": step, "exposed": stall + (0.0 if prefetch else on_demand),
+                           "host": 0.0 * hashing if prefetch else hashing, "fetch": on_demand,
+                           "bound": np.where(busiest == "compute", compute_bound(cost, shape, model), busiest),
+                           "per_layer": per_layer}
+    pick = {k: np.where(pf_on, steps[True][k], steps[False][k]) for k in ("step", "exposed", "host", "fetch", "bound")}
+    per_layer = {layer: {k: np.where(pf_on, steps[True]["per_layer"][layer][k], steps[False]["per_layer"][layer][k])
+                         for k in steps[True]["per_layer"][layer]} for layer in offloaded}
+    window = per_layer[offloaded[0]]["window_s"]
+    return _result(pick["step"], compute, pick["exposed"], pick["fetch"], tokens, hw, pick["bound"], per_layer,
+                   window, host=pick["host"])
 
 
 def _graph_steps(scenario: Scenario, batch, prefill) -> np.ndarray:

@@ -119,3 +119,44 @@ def test_exposed_is_fetch_minus_window_and_monotone():
 def test_unknown_override_is_named():
     with pytest.raises(ValueError, match="bogus"):
         estimate_step(steady(hardware(1, 1)), bogus=1.0)
+
+
+def _training(model="tiny", hw=None, placement=None, **workload):
+    from planner.loading import load_model
+    from planner.specs import EngramPlacement, Scenario, TrainingWorkload
+
+    return Scenario(name="train", model=load_model(model), hardware=hw or hardware(1, 1),
+                    workload=TrainingWorkload(**{"batch_size": 4, "seq_len": 256, "steps": 20, **workload}),
+                    placement=EngramPlacement(**(placement or {"tier": "host"})))
+
+
+@pytest.mark.parametrize("case", [
+    dict(placement={"tier": "device"}),
+    dict(),                                                               # host tier, fetched a step ahead
+    dict(placement={"tier": "host", "prefetch": False}),                  # lookups on demand
+    dict(hw=hardware(1, 1, h2d_bandwidth=2e8)),                            # link-bound pipeline
+    dict(hw=hardware(1, 1, h2d_bandwidth=2e8), placement={"tier": "host", "prefetch": False}),
+    dict(activation_checkpointing=True),
+    dict(model="dense-8b-engram-100b", batch_size=2, seq_len=512),
+])
+def test_training_step_agrees_with_the_simulator(case):
+    """A training step is forward + backward (2x, 3x with checkpointing) on the stream, lookups
+    a step ahead (or on demand) and row-gradient updates behind it: the estimate's step is the
+    simulator's mean step within 5% (the simulator's mean includes the first step's fetch)."""
+    s = _training(**case)
+    sim = simulate(s, baseline=False).mean_step_time_s
+    est = estimate_step(s)
+    assert abs(sim / float(est.step_s) - 1) <= 0.05
+    w = s.workload
+    assert float(est.tokens_per_step) == w.batch_size * w.seq_len
+
+
+def test_training_step_names_its_bottleneck_and_refuses_inference_overrides():
+    slow = estimate_step(_training(hw=hardware(1, 1, h2d_bandwidth=2e8)))
+    assert str(np.asarray(slow.bound)) == "link" and float(slow.exposed_s) > 0
+    fast = estimate_step(_training())
+    assert float(fast.exposed_s) == 0 and str(np.asarray(fast.bound)) in ("compute", "hbm")
+    longer = estimate_step(_training(), context_len=np.array([256.0, 512.0]))
+    assert longer.step_s[1] > longer.step_s[0] and longer.tokens_per_step.tolist() == [1024.0, 2048.0]
+    with pytest.raises(ValueError, match="prefill_tokens"):
+        estimate_step(_training(), prefill_tokens=64.0)

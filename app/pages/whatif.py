@@ -64,8 +64,14 @@ card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f
                     "max_num_seqs; with an arrival rate, no faster than the requests arrive), "
                     "one steady step for training")
 card(cols[1], "Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%")
-card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
-card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
+if w.kind == "training":
+    card(cols[2], "Step time", format_seconds(float(step.step_s)),
+         help="Forward + backward over the batch, lookups a step ahead, row-gradient updates behind it "
+              "(planner.analytic: the busiest of compute, worker pool and copy engines)")
+    card(cols[3], "Tokens / step", f"{float(step.tokens_per_step):,.0f}", help="batch_size x seq_len per device")
+else:
+    card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
+    card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
 card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s")
 card(cols[5], "Step bound", str(np.asarray(step.bound).item()))
 
@@ -80,8 +86,9 @@ with left:
     fits = fp.device <= hw.device.memory and fp.host <= hw.host.memory
     nvme = f" of {format_bytes(hw.nvme.capacity)}" if hw.nvme else ""
     text = (f"GPU {format_bytes(fp.device)} of {format_bytes(hw.device.memory)} per device · host DRAM "
-            f"{format_bytes(fp.host)} of {format_bytes(hw.host.memory)} · NVMe {format_bytes(fp.disk)}{nvme}. "
-            f"KV cache for {est['kv_tokens']:,} resident tokens per device (full batch of longest sequences).")
+            f"{format_bytes(fp.host)} of {format_bytes(hw.host.memory)} · NVMe {format_bytes(fp.disk)}{nvme}."
+            + (f" KV cache for {est['kv_tokens']:,} resident tokens per device (full batch of longest sequences)."
+               if w.kind == "inference" else ""))
     if fits:
         st.caption(text)
     else:
