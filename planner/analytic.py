@@ -14,7 +14,9 @@ The estimate is the simulator without queueing, built on the same stage definiti
               = the whole lookup, stage after stage                            without
     step      = overhead + compute + sum_j exposed_j (+ device-tier waits for the hash)
 
-A training workload's step is a bottleneck model of :mod:`planner.sim.training` instead
+A run's waves decode at the mean output length, except the last batch, which drains (it
+decodes until its longest output is done, shrinking as sequences finish): it is priced along
+the expected batch of that drain. A training workload's step is a bottleneck model of :mod:`planner.sim.training` instead
 (forward + backward on the stream, lookups a step ahead, row-gradient updates behind it: the
 busiest of compute, worker pool and copy engines; :func:`_training_step`).
 
@@ -406,6 +408,23 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
     pre_r, dec_r = wave(np.where(rem > 0, rem, 1.0))
     wave_f = pre_f + dec_f.step_s * decode_steps
     total = full * wave_f + (rem > 0) * (pre_r + dec_r.step_s * decode_steps)
+    # The drain. While requests wait, a finished sequence's slot is refilled at once (continuous
+    # batching), so a full batch decodes at the mean output length; the last batch is not
+    # refilled: it runs until its longest output is done, shrinking as its sequences finish.
+    # Its decode is the sum over steps k of the step at the expected batch L x P(output > k),
+    # up to the expected longest of its L outputs, by the midpoint rule on DRAIN_POINTS steps
+    # (equal to the mean-length waves above for fixed lengths).
+    last = np.where(rem > 0, rem, b)
+    longest = _expected_max_len(w.output_len, last)
+    if np.any(longest > output):
+        u = (np.arange(DRAIN_POINTS) + 0.5) / DRAIN_POINTS
+        k = 1.0 + u.reshape((-1,) + (1,) * np.ndim(last)) * np.maximum(longest - 1.0, 0.0)
+        running = np.maximum(last * _survival(w.output_len, k), 1.0)
+        at = estimate_step(scenario, efficiency, base_dir, batch_size=running,
+                           context_len=prompt + (output - 2) / 2.0, **overrides).step_s
+        drain = np.maximum(longest - 1.0, 0.0) * at.mean(axis=0)
+        counted = np.where(rem > 0, dec_r.step_s, dec_f.step_s) * decode_steps
+        total = total + np.maximum(drain - counted, 0.0)
     if w.arrival_rate is not None:
         # Poisson arrivals: the last of the run's requests arrives about (n - 1) / rate after the
         # first, and the run cannot end before it is served (at best alone): an arrival-bound
@@ -483,6 +502,36 @@ def _mean_len(dist) -> float:
     if dist.kind == "uniform":
         return (dist.low + dist.high) / 2
     return float(np.clip(dist.median * np.exp(dist.sigma**2 / 2), dist.min, dist.max))
+
+
+DRAIN_POINTS = 8  # decode steps priced along the last batch's drain
+
+
+def _survival(dist, k) -> np.ndarray:
+    """P(length > k) of a length distribution (``k`` an array)."""
+    k = np.asarray(k, float)
+    if dist.kind == "fixed":
+        return (k < dist.value).astype(float)
+    if dist.kind == "uniform":
+        return np.clip((dist.high - np.floor(k)) / (dist.high - dist.low + 1.0), 0.0, 1.0)
+    from scipy.special import ndtr
+
+    z = (np.log(np.maximum(k, 1e-300)) - np.log(dist.median)) / max(dist.sigma, 1e-12)
+    return np.where(k < dist.min, 1.0, np.where(k >= dist.max, 0.0, 1.0 - ndtr(z)))
+
+
+def _expected_max_len(dist, k) -> np.ndarray:
+    """About the expected longest of ``k`` independent draws of ``dist``: its quantile at
+    ``k / (k + 1)`` (exact in the mean for a continuous uniform)."""
+    k = np.asarray(k, float)
+    q = k / (k + 1.0)
+    if dist.kind == "fixed":
+        return np.full(np.shape(k), float(dist.value))
+    if dist.kind == "uniform":
+        return dist.low + (dist.high - dist.low) * q
+    from scipy.special import ndtri
+
+    return np.clip(dist.median * np.exp(dist.sigma * ndtri(q)), dist.min, dist.max)
 
 
 def _count(model, moe: bool) -> int:
