@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,45 @@ def run(args) -> int:
         raise ValueError(f"--port {args.port} is not a TCP port (1-65535)")
     print(f"engram-planner app: serving {MAIN} at http://{args.address}:{args.port} (Ctrl-C stops)",
           flush=True)
+    return serve(command(args.port, args.address))
+
+
+STOP_GRACE_S = 10.0  # how long the server may take to stop before it is killed
+
+
+def serve(argv: list[str]) -> int:
+    """Run the server as a child and stop with it: SIGTERM and SIGHUP to this process are
+    forwarded (a bare ``kill`` of the wrapper would otherwise leave Streamlit holding the
+    port), Ctrl-C reaches it through the terminal's process group; whatever ends this process,
+    the child is stopped (terminated, killed after ``STOP_GRACE_S``). Returns its exit code."""
+    proc = subprocess.Popen(argv)
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    forwarded = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    code = None
     try:
-        return subprocess.call(command(args.port, args.address))
-    except KeyboardInterrupt:
-        return 130
+        while code is None:
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:  # the server got the same SIGINT from the terminal
+                forward(signal.SIGINT, None)
+                try:
+                    proc.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                code = 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code
