@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from planner.cli.common import HELP_FORMATTER, number
@@ -62,28 +63,31 @@ STOP_GRACE_S = 10.0  # how long the server may take to stop before it is killed
 def serve(argv: list[str]) -> int:
     """Run the server as a child and stop with it: SIGTERM and SIGHUP to this process are
     forwarded (a bare ``kill`` of the wrapper would otherwise leave Streamlit holding the
-    port), Ctrl-C reaches it through the terminal's process group; whatever ends this process,
-    the child is stopped (terminated, killed after ``STOP_GRACE_S``). Returns its exit code."""
+    port), Ctrl-C reaches it through the terminal's process group; a server still running
+    ``STOP_GRACE_S`` after a stop was asked is killed, and whatever ends this process, the child
+    is stopped. Returns its exit code (130 after Ctrl-C)."""
     proc = subprocess.Popen(argv)
+    asked: list[float] = []  # when a stop was asked
 
     def forward(signum, _frame):
         if proc.poll() is None:
             proc.send_signal(signum)
+        asked.append(time.monotonic())
 
     forwarded = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
-    code = None
+    interrupted = False
     try:
-        while code is None:
+        while True:
             try:
-                code = proc.wait()
+                code = proc.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0] > STOP_GRACE_S:
+                    proc.kill()
             except KeyboardInterrupt:  # the server got the same SIGINT from the terminal
+                interrupted = True
                 forward(signal.SIGINT, None)
-                try:
-                    proc.wait(STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    pass
-                code = 130
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -94,4 +98,4 @@ def serve(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return code
+    return 130 if interrupted else code
