@@ -17,7 +17,8 @@ examples:
   engram-planner app                 serve on http://localhost:8501
   engram-planner app --port 8600     another port
 
-Pages: What-if, Sweeps, Planner, Validation, Hardware (docs/app.md). Stop with Ctrl-C.
+Pages: What-if, Sweeps, Planner, Validation, Hardware (docs/app.md). Stop with Ctrl-C or
+`kill PID`: the server stops with the wrapper.
 """
 
 
