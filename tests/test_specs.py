@@ -121,7 +121,7 @@ def test_scenario_errors_name_the_path():
         scenario_from_dict(_scenario(workload={"kind": "inference", "num_sequences": 8,
                                                "prompt_len": -3, "output_len": 128}))
     with pytest.raises(SpecError, match="no nvme section"):
-        scenario_from_dict(_scenario(placement={"tier": "disk"}))
+        scenario_from_dict(_scenario(hardware="h100-pcie", placement={"tier": "disk"}))
     with pytest.raises(SpecError, match="layer 5, which has no Engram module"):
         scenario_from_dict(_scenario(placement={"layer_tiers": {5: "host"}}))
     with pytest.raises(SpecError, match="max_seq_len = 4096"):
