@@ -8,13 +8,13 @@ installs it in .ci/run); Playwright never downloads a browser here.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.server_helpers import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -23,32 +23,14 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 SCREENSHOTS = ROOT / "out" / "screenshots"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server():
     from planner.cli.app import command
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
     proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"streamlit did not start on port {port}:\n{out[-2000:]}")
-            time.sleep(0.1)
+    url = wait_until_healthy(proc, port)
     yield url
     proc.terminate()
     try:

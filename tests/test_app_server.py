@@ -9,15 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server_helpers import free_port, wait_until_healthy
 
 
 def _port_open(port: int) -> bool:
@@ -29,19 +24,11 @@ def _port_open(port: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_killing_the_wrapper_stops_the_server(sig):
     pytest.importorskip("streamlit")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "planner", "app", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
-                time.sleep(0.2)
+        wait_until_healthy(proc, port)
         os.kill(proc.pid, sig)
         proc.wait(30)
         deadline = time.monotonic() + 15
