@@ -231,10 +231,15 @@ def model_input(scope: str, default: str | dict = "engram-27b") -> dict:
                                  key=f"{p}.f.layer_ids", help="`engram.layer_ids`, comma separated")
             if text.strip() != layers_default:
                 try:
-                    out["engram"]["layer_ids"] = [int(x) for x in text.replace(" ", "").split(",") if x]
+                    ids = [int(x) for x in text.replace(" ", "").split(",") if x]
                 except ValueError:
                     raise SpecError(f"model.engram.layer_ids: cannot read {text!r} as comma-separated "
                                     "integers") from None
+                twice = sorted({i for i in ids if ids.count(i) > 1})
+                if twice:  # said here, before a per-layer widget is built twice
+                    raise SpecError(f"model.engram.layer_ids: {text!r} lists layer(s) {twice} more than once; "
+                                    "each Engram layer appears once")
+                out["engram"]["layer_ids"] = ids
             sizes = engram.get("table_size_per_head")
             first = int(sizes[0] if isinstance(sizes, list) else sizes)
             rows = st.number_input("Table rows per head (every n-gram order)", min_value=0,

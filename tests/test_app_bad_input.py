@@ -27,6 +27,7 @@ WHATIF = [
     ("model-misspelt-key", "text_area", MODEL + ".yaml", "engram:\n  n_head: 8", ["engram.n_head", "did you mean 'n_heads'"]),
     ("model-a-billion-layers", "text_area", MODEL + ".yaml", "n_layers: 1000000000", ["n_layers", "ENGRAM_PLANNER_MAX_LAYERS"]),
     ("model-layer-ids-text", "text_input", MODEL + ".f.layer_ids", "1, x", ["engram.layer_ids", "'1, x'"]),
+    ("model-layer-ids-twice", "text_input", MODEL + ".f.layer_ids", "1,1", ["engram.layer_ids", "'1,1'", "[1]"]),
     ("hw-hash-rate-inf", "text_area", HW + ".yaml", "host:\n  hash_tokens_per_s_per_core: .inf",
      ["host.hash_tokens_per_s_per_core", "finite"]),
     ("hw-memory-nan", "text_area", HW + ".yaml", "device:\n  memory: .nan", ["device.memory", "not a finite number"]),
