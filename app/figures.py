@@ -67,7 +67,7 @@ def span_category(name: str) -> str:
 
 def tier_memory(footprint, hardware) -> go.Figure:
     """Stacked bytes per tier (:class:`planner.accounting.TierFootprint`) with each tier's capacity."""
-    tiers = {"device": "GPU memory (per device)", "host": "Host DRAM (node)", "disk": "NVMe (node)"}
+    tiers = {"device": "GPU, per device", "host": "host DRAM", "disk": "NVMe"}  # short: three fit unrotated
     where = {"weights": "device", "kv_cache": "device", "engram_table": "device", "engram_cache": "device",
              "engram_host": "host", "engram_page_cache": "host", "engram_disk": "disk"}
     label = {"weights": "weights", "kv_cache": "KV cache (worst case)", "engram_table": "Engram table",

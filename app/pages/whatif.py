@@ -20,6 +20,12 @@ def card(col, label: str, value: str, help: str | None = None) -> None:
     col.metric(label, value, help=help, border=True)
 
 
+def card_slots(n: int = 6) -> list:
+    """``n`` card places, three to a row: six in one row truncate labels and values
+    ("174,..." for 174,027) at 1400 px."""
+    return [col for _ in range(-(-n // 3)) for col in st.columns(3)][:n]
+
+
 # ----------------------------------------------------------------------------- inputs (sidebar)
 
 with st.sidebar:
@@ -58,7 +64,7 @@ st.caption(f"**{model.name}** on **{hw.name}** ({hw.nodes} × {hw.device.count} 
 
 drop = est["drop"]
 exposed_ms = 1e3 * float(step.exposed_s)
-cols = st.columns(6)
+cols = card_slots(6)
 card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f"{est['throughput']:,.0f}",
                help="Analytic: whole run for inference (planner.analytic.estimate_run: waves of "
                     "max_num_seqs; with an arrival rate, no faster than the requests arrive), "
@@ -148,7 +154,7 @@ with tab_sim:
     if key in done:
         sim = runs.simulated(key)
         m = sim["metrics"]
-        cols = st.columns(6)
+        cols = card_slots(6)
         card(cols[0], "Simulated tok/s", f"{m['throughput_output_tokens_per_s']:,.0f}")
         card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
         card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
