@@ -101,6 +101,9 @@ def test_simulator_on_demand_with_timeline():
     at.button(key="wi.simulate").click().run()
     assert not at.exception and not at.error
     assert float(metric(at, "Simulated tok/s").replace(",", "")) > 0
+    # The page says how far the analytic headline is from the simulation, and why.
+    assert any(c.value.startswith("Simulated ") and "vs analytic" in c.value and "queueing" in c.value
+               for c in at.caption)
     gantt = chart(at, "wi.fig.gantt")
     names = {t["name"] for t in gantt["data"]}
     # CPU device computing on every core: the prefetch worker's gathers hold the compute cores
@@ -145,3 +148,12 @@ def test_span_table_round_trips_to_a_chrome_trace():
     table = SpanTable.from_spans(spans)
     assert len(table) == 3 and table.spans() == spans
     assert spans_from_chrome_trace(chrome_trace(table.spans(), "t")) == sorted(spans, key=lambda s: s.start_s)
+
+
+def test_a_simulated_training_run_shows_its_steps():
+    at = _app()
+    at.selectbox(key="wi.start").set_value("train-h100-engram27b").run()
+    at.button(key="wi.simulate").click().run()
+    assert not at.exception and not at.error
+    assert metric(at, "Mean step").endswith("ms") and int(metric(at, "Steps").replace(",", "")) > 0
+    assert not any(m.label.startswith(("TTFT", "TPOT")) for m in at.metric)

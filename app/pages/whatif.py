@@ -155,13 +155,26 @@ with tab_sim:
         sim = runs.simulated(key)
         m = sim["metrics"]
         cols = card_slots(6)
-        card(cols[0], "Simulated tok/s", f"{m['throughput_output_tokens_per_s']:,.0f}")
+        simulated = m["throughput_output_tokens_per_s"]
+        card(cols[0], "Simulated tok/s", f"{simulated:,.0f}")
         card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
-        card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
-        card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—")
-        card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
+        if w.kind == "training":
+            card(cols[2], "Mean step", format_seconds(m["mean_step_time_s"]))
+            card(cols[3], "Steps (all devices)", f"{m['steps']:,}")
+            card(cols[4], "Run", format_seconds(m["duration_s"]))
+        else:
+            card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
+            card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—")
+            card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
         card(cols[5], "Exposed share", f"{100 * m['exposed_fraction']:.2f}%",
              help="Stalled time waiting for Engram rows / total step time")
+        if est["throughput"] > 0:
+            st.caption(
+                f"Simulated {simulated:,.0f} vs analytic {est['throughput']:,.0f} {per_token} "
+                f"({simulated / est['throughput'] - 1:+.1%}). The analytic estimate has no queueing between "
+                "requests, splits shared DRAM and links statically between devices, and prices batches at "
+                "their mean lengths (the last batch's drain aside); the simulator runs every step with sampled "
+                "lengths and arrivals (docs/simulator.md, \"Analytic estimator vs simulator\").")
         if m.get("serving"):
             st.caption("  \n".join(serving_lines(m["serving"], (m.get("baseline") or {}).get("serving"))))
 
