@@ -174,7 +174,11 @@ def format_si(value: float, unit: str, digits: int = 3) -> str:
 
 def format_bytes(value: float, digits: int = 3) -> str:
     """Display bytes; values round in binary units but not in decimal ones (``2 TiB``) keep
-    binary prefixes, everything else is shown with decimal prefixes (``80 GB``)."""
+    binary prefixes, everything else is shown with decimal prefixes (``80 GB``). An expected
+    count below one byte (a hot-row cache absorbing nearly every lookup) is ``< 1 B``, not
+    micro-bytes."""
+    if 0 < value < 1:
+        return "< 1 B"
     for scale, _ in _FORMAT_SCALES_DECIMAL:
         if value >= scale:
             if (value / scale * 100).is_integer():
@@ -189,7 +193,16 @@ def format_bytes(value: float, digits: int = 3) -> str:
     return format_si(value, "B", digits)
 
 
+# Durations past a minute in the units people read them in (``40.6 Ms`` is no one's unit).
+_LONG_DURATIONS = ((365.25 * 86400.0, "years"), (86400.0, "days"), (3600.0, "h"), (60.0, "min"))
+
+
 def format_seconds(value: float, digits: int = 3) -> str:
+    """Display a duration: ``12.5 ms``, ``4.2 s``, ``2.5 min``, ``11.3 h``, ``470 days``."""
+    if math.isfinite(value):
+        for scale, unit in _LONG_DURATIONS:
+            if abs(value) >= scale:
+                return f"{value / scale:.{digits}g} {unit}"
     return format_si(value, "s", digits)
 
 

@@ -80,3 +80,13 @@ def test_format_bytes_keeps_binary_round_values():
     assert format_bytes(80e9) == "80 GB"
     assert format_bytes(5.792e9) == "5.79 GB"
     assert not math.isnan(parse_bytes(format_bytes(123456789).replace(" ", "")))
+
+
+def test_long_durations_and_sub_byte_counts_read_as_people_read_them():
+    from planner.units import format_bytes, format_seconds
+
+    assert format_seconds(0.0125) == "12.5 ms" and format_seconds(4.2) == "4.2 s"
+    assert format_seconds(150) == "2.5 min" and format_seconds(40_680) == "11.3 h"
+    assert format_seconds(4.06e7) == "1.29 years" and format_seconds(3 * 86400) == "3 days"
+    assert format_seconds(0.0) == "0 s" and format_seconds(float("nan")) == "nan s"
+    assert format_bytes(3.46e-4) == "< 1 B" and format_bytes(0.0) == "0 B" and format_bytes(2.0**41) == "2 TiB"
