@@ -172,6 +172,14 @@ def format_si(value: float, unit: str, digits: int = 3) -> str:
     return f"{value:.{digits}g} {unit}"
 
 
+def format_rate(value: float) -> str:
+    """A throughput for display: ``31,419`` (no false decimals), but ``0.327`` rather than ``0``
+    for a machine that manages less than one a second."""
+    if not math.isfinite(value):
+        return f"{value:g}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def format_bytes(value: float, digits: int = 3) -> str:
     """Display bytes; values round in binary units but not in decimal ones (``2 TiB``) keep
     binary prefixes, everything else is shown with decimal prefixes (``80 GB``). An expected

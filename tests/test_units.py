@@ -90,3 +90,7 @@ def test_long_durations_and_sub_byte_counts_read_as_people_read_them():
     assert format_seconds(4.06e7) == "1.29 years" and format_seconds(3 * 86400) == "3 days"
     assert format_seconds(0.0) == "0 s" and format_seconds(float("nan")) == "nan s"
     assert format_bytes(3.46e-4) == "< 1 B" and format_bytes(0.0) == "0 B" and format_bytes(2.0**41) == "2 TiB"
+
+    from planner.units import format_rate
+
+    assert format_rate(31_419.4) == "31,419" and format_rate(0.3271) == "0.327" and format_rate(0.0) == "0"

@@ -11,7 +11,7 @@ import streamlit as st
 from app import figures, runs, widgets
 from planner.sim.metrics import serving_lines
 from planner.specs.limits import capacity_problems, check_analytic_run, check_simulation
-from planner.units import format_bytes, format_seconds
+from planner.units import format_bytes, format_rate, format_seconds
 
 P = "wi"
 
@@ -57,7 +57,7 @@ hw, model, w = scenario.hardware, scenario.model, scenario.workload
 per_token = "output tokens/s" if w.kind == "inference" else "tokens/s"
 st.caption(f"**{model.name}** on **{hw.name}** ({hw.nodes} × {hw.device.count} × {hw.device.name}), "
            f"{w.kind}. Analytic estimate, redrawn on every change (drop: against the same run without "
-           f"Engram, {est['base_throughput']:,.0f} {per_token}, Engram compute included); run the simulator "
+           f"Engram, {format_rate(est['base_throughput'])} {per_token}, Engram compute included); run the simulator "
            "below for queueing, contention and the timeline.")
 
 # ----------------------------------------------------------------------------- headline numbers
@@ -65,7 +65,7 @@ st.caption(f"**{model.name}** on **{hw.name}** ({hw.nodes} × {hw.device.count} 
 drop = est["drop"]
 exposed_ms = 1e3 * float(step.exposed_s)
 cols = card_slots(6)
-card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", f"{est['throughput']:,.0f}",
+card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", format_rate(est["throughput"]),
                help="Analytic: whole run for inference (planner.analytic.estimate_run: waves of "
                     "max_num_seqs; with an arrival rate, no faster than the requests arrive), "
                     "one steady step for training")
@@ -156,7 +156,7 @@ with tab_sim:
         m = sim["metrics"]
         cols = card_slots(6)
         simulated = m["throughput_output_tokens_per_s"]
-        card(cols[0], "Simulated tok/s", f"{simulated:,.0f}")
+        card(cols[0], "Simulated tok/s", format_rate(simulated))
         card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
         if w.kind == "training":
             card(cols[2], "Mean step", format_seconds(m["mean_step_time_s"]))
@@ -170,7 +170,7 @@ with tab_sim:
              help="Stalled time waiting for Engram rows / total step time")
         if est["throughput"] > 0:
             st.caption(
-                f"Simulated {simulated:,.0f} vs analytic {est['throughput']:,.0f} {per_token} "
+                f"Simulated {format_rate(simulated)} vs analytic {format_rate(est['throughput'])} {per_token} "
                 f"({simulated / est['throughput'] - 1:+.1%}). The analytic estimate has no queueing between "
                 "requests, splits shared DRAM and links statically between devices, and prices batches at "
                 "their mean lengths (the last batch's drain aside); the simulator runs every step with sampled "

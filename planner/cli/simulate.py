@@ -14,7 +14,7 @@ from planner.sim import simulate
 from planner.sim.metrics import serving_lines
 from planner.specs.limits import capacity_problems, check_simulation
 from planner.trace import chrome_trace
-from planner.units import format_bytes, format_seconds
+from planner.units import format_bytes, format_rate, format_seconds
 
 EPILOG = """\
 examples:
@@ -83,12 +83,12 @@ def _pct(d: dict | None) -> str:
 def report(m) -> str:
     lines = [f"{m.scenario}: {m.model} on {m.hardware} ({m.nodes} node(s) x {m.devices} devices, {m.workload})"]
     if m.workload == "inference":
-        lines.append(f"throughput: {m.throughput_output_tokens_per_s:,.0f} output tokens/s, "
-                     f"{m.throughput_total_tokens_per_s:,.0f} total tokens/s")
+        lines.append(f"throughput: {format_rate(m.throughput_output_tokens_per_s)} output tokens/s, "
+                     f"{format_rate(m.throughput_total_tokens_per_s)} total tokens/s")
     else:
-        lines.append(f"throughput: {m.throughput_total_tokens_per_s:,.0f} trained tokens/s")
+        lines.append(f"throughput: {format_rate(m.throughput_total_tokens_per_s)} trained tokens/s")
     if m.throughput_drop is not None:
-        lines.append(f"without Engram: {m.baseline['throughput_output_tokens_per_s']:,.0f} tokens/s -> "
+        lines.append(f"without Engram: {format_rate(m.baseline['throughput_output_tokens_per_s'])} tokens/s -> "
                      f"drop {100 * m.throughput_drop:.2f}%")
     lines.append(f"run {format_seconds(m.duration_s)}, {m.steps} steps, mean step {format_seconds(m.mean_step_time_s)}")
     if m.serving is not None:
