@@ -157,3 +157,19 @@ def test_a_simulated_training_run_shows_its_steps():
     assert not at.exception and not at.error
     assert metric(at, "Mean step").endswith("ms") and int(metric(at, "Steps").replace(",", "")) > 0
     assert not any(m.label.startswith(("TTFT", "TPOT")) for m in at.metric)
+
+
+def test_the_disk_tier_on_a_profile_without_drives_says_how_to_add_one():
+    """The page names the missing section and gives an override that works as written."""
+    S = "wi.h100-engram27b-host"
+    at = _app()
+    box = at.selectbox(key=S + ".hw")
+    box.set_value(next(o for o in box.options if o.startswith("h100-pcie"))).run()
+    at.radio(key=S + ".pl.tier").set_value("disk").run()
+    assert not at.exception
+    message = " ".join(e.value for e in at.error)
+    assert "no nvme section" in message and "YAML overrides" in message
+    suggested = message[message.index("`nvme:") + 1:message.index("}`") + 1]
+    at.text_area(key=S + ".hw.h100-pcie.yaml").set_value(suggested).run()
+    assert not at.exception and not at.error
+    assert float(metric(at, "Output tok/s").replace(",", "")) > 0

@@ -42,7 +42,11 @@ class Scenario(Spec):
             tiers = {self.placement.tier_of(layer) for layer in engram_layers}
             if "disk" in tiers and self.hardware.nvme is None:
                 raise ValueError(
-                    "placement puts Engram tables on disk but hardware has no nvme section"
+                    f"placement puts Engram tables on disk but hardware has no nvme section "
+                    f"({self.hardware.name} has no data drives): add one, e.g. `nvme: {{capacity: 7.68 TB, "
+                    "read_bandwidth: 6.9 GB/s, read_iops: 1400000}` (one Gen4 U.2 drive; in the dashboard: "
+                    "Hardware, YAML overrides), pick a profile with drives (h100-sxm, h800, h200, a100-80gb), "
+                    "or use the host tier"
                 )
         workload = self.workload
         if isinstance(workload, InferenceWorkload):
