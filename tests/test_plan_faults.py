@@ -65,17 +65,30 @@ def test_sigkill_at_20_random_points_resumes_to_identical_results(tmp_path):
     reference = tmp_path / "reference"
     start = time.perf_counter()
     done = _start(plan, reference)
+    # When the studies run (first and last cache entry), apart from the interpreter's start-up.
+    first_s = last_s = None
+    seen = 0
+    while done.poll() is None:
+        entries = len(list((reference / "cache").glob("*.json"))) if (reference / "cache").is_dir() else 0
+        if entries > seen:  # a study's entry appeared
+            seen, last_s = entries, time.perf_counter() - start
+            first_s = first_s if first_s is not None else last_s
+        time.sleep(0.01)
     assert done.wait(120) == 0, done.stderr.read().decode()
     full_s = time.perf_counter() - start
     expected = _normalised(reference)
     studies = _assert_cache_whole(reference / "cache")
+    first_s, last_s = first_s or 0.0, last_s or full_s
 
     rng = random.Random(18)
     partial = 0
     for k in range(20):
         out = tmp_path / f"run{k}"
         proc = _start(plan, out)
-        time.sleep(rng.uniform(0.0, 1.1 * full_s))
+        # Every other kill anywhere in the run (start-up, writing results), the rest while the
+        # studies run: a start-up that outlasts the studies must not leave resume untested.
+        window = (0.0, 1.1 * full_s) if k % 2 else (0.8 * first_s, last_s + 0.05)
+        time.sleep(rng.uniform(*window))
         killed = proc.poll() is None
         if killed:
             os.kill(proc.pid, signal.SIGKILL)
