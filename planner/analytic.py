@@ -99,12 +99,8 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
         return _training_step(scenario, efficiency, base_dir, overrides)
     model, hw, placement = scenario.model, scenario.hardware, scenario.placement
     batch, context = _default_decode(scenario)
-    o = {"batch_size": batch, "context_len": context, "prefill_tokens": 0.0, "prefill_seqs": 1.0,
-         "cache_fraction": placement.cache_fraction, "flops_scale": 1.0,
-         "prefetch": float(placement.prefetch), "h2d_bandwidth": hw.link.h2d_bandwidth,
-         "host_memory_bandwidth": hw.host.memory_bandwidth, **overrides}
-    keys = list(o)
-    arrays = dict(zip(keys, np.broadcast_arrays(*[np.asarray(o[k], dtype=float) for k in keys])))
+    arrays, cost = _inputs(scenario, efficiency, {"batch_size": batch, "context_len": context,
+                                                  "prefill_tokens": 0.0, "prefill_seqs": 1.0}, overrides)
     if "layer_id" in overrides:
         if model.engram is None or len(model.engram_layer_ids) != 1:
             raise ValueError("layer_id can be swept only for a model with exactly one Engram layer")
@@ -112,9 +108,6 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
         if np.any((arrays["layer_id"] < 0) | (arrays["layer_id"] >= model.n_layers)):
             raise ValueError(f"layer_id must lie in [0, {model.n_layers - 1}]")
 
-    cost = CostModel(model, hw, efficiency).with_rates(
-        peak_flops=hw.device.flops_for(model.dtype) * arrays["flops_scale"],
-        h2d_bandwidth=arrays["h2d_bandwidth"], host_memory_bandwidth=arrays["host_memory_bandwidth"])
     b, c, pf = arrays["batch_size"], arrays["context_len"], arrays["prefill_tokens"]
     ps = np.where(pf > 0, np.maximum(arrays["prefill_seqs"], 1.0), 0.0)
     chunk = pf / np.maximum(ps, 1.0)
@@ -142,6 +135,36 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     step = compute + pick["host"] + pick["exposed"] + pick["stall"]
     return _result(step, compute, pick["exposed"], pick["fetch"], tokens, hw, bound, per_layer, pick["window"],
                    host=pick["host"])
+
+
+def _inputs(scenario: Scenario, efficiency, defaults: dict, overrides: dict) -> tuple[dict, CostModel]:
+    """The step's inputs as broadcast float arrays (``defaults`` of the step kind, then the
+    placement's and hardware's, then ``overrides``) and the cost model at their rates."""
+    model, hw, placement = scenario.model, scenario.hardware, scenario.placement
+    o = {**defaults, "cache_fraction": placement.cache_fraction, "flops_scale": 1.0,
+         "prefetch": float(placement.prefetch), "h2d_bandwidth": hw.link.h2d_bandwidth,
+         "host_memory_bandwidth": hw.host.memory_bandwidth, **overrides}
+    arrays = dict(zip(o, np.broadcast_arrays(*[np.asarray(v, dtype=float) for v in o.values()])))
+    cost = CostModel(model, hw, efficiency).with_rates(
+        peak_flops=hw.device.flops_for(model.dtype) * arrays["flops_scale"],
+        h2d_bandwidth=arrays["h2d_bandwidth"], host_memory_bandwidth=arrays["host_memory_bandwidth"])
+    return arrays, cost
+
+
+def _lookups(scenario: Scenario, cost: CostModel, placement, host, tokens, arrays: dict, base_dir) -> dict:
+    """``{layer: (LayerFetch, table bytes)}`` of each offloaded layer's lookup for a step of
+    ``tokens`` tokens (a ``table_rows`` sweep sizes every table alike; DRAM and NVMe split
+    statically over the node's fetching devices)."""
+    model, hw = scenario.model, scenario.hardware
+    devices = 1 if hw.device.kind == "cpu" else hw.device.count
+    out = {}
+    for layer in (l for l in model.engram_layer_ids if placement.tier_of(l) != "device"):
+        rows_total = arrays["table_rows"] if "table_rows" in arrays else engram_table_rows(model)[layer]
+        table_bytes = rows_total * engram_row_bytes(model) if "table_rows" in arrays else None
+        lf = layer_fetch(cost, placement, _traffic(scenario, model, rows_total, base_dir), layer, tokens, host,
+                         arrays["cache_fraction"], devices, table_bytes)
+        out[layer] = (lf, cost.table_bytes(layer) if table_bytes is None else table_bytes)
+    return out
 
 
 def _forward_s(model, placement, ops: dict) -> Number:
@@ -174,14 +197,8 @@ def _training_step(scenario: Scenario, efficiency, base_dir, overrides: dict) ->
         raise ValueError(f"override(s) {bad} do not apply to a training workload; "
                          f"it takes {list(TRAINING_OVERRIDES)}")
     model, hw, placement, w = scenario.model, scenario.hardware, scenario.placement, scenario.workload
-    o = {"batch_size": float(w.batch_size), "context_len": float(w.seq_len),
-         "cache_fraction": placement.cache_fraction, "flops_scale": 1.0, "prefetch": float(placement.prefetch),
-         "h2d_bandwidth": hw.link.h2d_bandwidth, "host_memory_bandwidth": hw.host.memory_bandwidth, **overrides}
-    keys = list(o)
-    a = dict(zip(keys, np.broadcast_arrays(*[np.asarray(o[k], dtype=float) for k in keys])))
-    cost = CostModel(model, hw, efficiency).with_rates(
-        peak_flops=hw.device.flops_for(model.dtype) * a["flops_scale"], h2d_bandwidth=a["h2d_bandwidth"],
-        host_memory_bandwidth=a["host_memory_bandwidth"])
+    a, cost = _inputs(scenario, efficiency, {"batch_size": float(w.batch_size), "context_len": float(w.seq_len)},
+                      overrides)
     B, S = a["batch_size"], a["context_len"]
     tokens = B * S
     # Causal attention over whole sequences; the loss needs logits at every position.
@@ -205,14 +222,9 @@ def _training_step(scenario: Scenario, efficiency, base_dir, overrides: dict) ->
         hashing = cost.hash(tokens, host.hash_cores) + zero
         pool, disk, h2d, d2h, on_demand, per_layer = zero.copy(), zero.copy(), zero.copy(), zero.copy(), zero.copy(), {}
         stages = {"host_gather": zero.copy(), "link": zero.copy(), "disk": zero.copy()}  # of the on-demand lookups
-        for layer in offloaded:
-            rows_total = a["table_rows"] if "table_rows" in overrides else engram_table_rows(model)[layer]
-            table_bytes = rows_total * engram_row_bytes(model) if "table_rows" in overrides else None
-            lf = layer_fetch(cost, p, _traffic(scenario, model, rows_total, base_dir), layer, tokens, host,
-                             a["cache_fraction"], devices, table_bytes)
+        for layer, (lf, table) in _lookups(scenario, cost, p, host, tokens, a, base_dir).items():
             grads = lf.rows * cost.row_bytes
             write = 0.0 * grads if hw.device.kind == "cpu" else cost.transfer(grads, "d2h", "pinned")
-            table = cost.table_bytes(layer) if table_bytes is None else table_bytes
             optim = cost.optimizer_bytes(lf.rows, w.table_optimizer) / np.minimum(
                 cost.gather_rate(host.cores, table), cost.host_dram_rate() / devices)
             pool, disk = pool + lf.host_s + optim, disk + lf.disk_s
@@ -276,20 +288,13 @@ def _fetch_pipeline(scenario: Scenario, cost: CostModel, ops: dict, tokens, arra
                     prefetch: bool, base_dir) -> dict:
     """Exposed, stall and host seconds of the Engram lookups of one step with prefetch on or off
     (see the module docstring and :mod:`planner.stages`)."""
-    model, hw = scenario.model, scenario.hardware
+    model = scenario.model
     placement = scenario.placement.model_copy(update={"prefetch": prefetch})
     host = host_placement(cost, placement)
-    devices = 1 if hw.device.kind == "cpu" else hw.device.count
     zero = np.zeros(np.shape(tokens))
-    offloaded = [l for l in model.engram_layer_ids if placement.tier_of(l) != "device"]
     hashing = cost.hash(tokens, host.hash_cores) + zero
-    fetches = {}
-    for layer in offloaded:
-        rows_total = arrays["table_rows"] if "table_rows" in arrays else engram_table_rows(model)[layer]
-        traffic = _traffic(scenario, model, rows_total, base_dir)
-        table_bytes = rows_total * engram_row_bytes(model) if "table_rows" in arrays else None
-        fetches[layer] = layer_fetch(cost, placement, traffic, layer, tokens, host, arrays["cache_fraction"],
-                                     devices, table_bytes)
+    fetches = {layer: lf for layer, (lf, _) in _lookups(scenario, cost, placement, host, tokens, arrays,
+                                                         base_dir).items()}
     exposed_total, stall_total, per_layer = zero.copy(), zero.copy(), {}
     fetch_last, window_last = zero.copy(), zero.copy()
     stage_max = {k: zero.copy() for k in ("cpu", "host_gather", "link", "disk")}
