@@ -96,18 +96,16 @@ class ComputeStream:
             if ratio > 1.0 and w.kind:
                 self.rec.extrapolated[w.kind] = max(ratio, self.rec.extrapolated.get(w.kind, 1.0))
 
-    def price(self, shape: BatchShape, factor: float = 1.0, graph: bool = False,
-              note: bool = True) -> tuple[dict, dict]:
+    def price(self, shape: BatchShape, factor: float = 1.0, graph: bool = False) -> tuple[dict, dict]:
         """Seconds and roofline bound of each op kind for one pass over ``shape`` (scalars)."""
         c = self.cost_for(graph)
         key = (shape.tokens, shape.seqs, factor, graph)
         cached = self._priced.get(key)
-        if cached is None or not note:
-            works = self.works(shape, factor, note, kinds=CONTEXT_FREE)
-            cached = ({k: float(c.seconds(w)) for k, w in works.items()}, {k: c.bound(w) for k, w in works.items()})
-            if note:
-                self._priced[key] = cached
-        attention = c.terms(self.works(shape, factor, note, kinds=("attention",))["attention"])
+        if cached is None:
+            works = self.works(shape, factor, kinds=CONTEXT_FREE)
+            cached = self._priced[key] = ({k: float(c.seconds(w)) for k, w in works.items()},
+                                          {k: c.bound(w) for k, w in works.items()})
+        attention = c.terms(self.works(shape, factor, kinds=("attention",))["attention"])
         secs, bounds = dict(cached[0]), dict(cached[1])
         secs["attention"], bounds["attention"] = float(attention.seconds), attention.bound
         return secs, bounds
@@ -157,12 +155,11 @@ class ComputeStream:
             self._counts = counts
         return self._counts
 
-    def ops(self, shape: BatchShape, factor: float = 1.0, reverse: bool = False, note: bool = True,
-            graph: bool = False) -> list[Op]:
+    def ops(self, shape: BatchShape, factor: float = 1.0, reverse: bool = False, graph: bool = False) -> list[Op]:
         """Ops of one pass with their durations; ``factor`` 2 with ``reverse`` is a backward
         pass (about twice the forward FLOPs and bytes: gradients of inputs and of weights);
         ``graph``: the pass is a CUDA graph replay (kernels cost their in-graph launch)."""
-        secs, bounds = self.price(shape, factor, graph, note)
+        secs, bounds = self.price(shape, factor, graph)
         return [Op(name, kind, layer, secs[kind], bounds[kind]) for name, kind, layer in self.layout(reverse)]
 
     # ---- running a pass

@@ -57,7 +57,8 @@ class Fetcher:
         self.host = host_placement(cost, placement, ports.pool_cores)
         self.tag = f"dev{ports.index} "
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
-        self.copies_on_stream = copy_mode(cost, placement) == "pageable"
+        mode = copy_mode(cost, placement)
+        self.copies_on_stream = mode == "pageable"
         # A step's plan and hash time depend on its token count only: priced once per count.
         self._plans: dict[tuple[int, int], LayerFetch] = {}
         self._hash_s: dict[int, float] = {}
@@ -65,7 +66,6 @@ class Fetcher:
         # engine (inference: the forward waits for every layer it launched before the next step
         # starts). Then a prefetch of staged, non-disk lookups is one chain (:meth:`_chain`),
         # timed as the queued stages would be, in a third of the events.
-        mode = copy_mode(cost, placement)
         self.chained = exclusive and mode in ("pinned", "none") and all(
             placement.tier_of(layer) != "disk" for layer in self.offloaded)
 
@@ -147,9 +147,7 @@ class Fetcher:
             if wait > 0:
                 yield env.timeout(wait)
             yield self.node.dram.transfer(plan.bytes, cap=plan.gather_rate)
-            if self.cpu_device:
-                self.rec.cpu_gathered += plan.bytes
-            self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, bytes=plan.bytes)
+            self._gathered(plan, start)
             if self.cpu_device:
                 usable[i].succeed(env.now)
             elif i == len(plans) - 1:  # the last layer: copy it here, after the copies queued
@@ -213,6 +211,10 @@ class Fetcher:
             if plan.overhead_s > 0:
                 yield env.timeout(float(plan.overhead_s))
             yield self.node.dram.transfer(float(plan.bytes), cap=float(plan.gather_rate))
+        self._gathered(plan, start)
+
+    def _gathered(self, plan: LayerFetch, start: float) -> None:
+        """Record a gather that began at ``start`` and ends now."""
         if self.cpu_device:
             self.rec.cpu_gathered += float(plan.bytes)
         self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, bytes=plan.bytes)
