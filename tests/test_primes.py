@@ -1,4 +1,5 @@
 from planner.primes import engram_table_primes, is_prime, next_prime_at_least
+from scripts.demo_golden_vectors import table_sizes as demo_table_sizes
 
 
 def _slow_is_prime(n):
@@ -17,30 +18,12 @@ def test_engram_md_example():
     assert primes == [646403, 646411, 646421]
 
 
-def _reference(layer_ids, sizes, heads):
-    # The demo's loop, written independently: candidate = previous + 1 until prime and unseen.
-    seen, out = set(), {}
-    for layer in layer_ids:
-        orders = []
-        for size in sizes:
-            start, chosen = size - 1, []
-            for _ in range(heads):
-                c = start + 1
-                while not (_slow_is_prime(c) and c not in seen):
-                    c += 1
-                seen.add(c)
-                chosen.append(c)
-                start = c
-            orders.append(chosen)
-        out[layer] = orders
-    return out
-
-
 def test_distinct_primes_across_layers_and_orders():
     # Equal sizes for both orders and two layers force every later table to skip taken primes.
     layer_ids, sizes, heads = [3, 1], [1000, 1000], 4
     got = engram_table_primes(layer_ids, sizes, heads)
-    assert got == _reference(layer_ids, sizes, heads)
+    # The demo's loop, written without this project's code (the golden-vector script's).
+    assert got == demo_table_sizes(sizes, len(sizes) + 1, heads, layer_ids)
     flat = [p for orders in got.values() for heads_ in orders for p in heads_]
     assert len(flat) == len(set(flat)) == 16
     assert list(got) == [3, 1]  # config order, not sorted
