@@ -9,7 +9,6 @@ import numpy as np
 import streamlit as st
 
 from app import figures, runs, widgets
-from planner.sim.metrics import serving_lines
 from planner.specs.limits import capacity_problems, check_analytic_run, check_simulation
 from planner.units import format_bytes, format_rate, format_seconds
 
@@ -176,6 +175,8 @@ with tab_sim:
                 "their mean lengths (the last batch's drain aside); the simulator runs every step with sampled "
                 "lengths and arrivals (docs/simulator.md, \"Analytic estimator vs simulator\").")
         if m.get("serving"):
+            from planner.sim.metrics import serving_lines  # with the simulator, on first use (runs.simulated)
+
             st.caption("  \n".join(serving_lines(m["serving"], (m.get("baseline") or {}).get("serving"))))
 
         table = sim["spans"]
