@@ -67,6 +67,10 @@ class Scheduler:
     def preempt(self, req: Request, plan: StepPlan) -> None:
         """Recompute-mode preemption: free the blocks, back to the front of the queue."""
         self.running.remove(req)
+        self._evict(req, plan)
+
+    def _evict(self, req: Request, plan: StepPlan) -> None:
+        """:meth:`preempt` for a request already taken off ``running``."""
         self.pool.release(req.rid)
         self.recomputed_tokens += req.preempt()
         self.preemptions += 1
@@ -224,14 +228,6 @@ class NanoVllmScheduler(Scheduler):
         plan.add_decodes(kept)
         self.running = kept + list(queue)
         return plan
-
-    def _evict(self, req: Request, plan: StepPlan) -> None:
-        """:meth:`Scheduler.preempt` for a request already taken off ``running``."""
-        self.pool.release(req.rid)
-        self.recomputed_tokens += req.preempt()
-        self.preemptions += 1
-        self.waiting.appendleft(req)
-        plan.preempted.append(req)
 
 
 SCHEDULERS = {cls.name: cls for cls in (VllmScheduler, NanoVllmScheduler)}
