@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
+from planner.cli.app import free_port, wait_until_healthy as _wait
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "wait_until_healthy"]
 
 
 def wait_until_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 60.0) -> str:
-    """The server's URL once ``/_stcore/health`` answers; fails the test with the server's
-    output if it exits or does not answer within ``timeout_s``."""
-    url = f"http://localhost:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-                if r.status == 200:
-                    return url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"streamlit did not start on port {port}:\n{out[-2000:]}")
-            time.sleep(0.1)
+    """The server's URL once it answers; fails the test with the server's output if it exits
+    or does not answer within ``timeout_s``."""
+    try:
+        _wait(port, proc, timeout_s)
+    except RuntimeError as exc:
+        proc.kill()
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        pytest.fail(f"{exc}:\n{out[-2000:]}")
+    return f"http://localhost:{port}"

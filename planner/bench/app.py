@@ -16,11 +16,9 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 from planner.bench import machine_fingerprint
 
@@ -59,28 +57,16 @@ def add_arguments(parser) -> None:
                         help="also time the page in Chromium (Playwright, /usr/bin/chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_ready_s(timeout_s: float = 60.0) -> float:
     """Seconds from launching ``engram-planner app``'s command to a healthy HTTP server."""
-    from planner.cli.app import command
+    from planner.cli.app import command, free_port, wait_until_healthy
 
-    port = _free_port()
+    port = free_port()
     start = time.perf_counter()
     proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.perf_counter() - start < timeout_s:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - start
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"streamlit did not answer on port {port} within {timeout_s:.0f} s")
+        wait_until_healthy(port, proc, timeout_s)
+        return time.perf_counter() - start
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -98,9 +84,9 @@ def browser_timings(clicks: int = 5) -> dict:
 
     from playwright.sync_api import sync_playwright
 
-    from planner.cli.app import command
+    from planner.cli.app import command, free_port
 
-    port = _free_port()
+    port = free_port()
     with sync_playwright() as p:
         # The browser is up first: its own launch is not the app's start-up.
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

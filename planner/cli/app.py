@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from planner.cli.common import HELP_FORMATTER, number
@@ -56,6 +58,31 @@ def run(args) -> int:
     print(f"engram-planner app: serving {MAIN} at http://{args.address}:{args.port} (Ctrl-C stops)",
           flush=True)
     return serve(command(args.port, args.address))
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for tests and benchmarks that start a server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(port: int, proc: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+    """Return once the server on ``port`` answers ``/_stcore/health``; ``RuntimeError`` if
+    ``proc`` (the server) exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode} before answering on port {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"streamlit did not answer on port {port} within {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 STOP_GRACE_S = 10.0  # how long the server may take to stop before it is killed
