@@ -178,8 +178,9 @@ class Coalescer:
             bounds[kind] = np.broadcast_to(terms.bounds(), (k,))
         overhead = np.broadcast_to(np.asarray(c.step_overhead(shape), float), (k,))
         tpl = self.template(n)
-        launch = overhead
-        t = overhead + (tpl.wait if tpl is not None else 0.0)
+        launch = overhead  # the lookups launch when the engine's own step work is done
+        host = overhead + (tpl.wait if tpl is not None else 0.0)
+        t = host
         stall = np.zeros(k)
         layer_books = {}
         for point, kinds in stream.segments():
@@ -202,8 +203,7 @@ class Coalescer:
                     wait = np.maximum(0.0, launch + tpl.hash_end - t)
                     stall, t = stall + wait, t + wait
             for kind, count in kinds.items():  # the ops up to the next wait point
-                t = t + count * secs[kind] if count > 1 else t + secs[kind]
-        host = overhead + (tpl.wait if tpl is not None else 0.0)
+                t = t + count * secs[kind]
         return t, stall, (secs, bounds, layer_books, host, tpl, works)
 
     def _book(self, books, k: int, sched: Scheduler, starts, dur, stall, n: int) -> None:
