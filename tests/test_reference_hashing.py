@@ -7,14 +7,15 @@ import pytest
 from planner.specs.model import EngramSpec
 from reference_model.hashing import NgramHasher
 # Independent of planner.primes: trial division and the demo's walk (tests/test_primes.py).
-from tests.test_primes import _reference as reference_primes, _slow_is_prime as _is_prime
+from scripts.demo_golden_vectors import table_sizes as demo_table_sizes
+from tests.test_primes import _slow_is_prime as _is_prime
 
 INT64_MAX = 2**63 - 1
 
 
 def reference_hash(e: EngramSpec, vocab, pad, ids_BT, past=None):
     half_bound = max(1, INT64_MAX // vocab // 2)
-    primes = reference_primes(e.layer_ids, e.table_size_per_head, e.n_heads)
+    primes = demo_table_sizes(list(e.table_size_per_head), e.max_ngram, e.n_heads, list(e.layer_ids))
     out = {}
     for layer in e.layer_ids:
         r = np.random.default_rng(e.seed + 10007 * layer).integers(0, half_bound, size=e.max_ngram, dtype=np.int64)
@@ -90,7 +91,7 @@ def test_demo_prime_example():
     assert sizes[1][0][:3] == [646403, 646411, 646421]
     flat = [p for layer in sizes.values() for order in layer for p in order]
     assert len(set(flat)) == len(flat) == 32 and all(_is_prime(p) for p in flat)
-    assert sizes == reference_primes([1, 15], [646400, 646400], 8)
+    assert sizes == demo_table_sizes([646400, 646400], 3, 8, [1, 15])
 
 
 @pytest.mark.parametrize("kwargs,vocab,pad", CONFIGS[:4])
