@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from planner import units
+
 EXPOSED = "#d62728"
 COLORS = {
     "engine step": "#cfd8dc",
@@ -77,39 +79,64 @@ def tier_memory(footprint, hardware) -> go.Figure:
     shades = {"weights": ["#4c78a8"], "kv_cache": ["#f58518"], "engram_cache": ["#72b7b2", "#9ecae9"],
               "engram_page_cache": ["#eeca3b", "#f2cf5b"]}
     purples = ["#b279a2", "#7b4173", "#ce6dbd", "#a55194", "#de9ed6"]
+    capacity = {"device": hardware.device.memory, "host": hardware.host.memory,
+                "disk": hardware.nvme.capacity if hardware.nvme is not None else None}
     seen: dict[str, int] = {}
+    used: dict[str, float] = {}
     fig = go.Figure()
     for part, nbytes in footprint.breakdown.items():
         if nbytes <= 0:
             continue
         stem, _, layer = part.rpartition("_L") if "_L" in part else (part, "", "")
         tier = where.get(stem, "device")
+        cap = capacity[tier]
+        if not cap:
+            continue  # a disk tier without drives: the page says so in words
+        used[tier] = used.get(tier, 0.0) + nbytes
         name = label.get(stem, stem) + (f" L{layer}" if layer else "")
         n = seen[stem] = seen.get(stem, -1) + 1
         palette = shades.get(stem, purples)
-        fig.add_bar(x=[tiers[tier]], y=[nbytes / 1e9], name=name, marker_color=palette[n % len(palette)],
-                    hovertemplate=f"{name}: %{{y:.3g}} GB<extra></extra>")
-    caps = [("device", hardware.device.memory), ("host", hardware.host.memory)]
-    if hardware.nvme is not None:
-        caps.append(("disk", hardware.nvme.capacity))
-    fig.add_scatter(x=[tiers[t] for t, _ in caps], y=[c / 1e9 for _, c in caps], mode="markers",
-                    marker={"symbol": "line-ew", "size": 60, "line": {"width": 3, "color": "#222"}},
-                    name="capacity", hovertemplate="capacity %{y:.4g} GB<extra></extra>")
+        fig.add_bar(x=[tiers[tier]], y=[100 * nbytes / cap], name=name, marker_color=palette[n % len(palette)],
+                    customdata=[units.format_bytes(nbytes)],
+                    hovertemplate=f"{name}: %{{customdata}} (%{{y:.3g}}% of the tier)<extra></extra>")
+    # Shares of each tier's own capacity on a linear axis: stacked bars on a log GB axis distort
+    # the shares, and the tiers differ by 10-1000x, so bytes on one linear axis would hide the GPU.
+    shown = [t for t in tiers if t in used]
+    fig.add_scatter(x=[tiers[t] for t in shown], y=[100 * used[t] / capacity[t] for t in shown], mode="text",
+                    text=[f"{units.format_bytes(used[t])} of {units.format_bytes(capacity[t])}" for t in shown],
+                    textposition="top center", showlegend=False, hoverinfo="skip")
+    fig.add_hline(y=100, line={"color": "#222", "width": 2, "dash": "dot"},
+                  annotation_text="capacity", annotation_position="top left")
     fig.update_layout(barmode="stack")
-    return style(fig, "Memory per tier", "", "GB (log)", 360).update_yaxes(type="log")
+    top = max([100 * used[t] / capacity[t] for t in shown] + [100])
+    return style(fig, "Memory per tier (share of each tier's capacity)", "", "% of the tier's capacity",
+                 360).update_yaxes(range=[0, 1.18 * top])
 
 
 def engram_layers(per_layer: dict[int, dict], tiers: dict[int, str]) -> go.Figure:
-    """Analytic per-layer fetch vs window: a fetch longer than its window is exposed (red)."""
+    """Analytic per-layer fetch vs window on a log time axis (a 13 µs fetch beside an 8 ms window
+    must stay visible): a fetch longer than its window is exposed (red). Each bar is labelled
+    with its duration; a zero exposure is written as "hidden" where its bar would be."""
     layers = sorted(per_layer)
     x = [f"L{l} ({tiers.get(l, '?')})" for l in layers]
-    ms = lambda key: [1e3 * float(np.asarray(per_layer[l][key])) for l in layers]  # noqa: E731
+    seconds = {key: [float(np.asarray(per_layer[l][key])) for l in layers] for key in ("window_s", "fetch_s", "exposed_s")}
+    positive = [v for vals in seconds.values() for v in vals if v > 0]
+    scale, shown = axis_unit(positive, "s")
     fig = go.Figure()
-    fig.add_bar(x=x, y=ms("window_s"), name="window (compute before the layer)", marker_color="#4c78a8")
-    fig.add_bar(x=x, y=ms("fetch_s"), name="fetch (hash → gather → copy)", marker_color="#54a24b")
-    fig.add_bar(x=x, y=ms("exposed_s"), name="exposed (stall)", marker_color=EXPOSED)
-    fig.update_layout(barmode="group")
-    return style(fig, "Offloaded Engram layers: fetch vs prefetch window (per step)", "", "ms", 340)
+    for key, name, color in (("window_s", "window (compute before the layer)", "#4c78a8"),
+                             ("fetch_s", "fetch (hash → gather → copy)", "#54a24b"),
+                             ("exposed_s", "exposed (stall)", EXPOSED)):
+        vals = seconds[key]
+        fig.add_bar(x=x, y=[v / scale if v > 0 else None for v in vals], name=name, marker_color=color,
+                    text=[units.format_seconds(v) if v > 0 else ("hidden" if key == "exposed_s" else "0")
+                          for v in vals], textposition="outside", cliponaxis=False,
+                    hovertemplate=f"%{{x}}<br>{name}: %{{text}}<extra></extra>")
+    fig.update_layout(barmode="group", uniformtext={"minsize": 9, "mode": "show"})
+    fig = style(fig, "Offloaded Engram layers: fetch vs prefetch window (per step)", "", f"{shown} (log)", 360)
+    if positive:
+        lo, hi = min(positive) / scale, max(positive) / scale
+        fig.update_yaxes(type="log", range=[np.log10(lo) - 0.5, np.log10(hi) + 0.6], exponentformat="none")
+    return fig
 
 
 def sim_layers(layers: list[dict]) -> go.Figure:
@@ -161,13 +188,31 @@ def gantt(table, device: int, t0_s: float, t1_s: float, max_spans: int = 6000) -
 # ----------------------------------------------------------------------------- sweeps, hardware
 
 
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross"]
+
+
 def sweep_lines(x: np.ndarray, series: dict[str, np.ndarray], title: str, x_label: str, y_label: str,
-                log_x: bool = False) -> go.Figure:
+                log_x: bool = False, marks: Sequence[tuple[float, str, int]] = ()) -> go.Figure:
+    """One line per profile. Lines differ in dash and marker as well as colour, so two profiles
+    with identical figures (H800 and H100 SXM) both stay visible; a series equal to an earlier
+    one says so in its legend entry. ``marks`` are vertical lines ``(x, label, series index)``:
+    where a profile's link speed sits, where a tier's capacity ends."""
     fig = go.Figure()
+    names = list(series)
     for i, (name, y) in enumerate(series.items()):
-        fig.add_scatter(x=x, y=y, mode="lines+markers", name=name, marker={"size": 5},
-                        line={"color": SERIES[i % len(SERIES)], "width": 2})
-    fig = style(fig, title, x_label, y_label, 440)
+        same = next((names[j] for j in range(i) if np.allclose(series[names[j]], y, rtol=1e-9, atol=0)), None)
+        fig.add_scatter(x=x, y=y, mode="lines+markers", name=name + (f" (= {same})" if same else ""),
+                        marker={"size": 6, "symbol": SYMBOLS[i % len(SYMBOLS)]},
+                        line={"color": SERIES[i % len(SERIES)], "width": 2.5 if i == 0 else 2,
+                              "dash": DASHES[i % len(DASHES)]})
+    for k, (xv, label, i) in enumerate(marks):
+        fig.add_vline(x=xv, line={"color": SERIES[i % len(SERIES)], "width": 1.5, "dash": "dot"})
+        # plotly places a log axis's annotation at log10(x)
+        fig.add_annotation(x=np.log10(xv) if log_x else xv, y=1 - 0.07 * (k % 4), xref="x", yref="paper",
+                           text=label, showarrow=False, xanchor="left", font={"size": 10, "color": SERIES[i % len(SERIES)]},
+                           bgcolor="rgba(255,255,255,0.8)")
+    fig = style(fig, title, x_label, y_label, 460)
     if log_x:
         fig.update_xaxes(type="log")
     return fig
@@ -181,21 +226,29 @@ def profile_bars(names: Sequence[str], values: Sequence[float], title: str, unit
 
 
 def calibration_curve(curve: Any) -> go.Figure:
-    """Samples and fitted curve of one calibration view (``samples_x``, ``samples_y``, ``fitted``)."""
+    """Samples and fitted curve of one calibration view (``samples_x``, ``samples_y``, ``fitted``),
+    each axis in its unit with a prefix chosen for the samples (``MB``, ``µs``), so a tick never
+    reads ``6B`` or a bare ``400µ``."""
     xs = np.asarray(curve.samples_x, float)
+    ys = np.asarray(curve.samples_y, float)
+    x_unit, y_unit = getattr(curve, "x_unit", ""), getattr(curve, "y_unit", "")
+    xk, x_shown = axis_unit(xs, x_unit)
+    yk, y_shown = axis_unit(ys, y_unit)
     fig = go.Figure()
-    fig.add_scatter(x=xs, y=np.asarray(curve.samples_y, float), mode="markers", name="measured",
-                    marker={"size": 7, "color": "#4c78a8"})
+    fig.add_scatter(x=xs / xk, y=ys / yk, mode="markers", name="measured", marker={"size": 7, "color": "#4c78a8"})
     if len(xs) and not getattr(curve, "is_function", True):
         # A roofline reads bytes and tokens too: its fit at each sample, not a line over x.
-        fig.add_scatter(x=xs, y=np.asarray(curve.predicted, float), mode="markers", name="fitted",
+        fig.add_scatter(x=xs / xk, y=np.asarray(curve.predicted, float) / yk, mode="markers", name="fitted",
                         marker={"size": 7, "color": "#f58518", "symbol": "x"})
     elif len(xs):
         grid = np.geomspace(max(xs.min(), 1e-30), xs.max(), 200) if xs.min() > 0 else np.linspace(xs.min(), xs.max(), 200)
-        fig.add_scatter(x=grid, y=np.asarray(curve.fitted(grid), float), mode="lines", name="fitted",
+        fig.add_scatter(x=grid / xk, y=np.asarray(curve.fitted(grid), float) / yk, mode="lines", name="fitted",
                         line={"color": "#f58518", "width": 2})
-    title = f"{curve.name}  (median |rel. error| {100 * float(curve.median_abs_rel_error):.1f}%)"
-    fig = style(fig, title, curve.x_label, curve.y_label, 340)
+    title = f"{curve.name}  (median |rel. error| {units.format_percent(float(curve.median_abs_rel_error), 2)})"
+    x_title, y_title = _titled(curve.x_label, x_shown), _titled(curve.y_label, y_shown)
+    fig = style(fig, title, x_title, y_title, 340)
+    fig.update_xaxes(exponentformat="none")
+    fig.update_yaxes(exponentformat="none")
     if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 50:
         fig.update_xaxes(type="log")
     return fig
@@ -222,7 +275,9 @@ def pareto(points: list[dict], x_key: str, y_key: str, x_label: str, y_label: st
 
 
 def validation_scatter(runs: list[dict], metric: str) -> go.Figure:
-    """Predicted vs measured for one metric, the prediction's band as error bars, y = x dashed."""
+    """Predicted vs measured for one metric, the prediction's band as error bars, y = x dashed;
+    axes in the metric's unit with a prefix chosen for its values (``ms``, ``KB``)."""
+    label, unit = units.describe_metric(metric)
     rows = [r for r in runs if metric in r.get("measured", {}) and metric in r.get("predicted", {})]
     meas = np.array([float(r["measured"][metric]) for r in rows])
     pred = np.array([float(r["predicted"][metric]) for r in rows])
@@ -230,6 +285,8 @@ def validation_scatter(runs: list[dict], metric: str) -> go.Figure:
     lo = np.array([float(b[0]) for b in bands])
     hi = np.array([float(b[1]) for b in bands])
     inside = (meas >= lo) & (meas <= hi)
+    scale, shown = axis_unit(np.concatenate([meas, pred]), unit)
+    meas, pred, lo, hi = meas / scale, pred / scale, lo / scale, hi / scale
     fig = go.Figure()
     if len(rows):
         edge = [min(meas.min(), lo.min()) * 0.95, max(meas.max(), hi.max()) * 1.05]
@@ -243,5 +300,23 @@ def validation_scatter(runs: list[dict], metric: str) -> go.Figure:
                 error_y={"type": "data", "symmetric": False, "array": (hi - pred)[sel],
                          "arrayminus": (pred - lo)[sel], "color": color, "thickness": 1.2},
                 text=[r["name"] for r, s in zip(rows, sel) if s],
-                hovertemplate="%{text}<br>measured %{x:.4g}<br>predicted %{y:.4g}<extra></extra>")
-    return style(fig, f"{metric}: predicted vs measured", f"measured {metric}", f"predicted {metric}", 440)
+                hovertemplate=f"%{{text}}<br>measured %{{x:.4g}} {shown}<br>predicted %{{y:.4g}} {shown}<extra></extra>")
+    suffix = f" ({shown})" if shown else ""
+    return style(fig, f"{label}: predicted vs measured", f"measured {label}{suffix}", f"predicted {label}{suffix}", 440)
+
+
+def _titled(label: str, unit: str) -> str:
+    """An axis title with its display unit: ``table bytes (GB)``; a label that is only a unit
+    word (``FLOP/s``, ``seconds``) becomes the unit (``TFLOP/s``, ``ms``)."""
+    if not unit:
+        return label
+    if label.lower() == "bytes":
+        return f"size ({unit})"
+    return unit if label.lower() in ("flop/s", "bytes/s", "tokens/s", "seconds") else f"{label} ({unit})"
+
+
+def axis_unit(values, unit: str) -> tuple[float, str]:
+    """:func:`planner.units.axis_scale`, but a unitless axis (counts) keeps its values."""
+    if not unit or unit == "tok/s":  # "ktok/s" is no one's unit
+        return 1.0, unit
+    return units.axis_scale(values, unit)

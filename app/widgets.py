@@ -70,6 +70,23 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def number_field(container, label: str, value: float, *, field: str, minimum: float | None = None,
+                 maximum: float | None = None, integer: bool = False, unit: str = "", **kwargs) -> float:
+    """A number input whose bounds are checked here, not by the browser: Streamlit's own
+    ``min_value`` turns a typed -5 red but keeps the old value in use, silently. Out of bounds
+    is a SpecError naming the field path and the value as typed (in the field's display unit)."""
+    if integer:
+        new = container.number_input(label, value=int(value), step=kwargs.pop("step", 1), **kwargs)
+    else:
+        new = container.number_input(label, value=float(value), format=kwargs.pop("format", "%.4g"), **kwargs)
+    shown = f"{new:g}{' ' + unit if unit else ''}"
+    if minimum is not None and new < minimum:
+        raise SpecError(f"{field}: {label} must be at least {minimum:g}{' ' + unit if unit else ''}, got {shown}")
+    if maximum is not None and new > maximum:
+        raise SpecError(f"{field}: {label} must be at most {maximum:g}{' ' + unit if unit else ''}, got {shown}")
+    return int(new) if integer else float(new)
+
+
 def parse_yaml_text(text: str, where: str) -> Any:
     """YAML typed or uploaded in the page, under the same bounds as files (alias expansion,
     depth, size): a SpecError naming ``where``."""
@@ -193,23 +210,17 @@ def hardware_input(scope: str, default: str | dict = "h100-sxm") -> dict:
     out = copy.deepcopy(raw)
     with st.expander("Edit hardware", expanded=False):
         st.caption("Key figures in datasheet units; any other field through YAML overrides.")
-        cols = st.columns(2)
-        shown = 0
+        # One column: two in the sidebar wrap "bandwidth" mid-word.
         for path, label, scale, unit, integer in HW_FIELDS:
             value = _get(current.model_dump(), path) if current is not None else None
             if value is None:
                 continue
-            col = cols[shown % 2]
-            shown += 1
+            field = "hardware." + ".".join(path)
             text = f"{label} ({unit})" if unit else label
-            key = f"{p}.f.{'.'.join(path)}"
-            if integer:
-                new = col.number_input(text, min_value=0, value=int(value), step=1, key=key,
-                                       help=f"`{'.'.join(path)}`")
-            else:
-                new = col.number_input(text, min_value=0.0, value=float(value) / scale,
-                                       format="%.4g", key=key, help=f"`{'.'.join(path)}`")
-            if new != (int(value) if integer else float(value) / scale):
+            shown = int(value) if integer else float(value) / scale
+            new = number_field(st, text, shown, field=field, minimum=1 if integer else 0.0, integer=integer,
+                               unit=unit, key=f"{p}.f.{'.'.join(path)}", help=f"`{'.'.join(path)}`")
+            if new != shown:
                 _set(out, path, int(new) if integer else float(new) * scale)
         overrides = yaml_overrides(
             f"{p}.yaml", "hardware",
@@ -242,9 +253,9 @@ def model_input(scope: str, default: str | dict = "engram-27b") -> dict:
                 out["engram"]["layer_ids"] = ids
             sizes = engram.get("table_size_per_head")
             first = int(sizes[0] if isinstance(sizes, list) else sizes)
-            rows = st.number_input("Table rows per head (every n-gram order)", min_value=0,
-                                   value=first, step=100_000, key=f"{p}.f.rows",
-                                   help="`engram.table_size_per_head`, before rounding up to primes")
+            rows = number_field(st, "Table rows per head (every n-gram order)", first, minimum=1, integer=True,
+                                field="model.engram.table_size_per_head", step=100_000, key=f"{p}.f.rows",
+                                help="`engram.table_size_per_head`, before rounding up to primes")
             if rows != first:
                 out["engram"]["table_size_per_head"] = int(rows)
         else:
@@ -262,23 +273,24 @@ def workload_input(scope: str, default: dict) -> dict:
                     key=f"{p}.kind", horizontal=True)
     base = default if default.get("kind", "inference") == kind else {}
     c1, c2 = st.columns(2)
+    def count(col, label: str, name: str, fallback: int, **kw) -> int:
+        return number_field(col, label, base.get(name, fallback), field=f"workload.{name}", minimum=1,
+                            integer=True, key=f"{p}.{kw.pop('suffix', name)}", **kw)
+
     if kind == "training":
         return {
             "kind": "training",
-            "batch_size": int(c1.number_input("Sequences per GPU", 1, value=base.get("batch_size", 4),
-                                              key=f"{p}.batch_size")),
-            "seq_len": int(c2.number_input("Sequence length", 1, value=base.get("seq_len", 4096),
-                                           key=f"{p}.seq_len")),
-            "steps": int(c1.number_input("Steps", 1, value=base.get("steps", 4), key=f"{p}.steps")),
+            "batch_size": count(c1, "Sequences per GPU", "batch_size", 4),
+            "seq_len": count(c2, "Sequence length", "seq_len", 4096),
+            "steps": count(c1, "Steps", "steps", 4),
             "table_optimizer": c2.selectbox("Table optimiser", ["adam", "sgd"],
                                             index=["adam", "sgd"].index(base.get("table_optimizer", "adam")),
                                             key=f"{p}.opt"),
         }
     out = {"kind": "inference"}
-    out["num_sequences"] = int(c1.number_input("Requests", 1, value=base.get("num_sequences", 256),
-                                               key=f"{p}.num_sequences"))
-    out["max_num_seqs"] = int(c2.number_input("Max batch (sequences)", 1, value=base.get("max_num_seqs", 128),
-                                              key=f"{p}.max_num_seqs", help="`workload.max_num_seqs` per GPU"))
+    out["num_sequences"] = count(c1, "Requests", "num_sequences", 256)
+    out["max_num_seqs"] = count(c2, "Max batch (sequences)", "max_num_seqs", 128,
+                                help="`workload.max_num_seqs` per GPU")
     for name, fallback in (("prompt_len", 512), ("output_len", 256)):
         text = st.text_input(
             name.replace("_", " ").capitalize() + " (tokens)",
@@ -286,10 +298,9 @@ def workload_input(scope: str, default: dict) -> dict:
             help="A number, or a distribution: {kind: uniform, low: 64, high: 384} or "
                  "{kind: lognormal, median: 512, sigma: 0.6, min: 32, max: 2048}")
         out[name] = parse_yaml_text(text, f"workload.{name}")
-    out["max_batched_tokens"] = int(c1.number_input(
-        "Token budget per step", 1, value=base.get("max_batched_tokens", 8192), key=f"{p}.mbt"))
-    rate = c2.number_input("Arrival rate (req/s, 0 = all at once)", 0.0,
-                           value=float(base.get("arrival_rate") or 0.0), key=f"{p}.rate")
+    out["max_batched_tokens"] = count(c1, "Token budget per step", "max_batched_tokens", 8192, suffix="mbt")
+    rate = number_field(c2, "Arrival rate (req/s, 0 = all at once)", float(base.get("arrival_rate") or 0.0),
+                        field="workload.arrival_rate", minimum=0.0, unit="req/s", key=f"{p}.rate")
     if rate > 0:
         out["arrival_rate"] = float(rate)
     out["seed"] = int(base.get("seed", 0))

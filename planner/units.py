@@ -159,45 +159,47 @@ def _exact_prefix(value: float, scales, unit: str) -> str | None:
     return None
 
 
+def _displayable(value: float, what: str) -> float:
+    """``value`` as a float, or ValueError for NaN: a NaN shown as "nan GB" hides the bug that
+    made it, so every formatter refuses it (a missing value is the caller's ``None`` -> "—")."""
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"cannot display NaN as {what}: the value was never computed")
+    return value
+
+
 def format_si(value: float, unit: str, digits: int = 3) -> str:
     """Human-readable SI value for display (not round-trip exact): ``3.35 TB/s``."""
+    value = _displayable(value, unit or "a number")
     if value == 0 or not math.isfinite(value):
-        return f"{value:g} {unit}"
+        return f"{value:g} {unit}".rstrip()
     for scale, prefix in _FORMAT_SCALES_DECIMAL:
         if abs(value) >= scale:
-            return f"{value / scale:.{digits}g} {prefix}{unit}"
-    for scale, prefix in ((1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+            return f"{value / scale:.{digits}g} {prefix}{unit}".rstrip()
+    for scale, prefix in ((1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g} {prefix}{unit}"
-    return f"{value:.{digits}g} {unit}"
+    return f"{value:.{digits}g} {unit}".rstrip()
 
 
 def format_rate(value: float) -> str:
     """A throughput for display: ``31,419`` (no false decimals), but ``0.327`` rather than ``0``
     for a machine that manages less than one a second."""
+    value = _displayable(value, "a rate")
     if not math.isfinite(value):
         return f"{value:g}"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def format_bytes(value: float, digits: int = 3) -> str:
-    """Display bytes; values round in binary units but not in decimal ones (``2 TiB``) keep
-    binary prefixes, everything else is shown with decimal prefixes (``80 GB``). An expected
-    count below one byte (a hot-row cache absorbing nearly every lookup) is ``< 1 B``, not
-    micro-bytes."""
+    """Display bytes, always with decimal prefixes (``80 GB``, ``2.2 TB``): one convention in
+    every output, the datasheets' and the bandwidths' (GB/s), so a sentence never compares
+    "2 TB" with "1.8 TiB". (YAML still reads binary units: ``80 GiB`` is parsed exactly and shown
+    as ``85.9 GB``.) An expected count below one byte (a hot-row cache absorbing nearly every
+    lookup) is ``< 1 B``, not micro-bytes."""
+    value = _displayable(value, "bytes")
     if 0 < value < 1:
         return "< 1 B"
-    for scale, _ in _FORMAT_SCALES_DECIMAL:
-        if value >= scale:
-            if (value / scale * 100).is_integer():
-                return format_si(value, "B", digits)
-            break
-    for power, prefix in ((5, "Pi"), (4, "Ti"), (3, "Gi"), (2, "Mi"), (1, "Ki")):
-        scale = 1024.0**power
-        if value >= scale:
-            if (value / scale * 100).is_integer():
-                return f"{value / scale:.{digits}g} {prefix}B"
-            break
     return format_si(value, "B", digits)
 
 
@@ -206,12 +208,100 @@ _LONG_DURATIONS = ((365.25 * 86400.0, "years"), (86400.0, "days"), (3600.0, "h")
 
 
 def format_seconds(value: float, digits: int = 3) -> str:
-    """Display a duration: ``12.5 ms``, ``4.2 s``, ``2.5 min``, ``11.3 h``, ``470 days``."""
+    """Display a duration: ``850 ns``, ``12.5 ms``, ``4.2 s``, ``2.5 min``, ``11.3 h``, ``470 days``."""
+    value = _displayable(value, "a duration")
     if math.isfinite(value):
         for scale, unit in _LONG_DURATIONS:
             if abs(value) >= scale:
                 return f"{value / scale:.{digits}g} {unit}"
     return format_si(value, "s", digits)
+
+
+def format_params(value: float, digits: int = 3) -> str:
+    """A parameter count: ``400B params``, ``27.1B params``, ``1.2M params`` (``400.0 B`` reads
+    as bytes)."""
+    value = _displayable(value, "a parameter count")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"cannot display {value!r} as a parameter count")
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.{digits}g}{suffix} params"
+    return f"{value:.{digits}g} params"
+
+
+def format_percent(fraction: float, digits: int = 3, signed: bool = False) -> str:
+    """A fraction as a percentage: ``0.02773`` -> ``2.77%``; ``+5.1%`` when ``signed``; a value
+    that rounds to zero but is not (``3e-9``) keeps its digits (``3e-07%``), never ``0%``."""
+    fraction = _displayable(fraction, "a percentage")
+    if not math.isfinite(fraction):
+        return f"{100 * fraction:+g}%" if signed else f"{100 * fraction:g}%"
+    text = f"{100 * fraction:{'+' if signed else ''}.{digits}g}%"
+    return text
+
+
+# One unit word per quantity kind, for tables and axis titles.
+QUANTITY_UNITS = {"B": format_bytes, "s": format_seconds, "%": format_percent, "params": format_params}
+
+
+def format_quantity(value: float | None, unit: str, digits: int = 3) -> str:
+    """Any displayed quantity: bytes (``B``), seconds (``s``), fractions as ``%``, parameter
+    counts (``params``), throughputs (``tok/s``) or any SI unit (``B/s``, ``FLOP/s``). ``None``
+    (a value that does not apply) is ``—``."""
+    if value is None:
+        return "—"
+    if unit in QUANTITY_UNITS:
+        return QUANTITY_UNITS[unit](value, digits)
+    if unit == "tok/s":
+        return f"{format_rate(value)} tok/s"
+    return format_si(value, unit, digits)
+
+
+# Metric keys the tool writes (validation, simulation) -> (what a person calls it, its unit).
+METRICS = {
+    "step_time_s": ("step time", "s"),
+    "throughput_tokens_per_s": ("throughput", "tok/s"),
+    "throughput_output_tokens_per_s": ("output throughput", "tok/s"),
+    "exposed_lookup_s": ("exposed lookup time per step", "s"),
+    "exposed_decode_s": ("exposed decode stall per step", "s"),
+    "bytes_to_device": ("bytes copied to the device", "B"),
+    "throughput_drop": ("throughput drop", "%"),
+    "stall_fraction": ("stall fraction", "%"),
+}
+
+
+def metric_label(key: str) -> str:
+    """A metric key as words with its unit: ``exposed_lookup_s`` -> ``exposed lookup time per
+    step (s)``; an unknown key is read from its suffix (``_s`` seconds, ``_bytes`` bytes)."""
+    label, unit = describe_metric(key)
+    return f"{label} ({unit})" if unit else label
+
+
+def describe_metric(key: str) -> tuple[str, str]:
+    if key in METRICS:
+        return METRICS[key]
+    for suffix, unit in (("_per_s", "/s"), ("_s", "s"), ("_bytes", "B"), ("_fraction", "%"), ("", "")):
+        if key.endswith(suffix):
+            words = (key[: -len(suffix)] if suffix else key).split("_")
+            return " ".join(w.upper() if w in ("ttft", "tpot", "kv") else w for w in words), unit
+    raise AssertionError("unreachable: the empty suffix matches every key")
+
+
+def axis_scale(values, unit: str) -> tuple[float, str]:
+    """The factor and unit to plot ``values`` (SI, e.g. bytes/s) in, so ticks read ``6`` under
+    an axis titled ``GB/s`` (never plotly's ``6B`` or a bare ``400µ``): the decimal prefix of the
+    largest finite magnitude. Returns ``(divide_by, "GB/s")``."""
+    finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v)) and v != 0]
+    top = max(finite, default=1.0)
+    if unit == "%":
+        return 0.01, "%"
+    if unit == "s" and top >= 60:
+        for scale, name in _LONG_DURATIONS:
+            if top >= scale:
+                return scale, name
+    for scale, prefix in _FORMAT_SCALES_DECIMAL + [(1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]:
+        if top >= scale:
+            return scale, f"{prefix}{unit}"
+    return 1e-9, f"n{unit}"
 
 
 def _serializer(unit: str):

@@ -49,9 +49,26 @@ def test_sweeps_one_line_per_profile_and_link_sweep_falls():
     assert len(data) == 2
     drop = _y(data[0])
     assert drop[0] > drop[-1] > 0  # slower link -> larger drop
+    # each profile's own link speed is marked on the axis, in its line's colour
+    layout = chart(at, "sw.fig")["layout"]
+    marks = sorted(s["x0"] for s in layout["shapes"] if s.get("type") == "line")
+    assert marks == pytest.approx([63.0, 63.0])  # both PCIe Gen5 x16 presets: 63 GB/s
+    assert sum("63 GB/s" in a["text"] for a in layout["annotations"]) == 2
     at.radio(key="sw.variable").set_value("table").run()
     table = _y(chart(at, "sw.fig")["data"][0])
     assert not np.allclose(table, drop[: len(table)])
+    # where host DRAM is full of tables, per profile
+    assert any("host full at" in a["text"] for a in chart(at, "sw.fig")["layout"]["annotations"])
+
+
+def test_sweeps_identical_profiles_stay_visible():
+    """H800 and H100 SXM have the same figures for this sweep: both lines are drawn apart by
+    dash and marker, and the second says it equals the first."""
+    at = _app("pages/sweeps.py")
+    at.multiselect(key="sw.profiles").set_value(["h100-sxm", "h800"]).run()
+    data = chart(at, "sw.fig")["data"]
+    assert len(data) == 2 and data[0]["line"]["dash"] != data[1]["line"]["dash"]
+    assert "(= " in data[1]["name"]
 
 
 def test_sweeps_layer_id_with_two_engram_layers_moves_one():
@@ -147,14 +164,16 @@ def test_validation_scatter_band_and_error_table(monkeypatch):
     at = _app("pages/validation.py")
     assert not at.error
     summary = at.dataframe[0].value
-    assert list(summary["metric"]) == ["throughput_output_tokens_per_s", "tpot_p50_s"]
+    assert list(summary["metric"]) == ["output throughput (tok/s)", "TPOT p50 (s)"]  # words, not keys
+    assert all(v.endswith("%") or v == "—" for v in summary["median |error|"])
     data = chart(at, "va.fig")["data"]
     names = [t["name"] for t in data]
     assert "predicted = measured" in names and "outside band" in names
     runs = at.dataframe[1].value
     assert list(runs["in band"]).count("no") == 2
     at.selectbox(key="va.metric").set_value("tpot_p50_s").run()
-    assert chart(at, "va.fig")["layout"]["title"]["text"].startswith("tpot_p50_s")
+    layout = chart(at, "va.fig")["layout"]
+    assert layout["title"]["text"].startswith("TPOT p50") and layout["xaxis"]["title"]["text"].endswith("(ms)")
 
 
 # ----------------------------------------------------------------------------- command

@@ -36,8 +36,14 @@ def test_defaults_show_estimate_memory_and_layers():
     assert not at.error
     assert float(metric(at, "Output tok/s").replace(",", "")) > 0
     assert metric(at, "Drop vs no Engram").endswith("%")
-    names = [t["name"] for t in chart(at, "wi.fig.mem")["data"]]
-    assert "capacity" in names and any(n.startswith("Engram table") for n in names)
+    mem = chart(at, "wi.fig.mem")
+    names = [t.get("name") for t in mem["data"]]
+    assert any(n and n.startswith("Engram table") for n in names)
+    # shares of each tier's capacity on a linear axis, the capacity at 100%
+    assert mem["layout"].get("yaxis", {}).get("type") != "log"
+    assert any(s.get("y0") == 100 for s in mem["layout"]["shapes"])
+    layers = chart(at, "wi.fig.layers")  # fetch vs window: a 13 µs fetch beside an 8 ms window
+    assert layers["layout"]["yaxis"]["type"] == "log"
     assert at.dataframe and len(at.dataframe[0].value) == 2  # Engram-27B: layers 1 and 14
 
 
@@ -173,3 +179,17 @@ def test_the_disk_tier_on_a_profile_without_drives_says_how_to_add_one():
     at.text_area(key=S + ".hw.h100-pcie.yaml").set_value(suggested).run()
     assert not at.exception and not at.error
     assert float(metric(at, "Output tok/s").replace(",", "")) > 0
+
+
+def test_a_value_below_a_fields_minimum_is_refused_with_the_value_typed():
+    """Streamlit's own min_value keeps the old value in use behind a red box; the page says what
+    was typed instead and computes nothing from a value that is not there."""
+    at = _app()
+    at.number_input(key=HW + ".f.link.h2d_bandwidth").set_value(-5.0).run()
+    assert not at.exception
+    text = at.error[0].value
+    assert "hardware.link.h2d_bandwidth" in text and "got -5 GB/s" in text
+    assert not at.metric
+    at = _app()
+    at.number_input(key=S + ".wl.num_sequences").set_value(0).run()
+    assert "workload.num_sequences" in at.error[0].value and "got 0" in at.error[0].value

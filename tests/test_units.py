@@ -75,8 +75,9 @@ def test_round_values_serialise_with_units():
     assert dumped["latency"] == "10 us"
 
 
-def test_format_bytes_keeps_binary_round_values():
-    assert format_bytes(2 * 2**40) == "2 TiB"
+def test_format_bytes_has_one_convention():
+    # "needs 2 TB, limit <= 1.8 TiB" compared two conventions in one sentence: display is decimal.
+    assert format_bytes(2 * 2**40) == "2.2 TB" and format_bytes(80 * 2**30) == "85.9 GB"
     assert format_bytes(80e9) == "80 GB"
     assert format_bytes(5.792e9) == "5.79 GB"
     assert not math.isnan(parse_bytes(format_bytes(123456789).replace(" ", "")))
@@ -88,9 +89,44 @@ def test_long_durations_and_sub_byte_counts_read_as_people_read_them():
     assert format_seconds(0.0125) == "12.5 ms" and format_seconds(4.2) == "4.2 s"
     assert format_seconds(150) == "2.5 min" and format_seconds(40_680) == "11.3 h"
     assert format_seconds(4.06e7) == "1.29 years" and format_seconds(3 * 86400) == "3 days"
-    assert format_seconds(0.0) == "0 s" and format_seconds(float("nan")) == "nan s"
-    assert format_bytes(3.46e-4) == "< 1 B" and format_bytes(0.0) == "0 B" and format_bytes(2.0**41) == "2 TiB"
+    assert format_seconds(0.0) == "0 s" and format_seconds(4e-4) == "400 µs" and format_seconds(8.5e-7) == "850 ns"
+    assert format_bytes(3.46e-4) == "< 1 B" and format_bytes(0.0) == "0 B" and format_bytes(1e21) == "1e+06 PB"
 
     from planner.units import format_rate
 
     assert format_rate(31_419.4) == "31,419" and format_rate(0.3271) == "0.327" and format_rate(0.0) == "0"
+
+
+def test_every_formatter_refuses_nan_and_reads_edge_values():
+    from planner.units import format_params, format_percent, format_quantity, format_rate, format_seconds
+
+    for formatter in (format_bytes, format_seconds, format_rate, format_params, format_percent):
+        with pytest.raises(ValueError, match="NaN"):
+            formatter(float("nan"))
+    assert format_params(400e9) == "400B params" and format_params(27.1e9) == "27.1B params"
+    assert format_params(1.2e6) == "1.2M params" and format_params(0) == "0 params"
+    assert format_params(2.5e12) == "2.5T params"
+    assert format_percent(0.02773) == "2.77%" and format_percent(0.0) == "0%" and format_percent(1.0) == "100%"
+    assert format_percent(3e-9) == "3e-07%" and format_percent(0.051, signed=True) == "+5.1%"
+    assert format_quantity(None, "s") == "—" and format_quantity(0.02773, "%") == "2.77%"
+    assert format_quantity(31_419.4, "tok/s") == "31,419 tok/s" and format_quantity(6e9, "B/s") == "6 GB/s"
+    assert format_quantity(float("inf"), "s") == "inf s"
+
+
+def test_metric_keys_read_as_words_with_units():
+    from planner.units import describe_metric, metric_label
+
+    assert metric_label("exposed_lookup_s") == "exposed lookup time per step (s)"
+    assert describe_metric("bytes_to_device") == ("bytes copied to the device", "B")
+    assert describe_metric("host_gather_s") == ("host gather", "s")
+    assert describe_metric("rows_per_s") == ("rows", "/s") and describe_metric("odd") == ("odd", "")
+
+
+def test_axis_scale_picks_the_prefix_of_the_largest_value():
+    from planner.units import axis_scale
+
+    assert axis_scale([1e9, 6e9], "B/s") == (1e9, "GB/s")
+    assert axis_scale([1.3e-5, 4e-4], "s") == (1e-6, "µs")
+    assert axis_scale([0.0, float("nan"), 8e-3], "s") == (1e-3, "ms")
+    assert axis_scale([90, 7200], "s") == (3600.0, "h")
+    assert axis_scale([], "B") == (1.0, "B") and axis_scale([0.2], "%") == (0.01, "%")

@@ -11,9 +11,10 @@ import numpy as np
 import streamlit as st
 
 from app import figures, runs, widgets
-from planner.accounting import engram_row_bytes
+from planner.accounting import engram_row_bytes, tier_footprint
 from planner.analytic import estimate_step
 from planner.loading import bundled_profiles, read_yaml
+from planner.units import format_bytes, format_si
 
 P = "sw"
 VARIABLES = {
@@ -80,7 +81,39 @@ if variable == "layer" and len(widgets.engram_layer_ids(model_data)) > 1:
     note = (f"The model has {len(widgets.engram_layer_ids(model_data))} Engram layers; the sweep moves a "
             "single Engram layer (the first one's table) through every block.")
 
+def capacity_marks(scenario, i: int, short: str) -> list[tuple[float, str, int]]:
+    """Where this profile's figures sit on the swept axis: its link speed (link sweep), the table
+    size per layer at which the tier holding the tables is full (table sweep), and the decode
+    batch its KV cache holds at the longest sequence (batch sweep)."""
+    hw, model, placement = scenario.hardware, scenario.model, scenario.placement
+    if variable == "link":
+        return [(hw.link.h2d_bandwidth / 1e9, f"{short}: {format_si(hw.link.h2d_bandwidth, 'B/s')}", i)]
+    if variable == "table" and model.engram is not None:
+        tier = placement.tier_of(model.engram_layer_ids[0])
+        layers = [l for l in model.engram_layer_ids if placement.tier_of(l) == tier]
+        fp = tier_footprint(model, placement)
+        stem = {"device": "engram_table_L", "host": "engram_host_L", "disk": "engram_disk_L"}[tier]
+        tables = sum(v for k, v in fp.breakdown.items() if k.startswith(stem))
+        capacity = {"device": hw.device.memory, "host": hw.host.memory,
+                    "disk": hw.nvme.capacity if hw.nvme else 0.0}[tier]
+        others = {"device": fp.device, "host": fp.host, "disk": fp.disk}[tier] - tables
+        per_layer = (capacity - others) / len(layers)
+        if per_layer <= 0:
+            return []
+        return [(per_layer / 1e9, f"{short}: {tier} full at {format_bytes(per_layer)}/layer", i)]
+    if variable == "batch" and scenario.workload.kind == "inference":
+        from planner.memory import device_memory
+        from planner.specs import length_bounds
+
+        w = scenario.workload
+        longest = length_bounds(w.prompt_len)[1] + length_bounds(w.output_len)[1]
+        seqs = device_memory(scenario).kv_tokens // longest
+        return [(float(seqs), f"{short}: KV cache holds {seqs:,} sequences of {longest:,} tokens", i)] if seqs else []
+    return []
+
+
 series: dict[str, np.ndarray] = {}
+marks: list[tuple[float, str, int]] = []
 skipped: list[str] = []
 x_plot = x
 for name in profiles:
@@ -103,11 +136,13 @@ for name in profiles:
         skipped.append(f"**{name}**: {str(exc).splitlines()[-1].strip()}")
         continue
     thr = np.broadcast_to(ours.throughput_tokens_per_s, np.shape(x_plot))
+    short = titles[name].split(" — ")[-1]
+    marks += capacity_marks(scenario, len(series), short)
     if y_kind == "drop":
-        series[titles[name].split(" — ")[-1]] = 100 * (1 - thr / np.broadcast_to(theirs.throughput_tokens_per_s,
+        series[short] = 100 * (1 - thr / np.broadcast_to(theirs.throughput_tokens_per_s,
                                                                                  np.shape(x_plot)))
     else:
-        series[titles[name].split(" — ")[-1]] = thr
+        series[short] = thr
 
 if skipped:
     st.warning("Skipped profiles that do not fit this scenario:\n\n" + "\n\n".join(f"- {s}" for s in skipped))
@@ -120,11 +155,27 @@ y_label = "throughput drop vs no Engram (%)" if y_kind == "drop" else "tokens/s 
 tier = pl_data.get("tier", "device")
 what = "Throughput drop vs no Engram" if y_kind == "drop" else "Throughput"
 title = f"{what} against {VARIABLES[variable][0].lower() + VARIABLES[variable][1:]} · tables on {tier}"
+x_lo, x_hi = float(np.min(x_plot)), float(np.max(x_plot))
+inside = [m for m in marks if x_lo <= m[0] <= x_hi]
+outside = [m[1] for m in marks if not x_lo <= m[0] <= x_hi]
 fig = figures.sweep_lines(x_plot, series, title, x_labels[variable], y_label,
-                          log_x=variable in ("table", "link", "batch"))
+                          log_x=variable in ("table", "link", "batch"), marks=inside)
 st.plotly_chart(fig, key=f"{P}.fig")
+flat = [k for k, v in series.items() if np.ptp(np.asarray(v, float)) <= 1e-3 * max(1.0, float(np.max(np.abs(v))))]
+explain = []
+if flat:
+    why = {"link": "every fetch hides behind its prefetch window even at the slowest link",
+           "table": "a lookup reads the same number of rows per token at any table size, and even at the slowest "
+                    "gather rate (a table far past the caches) the fetch hides behind its window",
+           "layer": "the fetch hides behind the window at every block",
+           "batch": "the fetch hides at every batch"}[variable]
+    explain.append(f"Flat for {', '.join(flat)}: {why}. Move the Engram layer earlier, offload to a slower "
+                   "tier or lower the link bandwidth to see where it stops hiding.")
+if outside:
+    explain.append("Outside the swept range: " + "; ".join(outside) + ".")
 st.caption("Analytic estimate of one steady decode step (planner.analytic.estimate_step), all points "
-           "in one vectorised call per profile. " + note)
+           "in one vectorised call per profile. Dotted lines: where each profile's own figure sits. "
+           + note + " " + " ".join(explain))
 
 data = {"variable": variable, "x": np.asarray(x_plot).tolist(), "x_label": x_labels[variable],
         "y_label": y_label, "series": {k: np.asarray(v).tolist() for k, v in series.items()}}

@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import figures, widgets
+from planner import units
 from planner.loading import ROOT
 
 P = "va"
@@ -39,6 +40,10 @@ def check(data, where: str) -> dict:
         for key in ("name", "measured", "predicted"):
             if key not in run:
                 raise ValueError(f"{where}: runs[{i}].{key}: missing")
+        for key in ("measured", "predicted"):
+            for metric, value in (run[key] or {}).items():
+                if not isinstance(value, (int, float)) or value != value:
+                    raise ValueError(f"{where}: runs[{i}].{key}.{metric}: expected a number, got {value!r}")
     return data
 
 
@@ -80,29 +85,29 @@ if not metrics:
 summary = data.get("summary") or {}
 if summary:
     st.subheader("Error per metric")
-    def num(value, pattern: str = "{:.4g}") -> str:
-        return "—" if value is None else pattern.format(value)
-
-    st.dataframe([{"metric": m, "median |error|": num(s.get("median_abs_error")),
-                   "p90 |error|": num(s.get("p90_abs_error")),
-                   "band coverage": num(None if s.get("coverage") is None else 100 * s["coverage"], "{:.0f}%")}
+    st.dataframe([{"metric": units.metric_label(m),
+                   "median |error|": units.format_quantity(s.get("median_abs_error"), "%"),
+                   "p90 |error|": units.format_quantity(s.get("p90_abs_error"), "%"),
+                   "band coverage": units.format_quantity(s.get("coverage"), "%")}
                   for m, s in summary.items()], hide_index=True, key=f"{P}.summary")
     st.caption("As written by `engram-planner validate` (errors relative to the measured value unless "
                "the result file says otherwise); coverage = share of runs whose measurement lies in the band.")
 
-metric = st.selectbox("Metric", metrics, key=f"{P}.metric")
+metric = st.selectbox("Metric", metrics, format_func=units.metric_label, key=f"{P}.metric")
 fig = figures.validation_scatter(runs, metric)
 st.plotly_chart(fig, key=f"{P}.fig")
 
+unit = units.describe_metric(metric)[1]
 rows = []
 for r in runs:
     if metric not in r["measured"] or metric not in r["predicted"]:
         continue
     meas, pred = float(r["measured"][metric]), float(r["predicted"][metric])
     lo, hi = (r.get("band") or {}).get(metric) or [pred, pred]
-    rows.append({"run": r["name"], "measured": f"{meas:.4g}", "predicted": f"{pred:.4g}",
-                 "band": f"[{lo:.4g}, {hi:.4g}]",
-                 "error": f"{100 * (pred - meas) / meas:+.1f}%" if meas else "—",
+    rows.append({"run": r["name"], "measured": units.format_quantity(meas, unit),
+                 "predicted": units.format_quantity(pred, unit),
+                 "band": f"{units.format_quantity(lo, unit)} – {units.format_quantity(hi, unit)}",
+                 "error": units.format_percent((pred - meas) / meas, signed=True) if meas else "—",
                  "in band": "yes" if lo <= meas <= hi else "no",
                  "config": json.dumps(r.get("config", {}), separators=(",", ":"))[:120]})
 st.dataframe(rows, hide_index=True, key=f"{P}.runs")

@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import figures, runs, widgets
 from planner.specs.limits import capacity_problems, check_analytic_run, check_simulation
-from planner.units import format_bytes, format_rate, format_seconds
+from planner.units import format_bytes, format_percent, format_rate, format_seconds
 
 P = "wi"
 
@@ -63,12 +63,21 @@ st.caption(f"**{model.name}** on **{hw.name}** ({hw.nodes} × {hw.device.count} 
 
 drop = est["drop"]
 exposed_ms = 1e3 * float(step.exposed_s)
+fp = est["footprint"]
+over_tier = [f"{what} needs {format_bytes(need)} of {format_bytes(cap)}" for what, need, cap in (
+    ("the GPU", fp.device, hw.device.memory), ("host DRAM", fp.host, hw.host.memory),
+    ("NVMe", fp.disk, hw.nvme.capacity if hw.nvme else 0.0)) if need > cap]
+if over_tier:
+    # Said before the numbers, not beside them: they price a placement that cannot be built.
+    st.warning("**Does not fit in memory:** " + "; ".join(over_tier) + ". The numbers below are what it "
+               "would run at if it fit; shrink the tables, offload them or pick a machine with more memory.")
 cols = card_slots(6)
 card(cols[0], "Throughput, tok/s" if w.kind == "training" else "Output tok/s", format_rate(est["throughput"]),
                help="Analytic: whole run for inference (planner.analytic.estimate_run: waves of "
                     "max_num_seqs; with an arrival rate, no faster than the requests arrive), "
                     "one steady step for training")
-card(cols[1], "Drop vs no Engram", "—" if drop is None else f"{100 * drop:.2f}%")
+card(cols[1], "Drop vs no Engram", "—" if drop is None else format_percent(drop),
+     help="Throughput lost against the same run without Engram (its compute and its lookups)")
 if w.kind == "training":
     card(cols[2], "Step time", format_seconds(float(step.step_s)),
          help="Forward + backward over the batch, lookups a step ahead, row-gradient updates behind it "
@@ -77,27 +86,24 @@ if w.kind == "training":
 else:
     card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
     card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
-card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s")
-card(cols[5], "Step bound", str(np.asarray(step.bound).item()))
+card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s",
+     help="Time per step the GPU waits for Engram rows that did not arrive within their prefetch window")
+card(cols[5], "Step bound", str(np.asarray(step.bound).item()),
+     help="What limits the step: compute, device memory (hbm), the host link, host gathers or disk")
 
 # ----------------------------------------------------------------------------- memory and layers
 
-fp = est["footprint"]
 tiers = {l: scenario.placement.tier_of(l) for l in model.engram_layer_ids}
 left, right = st.columns(2, gap="large")
 with left:
     fig_mem = figures.tier_memory(fp, hw)
     st.plotly_chart(fig_mem, key="wi.fig.mem")
-    fits = fp.device <= hw.device.memory and fp.host <= hw.host.memory
     nvme = f" of {format_bytes(hw.nvme.capacity)}" if hw.nvme else ""
     text = (f"GPU {format_bytes(fp.device)} of {format_bytes(hw.device.memory)} per device · host DRAM "
             f"{format_bytes(fp.host)} of {format_bytes(hw.host.memory)} · NVMe {format_bytes(fp.disk)}{nvme}."
             + (f" KV cache for {est['kv_tokens']:,} resident tokens per device (full batch of longest sequences)."
                if w.kind == "inference" else ""))
-    if fits:
-        st.caption(text)
-    else:
-        st.warning("**Does not fit in memory.** " + text)
+    st.caption(text)
 with right:
     if step.per_layer:
         fig_layers = figures.engram_layers(step.per_layer, tiers)
@@ -123,9 +129,17 @@ with right:
                      "status": f"exposed ({np.asarray(step.bound).item()}-bound)" if exposed > 0 else "hidden"})
     if rows:
         st.dataframe(rows, hide_index=True, key="wi.layers")
+    cache = scenario.placement.cache_fraction
+    offloaded = [l for l in model.engram_layer_ids if tiers[l] != "device"]
+    why_cache = ""
+    if cache > 0 and offloaded and float(step.exposed_s) == 0:
+        cached = sum(v for k, v in fp.breakdown.items() if k.startswith("engram_cache_L"))
+        why_cache = (f" The hot-row cache ({format_bytes(cached)} of GPU memory) cuts the bytes fetched, but "
+                     "every fetch already hides behind its window, so it saves no time here; the memory it "
+                     "takes is not left to the KV cache.")
     st.caption(f"Step of {float(step.tokens_per_step):,.0f} tokens per device: compute "
                f"{format_seconds(float(step.compute_s))} + exposed {format_seconds(float(step.exposed_s))}. "
-               "A fetch hides when it ends inside its window.")
+               "A fetch hides when it ends inside its window." + why_cache)
 
 tab_sim, tab_files = st.tabs(["Simulator & timeline", "Scenario & downloads"])
 
@@ -156,7 +170,7 @@ with tab_sim:
         cols = card_slots(6)
         simulated = m["throughput_output_tokens_per_s"]
         card(cols[0], "Simulated tok/s", format_rate(simulated))
-        card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else f"{100 * m['throughput_drop']:.2f}%")
+        card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else format_percent(m["throughput_drop"]))
         if w.kind == "training":
             card(cols[2], "Mean step", format_seconds(m["mean_step_time_s"]))
             card(cols[3], "Steps (all devices)", f"{m['steps']:,}")
@@ -165,7 +179,7 @@ with tab_sim:
             card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
             card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—")
             card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
-        card(cols[5], "Exposed share", f"{100 * m['exposed_fraction']:.2f}%",
+        card(cols[5], "Exposed share", format_percent(m["exposed_fraction"]),
              help="Stalled time waiting for Engram rows / total step time")
         if est["throughput"] > 0:
             st.caption(

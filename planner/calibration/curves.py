@@ -22,6 +22,9 @@ OP_KINDS = ("attention:mla", "attention:gqa", "ffn:dense", "ffn:moe", "engram", 
 _X_LABELS = {"flops": "FLOP per op", "bytes": "bytes", "rows": "rows per batch",
              "tokens": "tokens per call", "layers": "layers", "table_bytes": "table bytes",
              "indices": "indices per call", "seconds": "seconds"}
+# The SI unit of each axis quantity ("" for counts and fractions), for plots that pick a prefix.
+_UNITS = {"flops": "FLOP", "bytes": "B", "table_bytes": "B", "seconds": "s", "flop_per_s": "FLOP/s",
+          "bytes_per_s": "B/s", "tokens_per_s": "tok/s"}
 _Y_LABELS = {"efficiency": "fraction of peak", "flop_per_s": "FLOP/s", "bytes_per_s": "bytes/s",
              "tokens_per_s": "tokens/s", "seconds": "seconds"}
 
@@ -42,6 +45,8 @@ class CurveView:
     median_abs_rel_error: float
     fit: Fit
     residuals: np.ndarray
+    x_unit: str = ""
+    y_unit: str = ""
 
     @property
     def is_function(self) -> bool:
@@ -63,7 +68,7 @@ class CurveView:
         return CurveView(curve.name, curve.description, _X_LABELS[curve.x], _Y_LABELS[curve.y],
                          np.asarray(curve.samples_x, float), np.asarray(curve.samples_y, float),
                          curve.median_abs_rel_error, Fit(curve.form, dict(curve.params)),
-                         np.asarray(curve.residuals, float))
+                         np.asarray(curve.residuals, float), _UNITS.get(curve.x, ""), _UNITS.get(curve.y, ""))
 
 
 def profile_curves(hw: HardwareSpec) -> dict[str, CurveView]:

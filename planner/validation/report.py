@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from planner.trace import Span, write_chrome_trace
+from planner.units import describe_metric
 from planner.validation.compare import METRICS, RunResult
 
 UNITS = {"step_time_s": ("step time", 1e3, "ms"), "throughput_tokens_per_s": ("throughput", 1.0, "tok/s"),
@@ -78,13 +79,13 @@ def format_text(data: dict) -> str:
             f"{_pct(e['step_time_s']):>8}{band:>17}"
             f"{_fmt('exposed_lookup_s', m['exposed_lookup_s']) + '/' + _fmt('exposed_lookup_s', p['exposed_lookup_s']):>17}"
             f"{_fmt('bytes_to_device', m['bytes_to_device']) + '/' + _fmt('bytes_to_device', p['bytes_to_device']):>15}")
-    lines += ["", f"{'metric':<26}{'median |err|':>13}{'p90 |err|':>11}{'coverage':>10}{'band +-':>9}{'runs':>6}"]
+    lines += ["", f"{'metric':<32}{'median |err|':>13}{'p90 |err|':>11}{'coverage':>10}{'band +-':>9}{'runs':>6}"]
     for metric, s in data["summary"].items():
         cov = "-" if s["coverage"] is None else f"{s['coverage']:.0%}"
         med = "-" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
         p90 = "-" if s["p90_abs_error"] is None else f"{s['p90_abs_error']:.1%}"
         width = "-" if s.get("band_half_width") is None else f"{s['band_half_width']:.0%}"
-        lines.append(f"{metric:<26}{med:>13}{p90:>11}{cov:>10}{width:>9}{s['runs']:>6}")
+        lines.append(f"{describe_metric(metric)[0]:<32}{med:>13}{p90:>11}{cov:>10}{width:>9}{s['runs']:>6}")
     lines += ["", "step-time |error| by regime (median, max, runs):"]
     for dim, groups in data["regimes"].items():
         parts = [f"{label} {g['median_abs_error']:.1%}/{g['max_abs_error']:.1%}/{g['runs']}" for label, g in groups.items()]
