@@ -84,8 +84,11 @@ if w.kind == "training":
               "(planner.analytic: the busiest of compute, worker pool and copy engines)")
     card(cols[3], "Tokens / step", f"{float(step.tokens_per_step):,.0f}", help="batch_size x seq_len per device")
 else:
-    card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—")
-    card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)))
+    card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—",
+         help="Time to first token of the first batch: its prefill (chunked by the token budget) and "
+              "the first decode step")
+    card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)),
+         help="Time per output token: one steady decode step of the full batch, exposed lookups included")
 card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s",
      help="Time per step the GPU waits for Engram rows that did not arrive within their prefetch window")
 card(cols[5], "Step bound", str(np.asarray(step.bound).item()),
@@ -169,16 +172,21 @@ with tab_sim:
         m = sim["metrics"]
         cols = card_slots(6)
         simulated = m["throughput_output_tokens_per_s"]
-        card(cols[0], "Simulated tok/s", format_rate(simulated))
-        card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else format_percent(m["throughput_drop"]))
+        card(cols[0], "Simulated tok/s", format_rate(simulated),
+             help="Output tokens over the simulated run's wall time (training: tokens trained)")
+        card(cols[1], "Simulated drop", "—" if m["throughput_drop"] is None else format_percent(m["throughput_drop"]),
+             help="Against the same simulation without Engram")
         if w.kind == "training":
-            card(cols[2], "Mean step", format_seconds(m["mean_step_time_s"]))
-            card(cols[3], "Steps (all devices)", f"{m['steps']:,}")
-            card(cols[4], "Run", format_seconds(m["duration_s"]))
+            card(cols[2], "Mean step", format_seconds(m["mean_step_time_s"]), help="Forward + backward + updates")
+            card(cols[3], "Steps (all devices)", f"{m['steps']:,}", help="Training steps simulated, summed over devices")
+            card(cols[4], "Run", format_seconds(m["duration_s"]), help="Simulated wall time of the whole run")
         else:
-            card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—")
-            card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—")
-            card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—")
+            card(cols[2], "TTFT p50", format_seconds(m["ttft_s"]["p50"]) if m["ttft_s"] else "—",
+                 help="Median time from a request's arrival to its first token, queueing included")
+            card(cols[3], "TTFT p90", format_seconds(m["ttft_s"]["p90"]) if m["ttft_s"] else "—",
+                 help="90th percentile of time to first token")
+            card(cols[4], "TPOT p50", format_seconds(m["tpot_s"]["p50"]) if m["tpot_s"] else "—",
+                 help="Median time per output token after the first")
         card(cols[5], "Exposed share", format_percent(m["exposed_fraction"]),
              help="Stalled time waiting for Engram rows / total step time")
         if est["throughput"] > 0:
