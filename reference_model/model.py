@@ -54,6 +54,7 @@ from reference_model.hashing import NgramHasher
 from reference_model.hyper import HyperConnection
 from reference_model.layers import INIT_STD, RMSNorm, SwiGLU, torch_dtype
 from reference_model.moe import MoE
+from reference_model.prefetch import RowHandle
 
 Tracer = Callable[[str, str], ContextManager]
 TRACK = "compute"
@@ -81,6 +82,19 @@ class KVCache:
         self.recent_ids = torch.zeros(batch, 0, dtype=torch.long)
 
 
+class OwnTableRows(RowHandle):
+    """A block's rows from its own (device-resident) table, gathered inside the Engram module:
+    the path without a row provider, where the gather is part of the layer's compute."""
+
+    in_layer = True
+
+    def __init__(self, engram: EngramModule, ids_BTK: torch.Tensor):
+        self._engram, self._ids = engram, ids_BTK
+
+    def wait(self) -> torch.Tensor:
+        return self._engram.gather(self._ids)
+
+
 class Block(nn.Module):
     """One decoder block: optional Engram, attention, dense FFN or MoE, each sublayer wrapped in
     a hyper-connection when hc_mult > 1."""
@@ -105,13 +119,21 @@ class Block(nn.Module):
         x_BTD, residual_BTMD, beta_BTM = hc.width(H_BTMD)
         return hc.depth(fn(x_BTD), residual_BTMD, beta_BTM)
 
-    def forward(self, H_BTMD, rows, start: int, cache: KVCache | None, trace: Tracer) -> torch.Tensor:
+    def forward(self, H_BTMD, rows: "RowHandle | None", start: int, cache: KVCache | None,
+                trace: Tracer) -> torch.Tensor:
+        """``rows``: this block's Engram rows (None without an Engram module). A provider's rows
+        are waited for before the module (span ``wait_L{i}``: the exposed lookup); the block's
+        own table is read inside it (:class:`OwnTableRows`)."""
         i = self.layer_id
         if self.engram is not None:
-            rows_BTKE = rows(trace)
+            if getattr(rows, "in_layer", False):  # the contract is only wait(): a plain handle waits
+                rows_BTKE = None
+            else:
+                with trace(f"wait_L{i}", TRACK):
+                    rows_BTKE = rows.wait()
             with trace(f"engram_L{i}", TRACK):
-                if not isinstance(rows_BTKE, torch.Tensor):  # row ids: gather from own table
-                    rows_BTKE = self.engram.gather(rows_BTKE[0])
+                if rows_BTKE is None:
+                    rows_BTKE = rows.wait()
                 state = cache.conv_states[i] if cache is not None else None
                 y_BTMD, state = self.engram(H_BTMD, rows_BTKE, state)
                 if cache is not None:
@@ -248,19 +270,15 @@ class EngramModel(nn.Module):
                 past = kv_cache.recent_ids if kv_cache is not None else None
                 row_ids = self.engram_row_ids(input_ids_BT, past)
 
-        def rows_for(layer_id: int):
-            def fetch(trace_: Tracer):
-                if engram_rows is None:
-                    return (row_ids[layer_id],)
-                with trace_(f"wait_L{layer_id}", TRACK):
-                    return engram_rows[layer_id].wait()
-            return fetch
-
+        # One handle per Engram layer: the provider's (waited for, span wait_L{i}) or, without a
+        # provider, the layer's own table gathered inside its module (part of its compute).
+        handles: Mapping[int, RowHandle] = (engram_rows if engram_rows is not None else
+                                           {i: OwnTableRows(m, row_ids[i]) for i, m in self.engram_blocks().items()})
         with trace("embed", TRACK):
             x_BTD = self.embed(input_ids_BT)
             H_BTMD = x_BTD.unsqueeze(2).expand(B, T, self.spec.hc_mult, self.spec.d_model).contiguous()
         for block in self.blocks:
-            H_BTMD = block(H_BTMD, rows_for(block.layer_id), start, kv_cache, trace)
+            H_BTMD = block(H_BTMD, handles.get(block.layer_id), start, kv_cache, trace)
         with trace("head", TRACK):
             if last_logits:  # an engine samples from each sequence's last position only (vLLM)
                 H_BTMD = H_BTMD[:, -1:]

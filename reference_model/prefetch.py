@@ -45,7 +45,10 @@ from reference_model.store import EngramTableStore, LayerStore, LookupStats, _nu
 
 class RowHandle:
     """One layer's rows for one step. ``wait()`` returns ``[B, T, K, D]`` on the model device,
-    ready for use on the caller's current stream."""
+    ready for use on the caller's current stream. ``in_layer``: the rows are produced inside
+    the layer's own compute (its table's gather), not waited for before it."""
+
+    in_layer = False
 
     def wait(self) -> torch.Tensor:
         raise NotImplementedError
@@ -172,16 +175,11 @@ class RowProvider:
         if not self.cuda:
             return store.lookup(ids, self.tracer), None
         with torch.cuda.device(self.device):
-            with self.tracer(f"gather_L{store.layer_id}", store.source.gather_track):
-                plan = store.plan(ids)
-                staged = store.stage(plan)
-            with torch.cuda.stream(self._copy_stream):
-                self._copy_stream.wait_event(ready)
-                with self.tracer(f"h2d_L{store.layer_id}", "h2d"):
-                    fetched, index = store.transfer(plan, staged)
-                    rows = store.assemble(plan, fetched, index)
-                done = torch.cuda.Event()
-                done.record(self._copy_stream)
+            # host work on this thread, copies and assembly on the copy stream once the compute
+            # stream has reached `ready`; `done` marks the end of the rows' device work.
+            rows = store.lookup(ids, self.tracer, stream=self._copy_stream, after=ready)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
             return rows, done
 
     # ----------------------------------------------------------------- bookkeeping

@@ -106,9 +106,8 @@ class LayerStore:
         if uva and self.tier == "host":
             self._try_uva()
         self.stats = LookupStats()
-        self._staging: list[tuple[torch.Tensor, torch.Tensor] | None] = [None, None]
-        self._staging_events: list = [None, None]
-        self._flip = 0
+        self._slots = [_PinnedSlot(), _PinnedSlot()]  # double-buffered staging (CUDA only)
+        self._next_slot = 0
         self._rings: dict[str, list] = {}
 
     def _try_uva(self) -> None:
@@ -154,22 +153,26 @@ class LayerStore:
 
     # ----------------------------------------------------------------- the whole lookup
 
-    def lookup(self, ids_BTK: torch.Tensor, tracer=None, stream=None) -> torch.Tensor:
-        """Rows ``[B, T, K, D]`` on the device for global row ids ``ids_BTK``, synchronously on
-        the calling thread (``stream``: where device work goes, default the current one)."""
+    def lookup(self, ids_BTK: torch.Tensor, tracer=None, stream=None, after=None) -> torch.Tensor:
+        """Rows ``[B, T, K, D]`` on the device for global row ids ``ids_BTK``, the four stages in
+        order on the calling thread: plan and stage (host work, span ``gather_L{i}``), then
+        transfer and assemble (device work, span ``h2d_L{i}``; on a CPU-only machine the copy
+        into the output) on ``stream`` (default the current one), which first waits for the
+        CUDA event ``after`` when given (the prefetch worker's "compute has enqueued this
+        step"). The one lookup path: on demand, prefetched and baseline alike."""
         tracer = tracer or _null_tracer
         i = self.layer_id
         if not self.needs_fetch:
             with tracer(f"gather_L{i}", "compute"):
                 return self._device_gather(ids_BTK)
-        # Span boundaries: gather = plan + stage (host work), h2d = transfer + assemble (device
-        # work; on a CPU-only machine, the copy into the output).
         with tracer(f"gather_L{i}", self.source.gather_track):
             plan = self.plan(ids_BTK)
             staged = self.stage(plan)
         with contextlib.ExitStack() as ctx:
             if stream is not None:
                 ctx.enter_context(torch.cuda.stream(stream))
+                if after is not None:
+                    stream.wait_event(after)
             with tracer(f"h2d_L{i}", "h2d"):
                 fetched, index = self.transfer(plan, staged)
                 return self.assemble(plan, fetched, index)
@@ -222,55 +225,41 @@ class LayerStore:
         index = torch.cat(list(parts.values())) if parts else torch.empty(0, dtype=torch.int64)
         return LookupPlan(tuple(ids_BTK.shape), fetch_ids, index, {k: v.numel() for k, v in parts.items()}, stats)
 
-    def stage(self, plan: LookupPlan) -> torch.Tensor | None:
+    def stage(self, plan: LookupPlan) -> "Staged":
         """Stage 2 (host): gather the rows to fetch into staging (pinned on CUDA). Returns the
-        staged ``[M, D]`` rows; None in UVA mode, where the GPU gathers them itself."""
+        :class:`Staged` handle that :meth:`transfer` consumes: the staged ``[M, D]`` rows (None
+        in UVA mode, where the GPU gathers them itself) and, on CUDA, the pinned index and the
+        staging slot they live in."""
         m, d = plan.fetch_ids_M.shape[0], self.d_head
         if not self.cuda:
             # CPU: no copy engine; the staging buffer feeds assembly (or is the output).
             out = self._out("staged", m, self.source.gather_device)
-            return self.source.gather(plan.fetch_ids_M.to(self.source.gather_device), out)
-        rows_buf, idx_buf = self._pinned_slot(0 if self.uva_RD is not None else m * d, plan.index.numel())
-        idx_buf[: plan.index.numel()].copy_(plan.index)
+            return Staged(self.source.gather(plan.fetch_ids_M.to(self.source.gather_device), out), plan.index)
+        slot = self._slots[self._next_slot]
+        self._next_slot ^= 1
+        rows_buf, idx_buf = slot.take(0 if self.uva_RD is not None else m * d, plan.index.numel(), self.source.dtype)
+        index = idx_buf[: plan.index.numel()]
+        index.copy_(plan.index)
         if self.uva_RD is not None:
-            return None
+            return Staged(None, index, slot)
         rows = rows_buf[: m * d].view(m, d)
         self.source.gather(plan.fetch_ids_M, rows)
-        return rows
+        return Staged(rows, index, slot)
 
-    def _pinned_slot(self, n_rows_elems: int, n_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next of two pinned (rows, index) staging buffers (double buffering): the host
-        fills one while the copy engine may still read the other. Before reuse, wait for the
-        copy that last read it, normally finished a whole step ago; this wait is on the host
-        thread doing the gather, never on the compute stream."""
-        self._flip ^= 1
-        k = self._flip
-        if self._staging_events[k] is not None:
-            self._staging_events[k].synchronize()
-        rows_buf, idx_buf = self._staging[k] or (None, None)
-        if rows_buf is None or rows_buf.numel() < n_rows_elems:
-            rows_buf = torch.empty(_pow2(n_rows_elems), dtype=self.source.dtype, pin_memory=True)
-        if idx_buf is None or idx_buf.numel() < n_index:
-            idx_buf = torch.empty(_pow2(n_index), dtype=torch.int64, pin_memory=True)
-        self._staging[k] = (rows_buf, idx_buf)
-        return rows_buf, idx_buf
-
-    def transfer(self, plan: LookupPlan, staged: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def transfer(self, plan: LookupPlan, staged: "Staged") -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 3 (copy engine), on the current stream: move staged rows and the index arrays
         to the device with ``non_blocking`` copies from pinned memory, asynchronous with respect
         to the host (from pageable memory the driver would stage the copy through a bounce
-        buffer and return only when it is done). UVA: the GPU gathers over the link instead."""
+        buffer and return only when it is done). UVA: the GPU gathers over the link instead.
+        The slot the rows were staged in records the copy's event: it is reused only after."""
         if not self.cuda:
-            return staged, plan.index
-        _, idx_buf = self._staging[self._flip]
-        index = idx_buf[: plan.index.numel()].to(self.device, non_blocking=True)
-        if staged is None:
+            return staged.rows, staged.index
+        index = staged.index.to(self.device, non_blocking=True)
+        if staged.rows is None:
             fetched = torch.index_select(self.uva_RD, 0, plan.split(index)["fetch_ids"])
         else:
-            fetched = staged.to(self.device, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._staging_events[self._flip] = event
+            fetched = staged.rows.to(self.device, non_blocking=True)
+        staged.slot.copied()
         return fetched, index
 
     def assemble(self, plan: LookupPlan, fetched_MD: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -290,6 +279,44 @@ class LayerStore:
         else:
             rows_ND = out_UD
         return rows_ND.view(*plan.shape, self.d_head)
+
+
+@dataclass
+class Staged:
+    """What :meth:`LayerStore.stage` hands :meth:`LayerStore.transfer`: the staged rows
+    ``[M, D]`` (None in UVA mode), the plan's index arrays (pinned on CUDA) and, on CUDA, the
+    staging slot both live in (None on a CPU)."""
+
+    rows: torch.Tensor | None
+    index: torch.Tensor
+    slot: "_PinnedSlot | None" = None
+
+
+class _PinnedSlot:
+    """One of a layer's two pinned (rows, index) staging buffers (double buffering): the host
+    fills one while the copy engine may still read the other. :meth:`take` waits for the copy
+    that last read this slot (normally finished a whole step ago; the wait is on the host thread
+    doing the gather, never on the compute stream); :meth:`copied` records that copy."""
+
+    def __init__(self):
+        self.rows: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None
+        self.event = None
+
+    def take(self, n_rows_elems: int, n_index: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+            self.event = None
+        if self.rows is None or self.rows.numel() < n_rows_elems:
+            self.rows = torch.empty(_pow2(n_rows_elems), dtype=dtype, pin_memory=True)
+        if self.index is None or self.index.numel() < n_index:
+            self.index = torch.empty(_pow2(n_index), dtype=torch.int64, pin_memory=True)
+        return self.rows, self.index
+
+    def copied(self) -> None:
+        """The copies out of this slot are enqueued on the current stream: mark their end."""
+        self.event = torch.cuda.Event()
+        self.event.record()
 
 
 def _pow2(n: int) -> int:
