@@ -8,8 +8,8 @@
 Legend: B = batch, T = new positions, P = past positions, M = hc_mult branches, D = d_model,
 V = vocab, K = Engram rows per token per layer, E = row width (d_head).
 
-Contract with the table store / prefetcher (issue 4)
-----------------------------------------------------
+Contract with the table store and the row providers
+---------------------------------------------------
 * ``EngramModel(spec, compressor=None, *, materialize_tables=True, device=None)``. Without a
   compressor compression is the identity (compressed vocab = ``spec.vocab_size``). With
   ``materialize_tables=False`` no Engram module holds a table; rows must come from a provider.

@@ -6,7 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app import figures, widgets
-from planner.loading import SpecError, bundled_profiles, load_hardware, read_yaml
+from planner.calibration import profile_curves
+from planner.loading import SpecError, load_hardware
+from planner.units import format_percent
 
 P = "hwp"
 titles = widgets.profile_titles()
@@ -80,25 +82,17 @@ st.subheader("Calibration")
 ordered = sorted(specs, key=lambda n: specs[n].source != "calibrated")  # calibrated ones first
 name = st.selectbox("Profile", ordered, format_func=titles.get, key=f"{P}.calib")
 hw = specs[name]
-try:
-    from planner.calibration import profile_curves  # issue 5; absent until calibration lands
-except ImportError:
-    profile_curves = None
 curves = {}
-if profile_curves is not None:
-    try:
-        curves = profile_curves(hw) or {}
-    except (ValueError, AttributeError, KeyError) as exc:
-        st.warning(f"Could not read this profile's calibration: {exc}")
+try:
+    curves = profile_curves(hw) or {}
+except (ValueError, AttributeError, KeyError) as exc:
+    st.warning(f"Could not read this profile's calibration: {exc}")
 if not curves:
-    raw = read_yaml(bundled_profiles()[name]) or {}
-    how = ("`engram-planner calibrate` writes a calibrated profile with measured samples and "
-           "fitted curves")
-    st.info(f"No calibration in this profile ({hw.source} figures). {how}."
-            + (" This build cannot read calibration sections yet." if "calibration" in raw and profile_curves is None else ""))
+    st.info(f"No calibration in this profile ({hw.source} figures). `engram-planner calibrate` writes a "
+            "calibrated profile with measured samples and fitted curves.")
 else:
     st.dataframe([{"curve": c.name, "x": c.x_label, "y": c.y_label, "samples": len(c.samples_x),
-                   "median |rel. error|": f"{100 * float(c.median_abs_rel_error):.1f}%",
+                   "median |rel. error|": format_percent(float(c.median_abs_rel_error), 2),
                    "what": getattr(c, "description", "")} for c in curves.values()],
                  hide_index=True, key=f"{P}.curves")
     shown = st.multiselect("Curves to plot", list(curves), default=list(curves)[:6], key=f"{P}.curve_pick")
