@@ -1,6 +1,8 @@
 """The planner: bundled plans through the library and the CLI, constraints re-checked by
-re-simulating every recommendation, infeasible plans explained, resume, bad input."""
+re-simulating every recommendation, infeasible plans explained, resume, bad input, dominated
+duplicates left out of the recommendations, progress events."""
 
+import itertools
 import json
 
 import numpy as np
@@ -11,9 +13,12 @@ from planner.analytic import estimate_run
 from planner.cli import main
 from planner.loading import ROOT, SpecError, load_scenario
 from planner.plan import expand_plan, load_plan, plan_from_dict, plan_to_yaml, run_plan
+from planner.plan.candidates import candidate_scenario, groups
 from planner.plan.constraints import limits
+from planner.plan.pareto import OUTCOME_RTOL, dominated_duplicates, memory_difference, same_outcome
 from planner.plan.screen import run_arrays
 from planner.sim.run import simulate
+from planner.units import format_bytes
 
 PLANS = ROOT / "examples" / "plans"
 
@@ -51,9 +56,9 @@ def test_bundled_plan_recommends_and_resimulation_meets_every_constraint(offload
 def test_bigger_tables_are_explained(offload):
     _, results, _ = offload
     best = results[0].recommendations[0]
-    # 1000B (2 TB) does not fit the H800 node's 2 TiB with 10% headroom: the explanation says so.
+    # 1T params (2 TB) do not fit the H800 node's 2.2 TB (2 TiB) with 10% headroom: the explanation says so.
     assert best.candidate["engram_params"] == pytest.approx(800e9, rel=1e-3)
-    assert "larger table (1000.0B)" in best.explanation and "host memory" in best.explanation
+    assert "larger table (1T params)" in best.explanation and "host memory" in best.explanation
 
 
 def test_cli_resumes_without_recomputing_and_writes_the_report(offload, capsys):
@@ -126,3 +131,113 @@ def test_sparsity_allocation_uses_the_u_curve():
     assert all(np.isfinite(v) for v in losses.values())  # iso-total: quantified by the U-curve
     assert "U-curve" in r.quality_provenance
     assert r.recommendations[0].candidate["routed_experts_traded"] == min(losses, key=losses.get)
+
+
+# ----------------------------------------------------------------------------- duplicates, progress
+
+
+def test_same_outcome_for_more_memory_is_not_recommended(offload):
+    """The bundled plan's hot-row caches behind a hidden fetch change nothing but GPU memory:
+    those candidates are dominated, each row says by which recommendation and how much less."""
+    plan, results, out = offload
+    for study, r in zip(expand_plan(plan), results):
+        recs = {rec.candidate["id"]: rec for rec in r.recommendations}
+        dups = [c for c in r.candidates if c["dominated_by"] is not None]
+        assert dups and r.meta["dominated"] == len(dups)
+        for c in dups:
+            assert c["verified"] == "ok" and c["recommended"] is None
+            by = recs[c["dominated_by"]]
+            assert same_outcome(by.metrics, {**c, **_simulated(study, c["id"])})
+            assert c["device_bytes"] > by.metrics["device_bytes"]
+            assert c["dominated_reason"] == (f"same outcome as #{by.rank} (candidate {by.candidate['id']}) with "
+                                             f"{format_bytes(c['device_bytes'] - by.metrics['device_bytes'])} less "
+                                             "GPU memory per device")
+        for a, b in itertools.combinations(r.recommendations, 2):  # no two recommendations are duplicates
+            assert not (same_outcome(a.metrics, b.metrics) and memory_difference(a.metrics, b.metrics))
+        assert len(r.recommendations) == 3  # top_n counts distinct plans
+    csv_text = (out / "candidates.csv").read_text()
+    assert "dominated_by" in csv_text.splitlines()[0] and "less GPU memory per device" in csv_text
+
+
+def _simulated(study, cid: int) -> dict:
+    """Candidate ``cid`` of ``study`` simulated again: its outcome metrics."""
+    offset = 0
+    for group in groups(study):
+        if cid < offset + len(group):
+            m = simulate(candidate_scenario(group, cid - offset, f"#{cid}"))
+            return {"throughput_output_tokens_per_s": m.throughput_output_tokens_per_s,
+                    "throughput_drop": m.throughput_drop, **{f"tpot_{q}_s": v for q, v in m.tpot_s.items()},
+                    **{f"ttft_{q}_s": v for q, v in m.ttft_s.items()}}
+        offset += len(group)
+    raise IndexError(cid)
+
+
+def test_dominated_duplicates_rule_and_tolerance():
+    base = {"throughput_output_tokens_per_s": 1000.0, "throughput_drop": 0.01, "ttft_p99_s": 1.0, "tpot_p99_s": 0.02,
+            "relative_loss": float("nan"), "engram_params": 8e11, "memory_slots": 1e10,
+            "device_bytes": 18e9, "host_bytes": 1.6e12, "disk_bytes": 0.0, "usd_per_million_tokens": None}
+    more_gpu = {**base, "device_bytes": 50e9, "throughput_output_tokens_per_s": 1000.0 * (1 + 1e-9)}
+    other_layer = dict(base)  # same outcome, same footprint: an alternative, kept
+    more_host = {**base, "host_bytes": 1.7e12}
+    faster = {**base, "device_bytes": 60e9, "throughput_output_tokens_per_s": 1000.0 * (1 + 1e-5)}
+    bigger = {**base, "device_bytes": 70e9, "engram_params": 8.1e11}
+    got = dominated_duplicates({0: more_gpu, 1: base, 2: other_layer, 3: more_host, 4: faster, 5: bigger})
+    assert got == {0: 1, 3: 1}
+    assert OUTCOME_RTOL == 1e-6
+    assert memory_difference(base, more_gpu) == ("device_bytes", 32e9)
+    assert memory_difference(base, more_host) == ("host_bytes", pytest.approx(1e11))
+    assert memory_difference(base, other_layer) is None
+
+
+def _events(plan, **kwargs) -> list:
+    events = []
+    results = run_plan(plan, progress=events.append, **kwargs)
+    return events, results
+
+
+def _assert_progress(events, results) -> None:
+    assert events, "no progress reported"
+    for a, b in itertools.pairwise(events):
+        assert a.candidates == b.candidates and a.studies == b.studies  # totals known from the start
+        assert b.screened >= a.screened and b.verified >= a.verified and b.studies_done >= a.studies_done
+        assert b.to_verify <= a.to_verify and b.fraction >= a.fraction  # the upper bound only tightens
+    for e in events:
+        assert 0 <= e.screened <= e.candidates and 0 <= e.verified <= e.to_verify
+        assert (e.result is not None) == (e.stage == "done")
+    last = events[-1]
+    assert last.stage == "done" and last.studies_done == last.studies == len(results)
+    assert last.screened == last.candidates == sum(r.meta["candidates"] for r in results)
+    assert last.verified == last.to_verify == sum(r.meta["simulations"] for r in results)
+    assert last.fraction == 1.0 and last.text().startswith(f"screened {last.candidates}/{last.candidates} candidates")
+    assert [e.result.study for e in events if e.stage == "done"] == [r.study for r in results]
+
+
+def test_progress_events_are_monotone_and_end_at_the_totals(tmp_path):
+    plan = plan_from_dict({"name": "tiny", "studies": [{
+        "name": "tiny-cpu", "scenario": "cpu-tiny", "set": {"workload.num_sequences": 8},
+        "grid": {"workload.max_batched_tokens": [512, 1024]},
+        "search": {"table_size_per_head": [1000, 5000, 20000], "tier": ["device", "host"],
+                   "cache_fraction": [0.0, 0.1]},
+        "constraints": {"max_throughput_drop": 0.5}, "verify": {"top_n": 2, "max_simulations": 4}}]})
+    events, results = _events(plan, out_dir=tmp_path)
+    _assert_progress(events, results)
+    stages = [e.stage for e in events]
+    assert stages.count("verify") >= 2 and stages.count("screen") >= 2  # in process: every step
+    assert events[0].screened == 0 and events[0].to_verify == 8  # 2 studies x max_simulations
+    cached, again = _events(plan, out_dir=tmp_path)  # from the resume cache: one event per study
+    _assert_progress(cached, again)
+    assert [e.stage for e in cached] == ["done", "done"] and all(e.result.meta["from_cache"] for e in cached)
+    pooled, by_pool = _events(plan, workers=2)  # worker processes: totals first, then each study as it ends
+    _assert_progress(pooled, by_pool)
+    assert [e.stage for e in pooled] == ["screen", "done", "done"] and pooled[0].screened == 0
+    assert [r.as_dict() for r in by_pool] == [r.as_dict() for r in results]
+
+
+def test_cli_prints_one_progress_line_per_study_stage(tmp_path, capsys):
+    assert main(["plan", str(PLANS / "infeasible.yaml"), "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["dense8b-200b-small-host: screen done (screened 5/5 candidates, verified 0/0)",
+                   "dense8b-200b-small-host: done (screened 5/5 candidates, verified 0/0)"]
+    assert main(["plan", str(PLANS / "infeasible.yaml"), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "dense8b-200b-small-host: from cache (screened 5/5 candidates, verified 0/0)"]

@@ -1,16 +1,18 @@
 """Planner: constraints and a search space in, ranked recommendations and the Pareto front out,
 each with its reasons. The plan is built as the same YAML `engram-planner plan` runs (download
-it), validated by :func:`planner.plan.plan_from_dict` and run by :func:`planner.plan.run_plan`."""
+it), validated by :func:`planner.plan.plan_from_dict` and run by :func:`planner.plan.run_plan`,
+whose progress events drive a progress bar (candidates screened, simulations run)."""
 
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import streamlit as st
 
 from app import figures, widgets
 from planner.loading import SCENARIOS_DIR, SpecError, read_yaml
-from planner.units import format_bytes, format_seconds
+from planner.units import format_bytes, format_params, format_seconds
 
 P = "pl"
 OBJECTIVE_TEXT = {
@@ -40,13 +42,16 @@ def _layer_sets(text: str) -> list[list[int]] | None:
                         "separated by ';', layers within a set by ',' (e.g. '1; 1, 15')") from None
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def _run(plan_yaml: str) -> list[dict]:
-    """Run a plan (given as its YAML) and return each PlanResult as a dict."""
+KEPT_RUNS = 8  # plans whose results a session keeps, so going back to earlier inputs shows them again
+
+
+def _run(plan_yaml: str, progress: Callable) -> list[dict]:
+    """Run a plan (given as its YAML) and return each PlanResult as a dict. Not st.cache_data:
+    a cached function must not drive an element made outside it (the progress bar)."""
     from planner.plan import plan_from_dict, run_plan
 
     plan = plan_from_dict(widgets.parse_yaml_text(plan_yaml, "plan"))
-    return [r.as_dict() for r in run_plan(plan, workers=1)]
+    return [r.as_dict() for r in run_plan(plan, workers=1, progress=progress)]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -128,20 +133,22 @@ d1.download_button("Plan YAML", plan_yaml, f"plan-{start}.yaml", "application/x-
 with d2.expander("Plan YAML (what `engram-planner plan` runs)"):
     st.code(plan_yaml, language="yaml")
 
-done = st.session_state.setdefault(f"{P}.done", [])
+runs: dict[str, list[dict]] = st.session_state.setdefault(f"{P}.runs", {})  # plan YAML -> results
 if st.button("Run plan", type="primary", key=f"{P}.run", icon=":material/play_arrow:"):
-    with st.spinner("Screening candidates and simulating the best…"):
-        try:
-            _run(plan_yaml)
-            done.append(plan_yaml)
-        except (SpecError, ValueError) as exc:
-            widgets.show_error(exc)
-if plan_yaml not in done:
-    if done:
+    bar = st.progress(0.0, text="Screening candidates…")
+    try:
+        runs[plan_yaml] = _run(plan_yaml, lambda event: bar.progress(event.fraction, text=event.text()))
+        while len(runs) > KEPT_RUNS:
+            runs.pop(next(iter(runs)))
+    except (SpecError, ValueError) as exc:
+        bar.empty()
+        widgets.show_error(exc)
+if plan_yaml not in runs:
+    if runs:
         st.info("Inputs changed since the last run: run the plan again.")
     st.stop()
 
-results = _run(plan_yaml)
+results = runs[plan_yaml]
 st.download_button("Results JSON", json.dumps(results, indent=2), f"plan-{start}-results.json",
                    "application/json", key=f"{P}.dl.results", icon=":material/download:")
 tabs = st.tabs([r["study"] for r in results]) if len(results) > 1 else [st.container()]
@@ -157,7 +164,7 @@ for i, (tab, r) in enumerate(zip(tabs, results)):
         rows = []
         for rec in r["recommendations"]:
             c, m = rec["candidate"], rec["metrics"]
-            rows.append({"rank": rec["rank"], "Engram params": f"{c['engram_params'] / 1e9:,.1f} B",
+            rows.append({"rank": rec["rank"], "Engram params": format_params(c["engram_params"]),
                          "table bytes": format_bytes(c["table_bytes"]), "layers": c["layer_ids"],
                          "tier": c["tiers"], "cache": f"{c['cache_fraction']:.3g}",
                          "prefetch": "on" if c["prefetch"] else "off",
@@ -173,6 +180,11 @@ for i, (tab, r) in enumerate(zip(tabs, results)):
                 with st.expander(f"#{rec['rank']}: why", expanded=rec["rank"] == 1):
                     st.markdown(rec["explanation"])
                     st.caption("Margins: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rec["margins"].items()))
+        duplicates = [c for c in r["candidates"] if c.get("dominated_by") is not None]
+        if duplicates:
+            st.caption("Not recommended, the same outcome for more memory: " + "; ".join(
+                f"candidate {c['id']} ({c['tiers']}, cache {c['cache_fraction']:g}): {c['dominated_reason']}"
+                for c in duplicates))
         front_ids = {p["candidate"]["id"] for p in r["pareto"]}
         points = [{"x": c["engram_params"] / 1e9, "y": 100 * c["throughput_drop"],
                    "label": f"#{c['id']}: {c['engram_params'] / 1e9:.0f}B at {c['layer_ids']} on {c['tiers']}, "

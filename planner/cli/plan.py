@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Callable, TextIO
+
 from planner.cli.common import HELP_FORMATTER, add_json_flag, number, print_json
+
+if TYPE_CHECKING:
+    from planner.plan.results import PlanProgress
 
 EPILOG = """\
 examples:
@@ -34,8 +40,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from planner.files import output_dir
     from planner.plan import load_plan, run_plan
     from planner.plan.report import write_report
@@ -46,17 +50,11 @@ def run(args) -> int:
         raise ValueError(f"--workers {args.workers} means nothing with --cluster: Ray schedules the studies "
                          "over the cluster's workers")
     plan = load_plan(args.plan)
-    with tqdm(desc="studies", unit="study", disable=args.json, leave=False) as bar:
-        def progress(done: int, total: int, result) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        try:
-            results = run_plan(plan, workers=args.workers, cluster=args.cluster, out_dir=args.out,
-                               progress=progress)
-        except ClusterError as exc:  # its message starts "cluster 'ADDRESS': ": say it as the flag
-            raise ValueError(f"--{exc}") from None
+    try:
+        results = run_plan(plan, workers=args.workers, cluster=args.cluster, out_dir=args.out,
+                           progress=None if args.json else progress_lines(sys.stderr))
+    except ClusterError as exc:  # its message starts "cluster 'ADDRESS': ": say it as the flag
+        raise ValueError(f"--{exc}") from None
     paths = write_report(plan, results, args.out)
     if args.json:
         print_json([r.as_dict() for r in results])
@@ -64,6 +62,23 @@ def run(args) -> int:
     print(summary(results))
     print(f"\nwrote {paths['html']}, {paths['json']}, {paths['candidates']}, {paths['manifest']}")
     return 0
+
+
+def progress_lines(stream: TextIO) -> Callable[[PlanProgress], None]:
+    """A progress callback writing one line per study stage to ``stream`` (screened, then done),
+    not one per event: a plan of many studies stays readable in a log."""
+    seen: set[tuple[str, str]] = set()
+
+    def show(event: PlanProgress) -> None:
+        if event.stage == "screen" or (event.study, event.stage) in seen:
+            return
+        seen.add((event.study, event.stage))
+        if event.stage == "verify":
+            what = "screen done"
+        else:
+            what = "from cache" if event.result is not None and event.result.meta.get("from_cache") else "done"
+        print(f"{event.study}: {what} ({event.text()})", file=stream, flush=True)
+    return show
 
 
 def summary(results) -> str:
@@ -74,6 +89,10 @@ def summary(results) -> str:
                      f"{r.meta['simulations']} simulated{cached}")
         for rec in r.recommendations:
             lines.append(f"  {rec.explanation}")
+        for c in r.candidates:
+            if c.get("dominated_by") is not None:
+                lines.append(f"  not recommended: candidate {c['id']} ({c['layer_ids']}, {c['tiers']}, cache "
+                             f"{c['cache_fraction']:g}): {c['dominated_reason']}")
         if r.infeasible:
             lines.append("  no recommendation:")
             lines += [f"    - {x}" for x in r.infeasible.reasons]

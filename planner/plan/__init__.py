@@ -8,7 +8,8 @@ Library API (stable names; the CLI ``engram-planner plan`` and the dashboard cal
     plan = plan_from_dict(data, base_dir=None)                # same, from a mapping
     results = run_plan(plan, workers=1, cluster=None, out_dir=None, progress=None)
     for r in results:                                         # list[PlanResult], study order
-        r.recommendations      # list[Recommendation], best first (verified by the simulator)
+        r.recommendations      # list[Recommendation], best first (verified by the simulator),
+                               # dominated duplicates left out (candidate rows: dominated_by/_reason)
         r.pareto               # list[Recommendation]: quality vs throughput vs cost front
         r.infeasible           # Infeasibility | None: .reasons, .suggestions (list[str])
         r.candidates           # list[dict]: every screened candidate (one table row each)
@@ -22,17 +23,20 @@ Library API (stable names; the CLI ``engram-planner plan`` and the dashboard cal
 
 ``run_plan``: ``workers`` local processes, or ``cluster="ray://HOST:PORT"`` / ``"auto"`` (Ray
 tasks on an existing cluster; ``"local"`` starts one); ``out_dir`` makes runs resumable;
-``progress(done, total, result)`` is called as studies finish. The library never prints.
+``progress(event)`` receives a :class:`PlanProgress` (candidates screened / total, simulations
+run / still possible, studies done; ``event.text()``, ``event.fraction``) as work advances. The
+library never prints.
 Reports (CSV, JSON, HTML, manifest): :func:`planner.plan.report.write_report`.
 Method, memory-tier rules and the plan file reference: docs/planner.md.
 """
 
-from planner.plan.results import Infeasibility, PlanResult, Recommendation
+from planner.plan.results import Infeasibility, PlanProgress, PlanResult, Recommendation
 from planner.plan.runner import code_version, run_plan
 from planner.plan.spec import PlanSpec, Study, expand_plan, load_plan, plan_from_dict, plan_to_yaml
 
 __all__ = [
     "Infeasibility",
+    "PlanProgress",
     "PlanResult",
     "PlanSpec",
     "Recommendation",

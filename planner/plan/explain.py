@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from planner.plan.constraints import Limit, fmt, violation_text
-from planner.units import format_bytes, format_seconds
+from planner.units import format_bytes, format_params, format_seconds
 
 
 def describe_candidate(row: dict, hardware: str) -> str:
     tiers = row["tiers"]
     where = {"device": "device HBM", "host": "host DRAM", "disk": "NVMe"}.get(tiers, tiers)
-    text = (f"{row['engram_params'] / 1e9:.1f}B Engram parameters ({format_bytes(row['table_bytes'])}, "
+    text = (f"{format_params(row['engram_params']).replace(' params', '')} Engram parameters ({format_bytes(row['table_bytes'])}, "
             f"{row['dtype']}) at layer(s) {row['layer_ids']} in {where}")
     if tiers != "device":
         text += f", {100 * row['cache_fraction']:g}% of rows cached on the device, prefetch {'on' if row['prefetch'] else 'off'}"
@@ -91,7 +91,7 @@ def next_up_text(row: dict | None, failing: list[tuple[Limit, float]], source: s
         return None
     parts = "; ".join(violation_text(l, v) for l, v in failing)
     tail = f", bottleneck {bound}" if bound and bound not in ("compute", "hbm") else ""
-    return f"A larger table ({row['engram_params'] / 1e9:.1f}B) fails ({source}{tail}): {parts}."
+    return f"A larger table ({format_params(row['engram_params'])}) fails ({source}{tail}): {parts}."
 
 
 # ----------------------------------------------------------------------------- infeasible
@@ -144,7 +144,7 @@ def suggest(l: Limit, value: float, row: dict, table, fails, lims, study) -> lis
     if l.name == "host_memory":
         fit = params * l.bound / value
         out = [f"host tables need {format_bytes(value)} but the limit is {format_bytes(l.bound)} "
-               f"(host.memory {format_bytes(hw.host.memory)}): shrink the tables to <= {fit / 1e9:.3g}B parameters"]
+               f"(host.memory {format_bytes(hw.host.memory)}): shrink the tables to <= {format_params(fit)}"]
         if hw.nvme is not None and hw.nvme.capacity >= row["table_bytes"]:
             out.append(f"use the disk tier (NVMe holds {format_bytes(hw.nvme.capacity)})")
         else:
@@ -160,7 +160,7 @@ def suggest(l: Limit, value: float, row: dict, table, fails, lims, study) -> lis
             return [f"the disk tier needs {format_bytes(value)} of NVMe but {hw.name} has none: add NVMe "
                     f"(>= {format_bytes(value)}) or use the host tier"]
         return [f"NVMe holds {format_bytes(l.bound)} but the tables need {format_bytes(value)}: shrink the "
-                f"tables to <= {params * l.bound / value / 1e9:.3g}B parameters or add NVMe"]
+                f"tables to <= {format_params(params * l.bound / value)} or add NVMe"]
     if l.name == "relative_loss" and np.isnan(value):
         return ["quality is not quantified for table-size changes: give quality.memory_points "
                 "(measured (slots, loss) pairs) or drop max_relative_loss"]

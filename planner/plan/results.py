@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from planner.specs import Scenario
 
@@ -35,7 +36,9 @@ class Recommendation:
     ``margins``: per constraint, the relative slack (0.25 = 25% below a maximum).
     ``binding_constraint``: the constraint with the least slack. ``bottleneck``: the resource
     the simulator's per-layer bound names (``link``, ``host_gather``, ``cpu``, ``disk``; or
-    ``hbm``/``compute`` when the Engram fetch is hidden).
+    ``hbm``/``compute`` when the Engram fetch is hidden). ``larger_table``: what stops the next
+    larger table of the same configuration (the last sentence of ``explanation``; None when
+    nothing does), kept apart so a report's headline can say what is infeasible and why.
     """
 
     rank: int
@@ -47,6 +50,7 @@ class Recommendation:
     bottleneck: str
     explanation: str
     quality_provenance: str = ""
+    larger_table: str | None = None
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -123,6 +127,41 @@ class PlanResult:
         data["pareto"] = [Recommendation.from_dict(r) for r in data["pareto"]]
         data["infeasible"] = Infeasibility.from_dict(data["infeasible"]) if data["infeasible"] else None
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class PlanProgress:
+    """Where a plan run stands; ``run_plan(progress=...)`` receives one as work advances.
+
+    Counts are over the whole plan. ``candidates`` is exact from the first event (the grid is
+    counted before it is screened). ``to_verify`` is an upper bound that only tightens: each
+    study's ``verify.max_simulations``, then the number that passed its screen, then, when it
+    finishes, the number it simulated. Done counts never decrease, and at the last event
+    ``screened == candidates``, ``verified == to_verify`` and ``studies_done == studies``.
+    ``stage`` says what advanced: ``screen`` (a group of candidates screened), ``verify`` (one
+    simulated), ``done`` (``study`` finished; ``result`` is its answer). In this process every
+    step is reported; with worker processes or Ray a study's counts arrive when it finishes.
+    """
+
+    stage: Literal["screen", "verify", "done"]
+    study: str
+    screened: int
+    candidates: int
+    verified: int
+    to_verify: int
+    studies_done: int
+    studies: int
+    result: PlanResult | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the work done, 0..1: screening counts little next to one simulation."""
+        work = 0.01 * self.candidates + self.to_verify
+        return 1.0 if work == 0 else min(1.0, (0.01 * self.screened + self.verified) / work)
+
+    def text(self) -> str:
+        return (f"screened {self.screened:,}/{self.candidates:,} candidates, verified {self.verified}/"
+                f"{self.to_verify}" + (f"; {self.studies_done}/{self.studies} studies done" if self.studies > 1 else ""))
 
 
 _FIELDS = {"study": str, "index": int, "hardware": str, "model": str, "recommendations": list, "pareto": list,

@@ -25,10 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from planner.plan.results import PlanResult
+from planner.plan.results import PlanProgress, PlanResult
 from planner.plan.spec import PlanSpec, Study, expand_plan
 
-Progress = Callable[[int, int, PlanResult], None]
+Progress = Callable[[PlanProgress], None]
 
 
 class CorruptCacheWarning(UserWarning):
@@ -74,11 +74,57 @@ def study_key(study: Study) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def run_study_dict(study_json: str) -> dict:
-    """One task: a study as JSON in, its result as a plain dict out (what workers run)."""
+def run_study_dict(study_json: str, progress: Progress | None = None) -> dict:
+    """One task: a study as JSON in, its result as a plain dict out (what workers run);
+    ``progress`` (this process only) receives the study's own events."""
     from planner.plan.search import plan_study
 
-    return plan_study(Study.model_validate_json(study_json)).as_dict()
+    return plan_study(Study.model_validate_json(study_json), progress).as_dict()
+
+
+class _Tally:
+    """Sums each study's latest counts into plan-wide :class:`PlanProgress` events."""
+
+    def __init__(self, studies: list[Study], cached: dict[int, PlanResult], progress: Progress | None):
+        from planner.plan.candidates import groups
+
+        self.progress = progress
+        self.studies = len(studies)
+        self.done = 0
+        # (screened, candidates, verified, to_verify) per study index, every study from the
+        # start so the plan's candidate total never changes (counting a grid costs milliseconds)
+        self.counts: dict[int, tuple[int, int, int, int]] = {}
+        if progress is not None:
+            for s in studies:
+                if s.index in cached:
+                    n, sims = cached[s.index].meta["candidates"], cached[s.index].meta["simulations"]
+                    self.counts[s.index] = (n, n, sims, sims)
+                else:
+                    n = sum(len(g) for g in groups(s))
+                    self.counts[s.index] = (0, n, 0, min(s.settings.verify.max_simulations, n))
+
+    def start(self, study: Study) -> None:
+        """The totals before any work, so a bar can show them while the first study runs."""
+        self._emit("screen", study.name, None)
+
+    def study(self, study: Study, event: PlanProgress) -> None:
+        """An event of one study running in this process."""
+        self.counts[study.index] = (event.screened, event.candidates, event.verified, event.to_verify)
+        self._emit(event.stage, study.name, None)
+
+    def finished(self, study: Study, result: PlanResult) -> None:
+        self.done += 1
+        if self.progress is not None:
+            n, sims = result.meta["candidates"], result.meta["simulations"]
+            self.counts[study.index] = (n, n, sims, sims)
+            self._emit("done", study.name, result)
+
+    def _emit(self, stage, name: str, result: PlanResult | None) -> None:
+        if self.progress is None:
+            return
+        screened, candidates, verified, to_verify = (sum(c[k] for c in self.counts.values()) for k in range(4))
+        self.progress(PlanProgress(stage, name, screened, candidates, verified, to_verify, self.done, self.studies,
+                                   result))
 
 
 def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, out_dir: str | Path | None = None,
@@ -89,7 +135,8 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
     ``"ray://HOST:PORT"`` or ``"auto"`` = Ray tasks on an existing cluster (one already
     initialised with ``ray.init`` in this process is used as is); ``"local"`` = start a local
     Ray for this call. ``out_dir``: resume cache (finished studies are not recomputed).
-    ``progress(done, total, result)`` is called as each study finishes (in completion order).
+    ``progress(event)`` receives a :class:`PlanProgress` (candidates screened, simulations run,
+    studies done) as work advances; cached studies report first, as done.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -106,13 +153,12 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
             results[study.index] = cached
         else:
             todo.append(study)
-    done = len(results)
-    for r in sorted(results.values(), key=lambda r: r.index):
-        if progress:
-            progress(done, len(studies), r)
+    tally = _Tally(studies, results, progress)
+    for study in studies:
+        if study.index in results:
+            tally.finished(study, results[study.index])
 
     def finish(study: Study, data: dict) -> None:
-        nonlocal done
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             path = cache / f"{study_key(study)}.json"
@@ -120,16 +166,16 @@ def run_plan(plan: PlanSpec, *, workers: int = 1, cluster: str | None = None, ou
             tmp.write_text(json.dumps(data, sort_keys=True, allow_nan=False))
             tmp.replace(path)
         results[study.index] = PlanResult.from_dict(data)
-        done += 1
-        if progress:
-            progress(done, len(studies), results[study.index])
+        tally.finished(study, results[study.index])
 
     if todo:
+        tally.start(todo[0])
         if cluster is not None:
             _run_ray(todo, cluster, finish)
         elif workers == 1 or len(todo) == 1:
             for study in todo:
-                finish(study, json.loads(json.dumps(run_study_dict(study.model_dump_json()))))
+                events = None if progress is None else (lambda event, study=study: tally.study(study, event))
+                finish(study, json.loads(json.dumps(run_study_dict(study.model_dump_json(), events))))
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
                 futures = {pool.submit(run_study_dict, s.model_dump_json()): s for s in todo}

@@ -10,22 +10,30 @@
    their simulated metrics (or ``max_simulations`` is spent), then the screened Pareto front
    (quality vs throughput vs cost; up to ``pareto_max``). The no-Engram baseline run is shared
    by candidates with the same backbone and workload.
-4. **Recommend** the verified feasible candidates ranked on simulated metrics; explain each,
-   or explain why nothing is feasible.
+4. **Recommend** the verified feasible candidates ranked on simulated metrics, less the
+   dominated duplicates (:func:`planner.plan.pareto.dominated_duplicates`: the same simulated
+   outcome as another feasible candidate that needs less memory; its row says which, and
+   ``top_n`` counts distinct plans); explain each, or explain why nothing is feasible.
+
+``progress`` (optional) receives a :class:`~planner.plan.results.PlanProgress` for this study
+alone after each screened group and each simulation; it never changes the result.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
 from planner.plan import explain as ex
 from planner.plan.candidates import groups
 from planner.plan.constraints import limits
-from planner.plan.pareto import pareto_front
-from planner.plan.results import Infeasibility, PlanResult, Recommendation
+from planner.plan.pareto import dominated_duplicates, memory_difference, pareto_front
+from planner.plan.results import Infeasibility, PlanProgress, PlanResult, Recommendation
 from planner.plan.screen import Screen, ScreenTable
 from planner.plan.spec import OBJECTIVES, Study
 from planner.plan.verify import Verifier
+from planner.units import format_bytes
 
 ROW_AXES = ("engram_params", "table_size_per_head", "layer_ids", "n_heads", "row_width", "dtype",
             "routed_experts_traded", "tiers", "cache_fraction", "host_cache_fraction", "prefetch",
@@ -36,13 +44,16 @@ TABLE_METRICS = ("memory_slots", "table_bytes", "device_bytes", "host_bytes", "d
                  "cost_per_hour_usd", "usd_per_million_tokens")
 
 
-def plan_study(study: Study) -> PlanResult:
+def plan_study(study: Study, progress: Callable[[PlanProgress], None] | None = None) -> PlanResult:
     lims = limits(study)
     screen = Screen(study)
     gs = groups(study)
-    table, where = _screen_all(gs, screen)
+    v = study.settings.verify
+    total = sum(len(g) for g in gs)
+    report = _reporter(study.name, total, progress)
+    table, where = _screen_all(gs, screen, lambda done: report("screen", done, 0, min(v.max_simulations, total)))
     n = len(where)
-    slack = study.settings.verify.screen_slack
+    slack = v.screen_slack
     # NaN = not estimated (a disk tier without drives, already rejected by its memory check);
     # only an unquantified quality counts as a failure.
     fails = {l.name: ~l.ok(table[l.metric], slack) & (~np.isnan(table[l.metric]) | (l.metric == "relative_loss"))
@@ -55,25 +66,36 @@ def plan_study(study: Study) -> PlanResult:
 
     order = [int(i) for i in _rank(table, study.settings.objectives, np.flatnonzero(passed))]
     verifier = Verifier(study, lims)
-    v = study.settings.verify
+    budget = min(v.max_simulations, len(order))
+
+    def simulate(i: int) -> None:
+        verifier.verify(i, *where[i], gs)
+        report("verify", total, verifier.count, budget)
+
+    def enough() -> bool:  # top_n distinct plans: a dominated duplicate does not count
+        distinct = len(verifier.feasible) - len(dominated_duplicates(_feasible_metrics(verifier)))
+        return distinct >= v.top_n or verifier.count >= v.max_simulations
+
+    report("verify", total, 0, budget)
     skipped = []
     for i in order:  # rank order; skip what the screen, corrected by the runs so far, says fails
-        if len(verifier.feasible) >= v.top_n or verifier.count >= v.max_simulations:
+        if enough():
             break
         if verifier.predicted_to_fail(table, i):
             skipped.append(i)
             continue
-        verifier.verify(i, *where[i], gs)
+        simulate(i)
     for i in skipped:  # the correction may be too pessimistic: spend what budget is left
-        if len(verifier.feasible) >= v.top_n or verifier.count >= v.max_simulations:
+        if enough():
             break
-        verifier.verify(i, *where[i], gs)
+        simulate(i)
     if v.pareto and order:
         for i in pareto_front(table, np.array(order))[: v.pareto_max]:
             if i not in verifier.results and verifier.count < v.max_simulations:
-                verifier.verify(int(i), *where[i], gs)
+                simulate(int(i))
 
-    feasible = verifier.feasible
+    dominated = dominated_duplicates(_feasible_metrics(verifier))
+    feasible = [i for i in verifier.feasible if i not in dominated]
     sim_table = {k: np.array([verifier.results[i].metrics[k] for i in feasible], float)
                  for k in ("engram_params", "throughput_drop", "throughput_output_tokens_per_s",
                            "usd_per_million_tokens", "relative_loss", "device_bytes", "memory_slots")}
@@ -94,6 +116,10 @@ def plan_study(study: Study) -> PlanResult:
         row["simulated_drop"] = None if res is None else res.metrics["throughput_drop"]
         row["simulated_throughput"] = None if res is None else res.metrics["throughput_output_tokens_per_s"]
         row["recommended"] = recs[i].rank if i in recs else None
+        row["dominated_by"] = dominated.get(i)
+        row["dominated_reason"] = (None if i not in dominated else
+                                   _duplicate_text(verifier.results[dominated[i]].metrics, res.metrics,
+                                                   recs[dominated[i]].rank, dominated[i], v.top_n))
         candidates.append(row)
 
     infeasible = None
@@ -106,18 +132,45 @@ def plan_study(study: Study) -> PlanResult:
         infeasible=infeasible, candidates=candidates, limits=[l.describe() for l in lims],
         objectives=list(study.settings.objectives), quality_provenance=_provenance(screen),
         meta={"candidates": n, "passed_screen": int(passed.sum()), "simulations": verifier.count,
-              "baseline_simulations": verifier.baseline_count, "from_cache": False})
+              "baseline_simulations": verifier.baseline_count, "dominated": len(dominated), "from_cache": False})
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _screen_all(gs, screen: Screen) -> tuple[ScreenTable, list[tuple[int, int]]]:
+def _reporter(name: str, total: int, progress: Callable[[PlanProgress], None] | None):
+    """``report(stage, screened, verified, to_verify)``: one event for this study (a plan of one)."""
+    def report(stage: str, screened: int, verified: int, to_verify: int) -> None:
+        if progress is not None:
+            progress(PlanProgress(stage, name, screened, total, verified, to_verify, 0, 1))
+    return report
+
+
+def _screen_all(gs, screen: Screen, screened: Callable[[int], None] | None = None
+                ) -> tuple[ScreenTable, list[tuple[int, int]]]:
+    """Screen every group; ``screened(count so far)`` after each one."""
     parts, where = [], []
     for g, group in enumerate(gs):
         parts.append(screen.evaluate(group))
         where += [(g, i) for i in range(len(group))]
+        if screened is not None:
+            screened(len(where))
     return ScreenTable.concat(parts), where
+
+
+def _feasible_metrics(verifier: Verifier) -> dict[int, dict]:
+    return {i: verifier.results[i].metrics for i in verifier.feasible}
+
+
+def _duplicate_text(by: dict, dup: dict, rank: int, by_id: int, top_n: int) -> str:
+    """Why a candidate is not recommended: "same outcome as #1 (candidate 170) with 32 GB less
+    GPU memory per device" (the first memory tier where the two differ, as the rule compares
+    them; a dominator past ``top_n`` is named by its id alone)."""
+    who = f"#{rank} (candidate {by_id})" if rank <= top_n else f"candidate {by_id}"
+    key, more = memory_difference(by, dup)  # dominated: its footprint differs, by more
+    what = {"device_bytes": "GPU memory per device", "host_bytes": "host memory per node",
+            "disk_bytes": "NVMe per node"}[key]
+    return f"same outcome as {who} with {format_bytes(more)} less {what}"
 
 
 def _rank(table, objectives: list[str], idx: np.ndarray) -> np.ndarray:
@@ -181,7 +234,7 @@ def _recommendation(rank, i, rows, verifier, table, fails, lims, study, nxt) -> 
     return Recommendation(rank=rank, scenario=res.scenario, candidate=row, metrics=res.metrics,
                           margins=res.margins, binding_constraint=ex.binding(res.margins),
                           bottleneck=res.bottleneck, explanation=explanation,
-                          quality_provenance=verifier.quality_provenance(i))
+                          quality_provenance=verifier.quality_provenance(i), larger_table=text)
 
 
 def _infeasible(table, fails, passed, lims, rows, study, verifier, candidates) -> Infeasibility:
