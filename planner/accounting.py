@@ -14,7 +14,11 @@ Conventions (stated once, used everywhere):
 * The Engram module (per Engram layer) is the public demo's: tables of ``sum(primes)`` rows of
   ``d_head``, a value projection and ``M`` key projections ``d_mem -> d`` with biases, two
   RMSNorms per branch for the gate, and a depthwise causal conv over ``M * d`` channels with
-  one RMSNorm per branch.
+  one RMSNorm per branch (none of the two with ``kernel_size`` 0, DeepSeek-V4.1's form).
+* An Engram row is ``d_head`` values in the Engram dtype plus, with ``scale_block``, one byte per
+  block scale (DeepSeek-V4.1-Flash: 256 fp8 E4M3 values + 8 UE8M0 scales = 264 B). Every byte
+  figure (tables, rows read, copies, gathers) uses that row size; parameter counts do not count
+  the scales (they are not parameters, as in the checkpoint's tensor count).
 * "Active" parameters are those a token's matrix multiplies and norms use: everything but the
   routed experts it was not sent to and the lookup tables. The input embedding and the Engram
   tables are lookups (a token reads one row, or ``rows_per_token`` rows), so they are not
@@ -30,7 +34,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from planner.primes import engram_table_primes
-from planner.specs.model import DTYPE_BYTES, GQAAttention, MLAAttention, ModelSpec
+from planner.specs.model import DTYPE_BYTES, SCALE_BYTES, GQAAttention, MLAAttention, ModelSpec
 from planner.specs.placement import EngramPlacement
 
 
@@ -77,7 +81,7 @@ def engram_dense_params(model: ModelSpec) -> int:
     d, m, d_mem, k = model.d_model, model.hc_mult, model.engram.d_mem, model.engram.kernel_size
     projections = (m + 1) * (d_mem * d + d)  # value + one key per branch, with biases
     gate_norms = 2 * m * d
-    conv = m * d * k + m * d  # depthwise weights + per-branch RMSNorm
+    conv = (m * d * k + m * d) if k else 0  # depthwise weights + per-branch RMSNorm; 0 = no conv
     return projections + gate_norms + conv
 
 
@@ -194,8 +198,10 @@ def weight_bytes(model: ModelSpec) -> float:
 
 
 def engram_row_bytes(model: ModelSpec) -> int:
+    """Bytes of one table row: its values in the Engram dtype plus its block scales, if any."""
     assert model.engram is not None
-    return model.engram.d_head * DTYPE_BYTES[model.engram.dtype]
+    e = model.engram
+    return e.d_head * DTYPE_BYTES[e.dtype] + e.scales_per_row * SCALE_BYTES
 
 
 def engram_table_bytes(model: ModelSpec) -> dict[int, float]:
@@ -297,6 +303,7 @@ def model_summary(
         out["engram"] = {
             "dtype": e.dtype,
             "row_width": e.d_head,
+            "scale_block": e.scale_block,
             "row_bytes": engram_row_bytes(model),
             "rows_per_token_per_layer": e.rows_per_token,
             "bytes_per_token_per_layer": engram_bytes_per_token(model),

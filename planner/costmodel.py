@@ -251,12 +251,19 @@ class CostModel:
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
         projections (d_mem -> d), the gate's norms and dot products, the depthwise conv.
+        Elementwise FLOPs per branch channel: 8 for the gate (two RMSNorms, the dot product,
+        the scaling), and with a conv (``kernel_size`` k > 0) 2 per tap plus 4 for its RMSNorm,
+        SiLU and residual add; ``kernel_size`` 0 has no conv work. Block-scaled rows
+        (``scale_block``) are de-quantised on the device: one multiply per value read, the
+        scale bytes being part of the row bytes read.
         Bytes: its dense weights, the rows it reads (already on the device), activations.
         Simplifies: the fetch of the rows is not here (see link / gather costs)."""
         m, e = self.model, self.model.engram
         assert e is not None
         mult, d = m.hc_mult, m.d_model
-        flops = b.tokens * (2 * (mult + 1) * e.d_mem * d + mult * d * (2 * e.kernel_size + 12))
+        conv = 2 * e.kernel_size + 4 if e.kernel_size else 0
+        dequant = e.rows_per_token * e.d_head if e.scale_block else 0
+        flops = b.tokens * (2 * (mult + 1) * e.d_mem * d + mult * d * (8 + conv) + dequant)
         bytes_ = (
             self._engram_params * self.width
             + b.tokens * e.rows_per_token * engram_row_bytes(m)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from planner.accounting import kv_cache_bytes_per_token, tier_footprint, weight_bytes
+from planner.accounting import engram_row_bytes, kv_cache_bytes_per_token, tier_footprint, weight_bytes
 from planner.specs import DTYPE_BYTES, GQAAttention, InferenceWorkload, ModelSpec, Scenario
 
 # CUDA context plus cuBLAS/NCCL workspaces and allocator slack on an H100-class device: an
@@ -57,7 +57,7 @@ def activation_workspace_bytes(model: ModelSpec, tokens: int, logit_rows: int) -
     per_token = (model.hc_mult + 2) * d + qkv + max(ffn, d)
     if model.engram is not None:
         e = model.engram
-        per_token += e.rows_per_token * e.d_head * DTYPE_BYTES[e.dtype] / width + 2 * model.hc_mult * d
+        per_token += e.rows_per_token * engram_row_bytes(model) / width + 2 * model.hc_mult * d
     return tokens * per_token * width + logit_rows * model.vocab_size * FP32
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from planner.specs.model import ModelSpec
-from reference_model.layers import INIT_STD, rms_norm, torch_dtype
+from reference_model.layers import INIT_STD, TORCH_DTYPES, rms_norm, torch_dtype
 
 
 class EngramModule(nn.Module):
@@ -30,11 +30,17 @@ class EngramModule(nn.Module):
         Y    = u + SiLU(conv(RMSNorm^m(u)))   depthwise causal conv over M*D channels,
                                               kernel ``kernel_size``, dilation N, no bias,
                                               zero-initialised (paper: starts as gated identity)
+        Y    = u                              with ``kernel_size`` 0 (no conv and no conv norm,
+                                              DeepSeek-V4.1's form); the conv state is empty
 
     ``table`` is an ``nn.Embedding`` of ``sum(primes)`` rows x E in the Engram dtype (the fused
     multi-head table), or None when ``materialize_tables=False`` (rows then come from a
     provider). Decoding carries the last W normalised ``u`` positions as conv state, which
     equals the zero left-padding of a full forward at the sequence start.
+
+    Tables are plain rows in a torch dtype: fp8 rows and block-scaled rows (``scale_block``,
+    DeepSeek-V4.1-Flash's E4M3 + UE8M0 format) are refused, since torch has no portable fp8
+    matmul and the module would not store the scales the planner counts.
     """
 
     def __init__(self, spec: ModelSpec, layer_id: int, table_rows: int, materialize_table: bool):
@@ -45,7 +51,18 @@ class EngramModule(nn.Module):
         self.paper_gate = e.gate == "paper"
         self.kernel_size, self.dilation = e.kernel_size, e.max_ngram
         self.table_rows, self.d_head, self.rows_per_token = table_rows, e.d_head, e.rows_per_token
-        self.table_dtype = torch_dtype(e.dtype, "engram.dtype")
+        if e.dtype not in TORCH_DTYPES:
+            raise ValueError(
+                f"model.engram.dtype = {e.dtype!r} is not supported by the reference model: it builds "
+                f"tables in {sorted(TORCH_DTYPES)} only (fp8 rows are accounted and simulated by the "
+                "planner, not built in torch); use e.g. engram.dtype: bf16 and no scale_block"
+            )
+        if e.scale_block is not None:
+            raise ValueError(
+                f"model.engram.scale_block = {e.scale_block} is not supported by the reference model: "
+                "its tables hold unscaled rows; set model.engram.scale_block to null"
+            )
+        self.table_dtype = torch_dtype(e.dtype, "model.engram.dtype")
         M, D, d_mem = spec.hc_mult, spec.d_model, e.d_mem
         if materialize_table:
             self.table = nn.Embedding(table_rows, e.d_head)
@@ -57,15 +74,18 @@ class EngramModule(nn.Module):
         self.key_bias = nn.Parameter(torch.zeros(M, D))
         self.key_norm = nn.Parameter(torch.ones(M, D))
         self.query_norm = nn.Parameter(torch.ones(M, D))
-        self.conv_norm = nn.Parameter(torch.ones(M, D))
-        self.conv = nn.Conv1d(M * D, M * D, kernel_size=e.kernel_size, dilation=e.max_ngram,
-                              groups=M * D, bias=False)
-        nn.init.zeros_(self.conv.weight)
+        if e.kernel_size:
+            self.conv_norm = nn.Parameter(torch.ones(M, D))
+            self.conv = nn.Conv1d(M * D, M * D, kernel_size=e.kernel_size, dilation=e.max_ngram,
+                                  groups=M * D, bias=False)
+            nn.init.zeros_(self.conv.weight)
+        else:  # no short convolution: Y = u
+            self.conv_norm = self.conv = None
 
     @property
     def conv_window(self) -> int:
-        """Past positions the causal conv reads: (kernel - 1) x dilation."""
-        return (self.kernel_size - 1) * self.dilation
+        """Past positions the causal conv reads: (kernel - 1) x dilation (0 without a conv)."""
+        return (self.kernel_size - 1) * self.dilation if self.kernel_size else 0
 
     def gather(self, row_ids_BTK: torch.Tensor) -> torch.Tensor:
         """Rows [B, T, K, E] from the module's own table."""
@@ -94,6 +114,8 @@ class EngramModule(nn.Module):
         e_BTF = rows_BTKE.reshape(B, T, -1).to(h_BTMD.dtype)
         v_BTD = self.value_proj(e_BTF)
         u_BTMD = self.gate(h_BTMD, e_BTF) * v_BTD.unsqueeze(2)
+        if self.conv is None:  # kernel_size 0: no conv, an empty state
+            return u_BTMD, u_BTMD.new_zeros(B, 0, M * D)
 
         n_BTC = rms_norm(u_BTMD, self.conv_norm, self.eps).reshape(B, T, M * D)
         if conv_state_BWC is None:

@@ -4,6 +4,8 @@ import pytest
 
 from planner.accounting import (
     engram_bytes_per_token,
+    engram_dense_params,
+    engram_row_bytes,
     engram_table_bytes,
     engram_table_rows,
     kv_cache_bytes_per_token,
@@ -93,3 +95,15 @@ def test_summary_is_plain_values(engram27b):
     heads = s["engram"]["layers"][0]["primes_per_order"]["2"]
     assert len(heads) == 8 and heads == sorted(set(heads)) and heads[0] >= 2262400
     assert all(is_prime(p) for p in heads)
+
+
+def test_block_scales_add_to_row_bytes_and_no_conv_has_no_params(engram27b):
+    # A row is d_head values in the Engram dtype plus one byte per scale_block values.
+    e = engram27b.engram
+    scaled = engram27b.model_copy(update={"engram": e.model_copy(update={"dtype": "fp8", "scale_block": 16})})
+    assert engram_row_bytes(engram27b) == 160 and engram_row_bytes(scaled) == 80 + 5
+    assert engram_table_bytes(scaled)[1] == engram_table_rows(engram27b)[1] * 85
+    assert param_counts(scaled).engram_tables == param_counts(engram27b).engram_tables  # scales are not params
+    no_conv = engram27b.model_copy(update={"engram": e.model_copy(update={"kernel_size": 0})})
+    m, d = engram27b.hc_mult, engram27b.d_model
+    assert engram_dense_params(engram27b) - engram_dense_params(no_conv) == m * d * e.kernel_size + m * d

@@ -158,3 +158,18 @@ def test_placement_per_layer_tiers():
     assert p.any_offloaded([14]) is False and p.any_offloaded([1, 14]) is True
     with pytest.raises(ValueError):
         EngramPlacement(cache_fraction=1.5)
+
+
+def test_engram_scale_block_and_no_conv():
+    e = EngramSpec(layer_ids=[1], table_size_per_head=1000, embed_dim_per_ngram=2048, dtype="fp8",
+                   scale_block=32, kernel_size=0)
+    assert e.d_head == 256 and e.scales_per_row == 8 and e.kernel_size == 0
+    assert EngramSpec(layer_ids=[1], table_size_per_head=1000, embed_dim_per_ngram=64).scales_per_row == 0
+    data = _model_dict()
+    data["engram"]["scale_block"] = 32  # rows of 80
+    _refused(ModelSpec, data, "engram", "scale_block = 32 does not divide the row width", "= 80")
+    data["engram"]["scale_block"] = 0
+    _refused(ModelSpec, data, "engram.scale_block", "greater than 0")
+    data["engram"]["scale_block"] = None
+    data["engram"]["kernel_size"] = -1
+    _refused(ModelSpec, data, "engram.kernel_size", "greater than or equal to 0")

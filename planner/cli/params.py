@@ -72,6 +72,8 @@ def run(args) -> int:
             for layer in engram["layers"]
         ]
         print(format_table(["layer", "rows", "params", "bytes", "tier"], rows, "rrrrl"))
+        total = sum(layer["bytes"] for layer in engram["layers"])
+        print(f"all Engram tables: {total:,.0f} B ({format_bytes(total)}, {total / 2**30:,.2f} GiB)")
         print(f"each token reads {engram['rows_per_token_per_layer']} rows = "
               f"{engram['bytes_per_token_per_layer']:,.0f} B per Engram layer")
     fp = summary["footprint"]

@@ -102,6 +102,10 @@ def model_choices(study: Study) -> list[ModelChoice]:
     out = []
     for (kind, value), layers, h, width, dtype in itertools.product(sizes, layer_sets, heads, widths, dtypes):
         engram = {**e, "layer_ids": list(layers), "n_heads": h, "embed_dim_per_ngram": h * width, "dtype": dtype}
+        if e.get("scale_block") and (dtype != e["dtype"] or width % e["scale_block"]):
+            # block scales belong to the base's quantised rows: a candidate in another dtype
+            # (bf16 rows need none) or of a width they do not tile has rows without them
+            engram["scale_block"] = None
         ffn, traded = base.ffn, 0
         orders = engram["max_ngram"] - 1
         if kind == "routed_experts_traded":

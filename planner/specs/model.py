@@ -15,8 +15,11 @@ from pydantic import Field, field_validator, model_validator
 from planner.specs.base import Spec
 from planner.specs.limits import ENGRAM_TABLES, LAYERS, MAX_ROW_ID, ROW_ID_SLACK
 
+# ``fp8`` is one byte per value; for Engram rows it is the E4M3 format DeepSeek-V4.1-Flash
+# stores its tables in (the byte count is what the planner uses; the format only names it).
 DType = Literal["fp32", "bf16", "fp16", "fp8"]
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+SCALE_BYTES = 1  # one block scale: a power of two stored as its exponent byte (UE8M0)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -96,6 +99,11 @@ class EngramSpec(Spec):
     distinct prime at or above it (see :mod:`planner.primes`). A row is
     ``embed_dim_per_ngram / n_heads`` wide and the memory vector of a token is
     ``d_mem = (max_ngram - 1) * embed_dim_per_ngram`` wide (the paper's ``d_mem``).
+
+    ``scale_block`` (optional) adds one 1-byte power-of-two scale per that many values of a row,
+    stored with the row (DeepSeek-V4.1-Flash: fp8 E4M3 values with a UE8M0 scale per 32, so a
+    256-wide row is 256 + 8 = 264 bytes). ``kernel_size`` 0 means no short convolution (the
+    module's output is the gated value itself, as in DeepSeek-V4.1).
     """
 
     layer_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
@@ -107,9 +115,17 @@ class EngramSpec(Spec):
     )
     embed_dim_per_ngram: PositiveInt = Field(description="width of one order's concatenated heads")
     dtype: DType = "bf16"
+    scale_block: PositiveInt | None = Field(
+        default=None,
+        description="one 1-byte power-of-two scale per this many values of a row, stored with the row, "
+        "as DeepSeek-V4.1-Flash's UE8M0 block scales (32); must divide the row width; null = no scales",
+    )
     seed: int = 0
     pad_id: int = Field(default=2, ge=0, description="raw tokenizer id used before sequence start")
-    kernel_size: PositiveInt = 4
+    kernel_size: int = Field(
+        default=4, ge=0,
+        description="taps of the depthwise causal short convolution; 0 = no convolution (DeepSeek-V4.1)",
+    )
     gate: Literal["signed_sqrt", "paper"] = Field(
         default="signed_sqrt",
         description="signed_sqrt: sigmoid(sign(s) sqrt|s|) as in the public demo; "
@@ -154,6 +170,11 @@ class EngramSpec(Spec):
                 f"n_heads = {self.n_heads} equal rows (a row would be "
                 f"{self.embed_dim_per_ngram / self.n_heads:g} wide)"
             )
+        if self.scale_block is not None and self.d_head % self.scale_block:
+            raise ValueError(
+                f"scale_block = {self.scale_block} does not divide the row width "
+                f"embed_dim_per_ngram / n_heads = {self.d_head}: every scale covers a whole block of a row"
+            )
         return self
 
     @property
@@ -164,6 +185,11 @@ class EngramSpec(Spec):
     def d_head(self) -> int:
         """Width of one table row."""
         return self.embed_dim_per_ngram // self.n_heads
+
+    @property
+    def scales_per_row(self) -> int:
+        """Block scales stored with each row (0 without ``scale_block``)."""
+        return self.d_head // self.scale_block if self.scale_block else 0
 
     @property
     def d_mem(self) -> int:
