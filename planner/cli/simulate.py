@@ -62,9 +62,14 @@ def run(args) -> int:
     metrics = simulate(scenario, baseline=not args.no_baseline, trace=bool(args.trace), base_dir=base_dir,
                        kv_limit=not args.ignore_memory)
     if args.trace:
-        path = write_atomic(args.trace, json.dumps(chrome_trace(
-            metrics.spans, f"simulated: {scenario.name}", {"scenario": scenario.name, "source": "planner.sim"},
-            counters=metrics.counters)))
+        trace = chrome_trace(metrics.spans, f"simulated: {scenario.name}",
+                             {"scenario": scenario.name, "source": "planner.sim"}, counters=metrics.counters)
+        path = write_atomic(args.trace, json.dumps(trace))
+        sampled = trace["metadata"].get("sampled")
+        if sampled:  # on stderr, so that --json output stays one JSON document
+            sys.stderr.write(f"engram-planner simulate: the trace keeps {sampled['kept_events']:,} of "
+                             f"{sampled['of_events']:,} events to stay under {format_bytes(sampled['max_bytes'])}: "
+                             f"{sampled['rule']}\n")
     if args.json:
         print_json(metrics.as_dict())
     else:

@@ -11,7 +11,9 @@ prefetch, for the worker's hash of the step (its in-layer gather needs the ids);
 stall of the step, not exposed lookup time (docs/metrics.md counts offloaded layers only).
 
 Consecutive ops without a wait are one SimPy timeout (the stream's clock is deterministic between
-waits), so a 32-block step costs a handful of events; spans are still written per op.
+waits), so a 32-block step costs a handful of events; spans are still written per op, with the
+block, step, batch and roofline bound as args; the op that uses a lookup's rows (its wait if it
+stalled, else the Engram op) ends the lookup's flow (:class:`planner.sim.node.Trail`).
 
 Simplifies: one stream (no overlap between ops of one step, as in a single-stream engine); no
 CPU launch gaps other than the op's fixed cost; the engine's per-step host work is the engine's
@@ -27,7 +29,7 @@ import simpy
 
 from planner.costmodel import BatchShape, CostModel
 from planner.sim.fetch import FetchHandle, Fetcher
-from planner.sim.node import Recorder
+from planner.sim.node import Recorder, Trail
 from planner.specs import EngramPlacement, ModelSpec
 
 
@@ -164,12 +166,14 @@ class ComputeStream:
 
     # ---- running a pass
 
-    def forward(self, shape: BatchShape, tokens: int, ready: dict[int, FetchHandle] | None, graph: bool = False):
+    def forward(self, shape: BatchShape, tokens: int, ready: dict[int, FetchHandle] | None, graph: bool = False,
+                step: int | None = None):
         """Run one forward pass over ``shape`` (see :meth:`run`); returns the total stall. With
         a trace every op is a span (:meth:`run`); without one the ops between two wait points
-        are priced by kind and count, which is the same clock in a few events."""
+        are priced by kind and count, which is the same clock in a few events. ``step``: the
+        device's step (a span arg)."""
         if self.rec.trace:
-            return (yield from self.run(self.ops(shape, graph=graph), tokens, ready))
+            return (yield from self.run(self.ops(shape, graph=graph), tokens, ready, step=step, seqs=int(shape.seqs)))
         secs, bounds = self.price(shape, graph=graph)
         op_s = self.rec.op_s
         for kind, count in self.op_counts().items():
@@ -183,7 +187,8 @@ class ComputeStream:
                     if pending:
                         yield env.timeout(pending)
                         pending = 0.0
-                    stalled += yield from self._wait_rows(layer, tokens, ready)
+                    stall, _ = yield from self._wait_rows(layer, tokens, ready)
+                    stalled += stall
                 elif hashing is not None and not hashing.process.processed:
                     if pending:
                         yield env.timeout(pending)
@@ -198,22 +203,25 @@ class ComputeStream:
         return stalled
 
     def run(self, ops: list[Op], tokens: int, ready: dict[int, FetchHandle] | None,
-            wait_rows: bool = True, after_op=None, **span_args):
+            wait_rows: bool = True, after_op=None, step: int | None = None, **span_args):
         """Run ``ops``. ``ready`` maps offloaded Engram layers to their prefetch processes
         (None: fetch on demand); ``wait_rows`` False runs Engram ops without fetching (a
         backward pass reuses the forward's rows). ``after_op(op)`` is called when a block's op
-        ends (training hooks). Returns the total stall (seconds)."""
+        ends (training hooks). ``step`` and ``span_args``: args of every op's span. Returns the
+        total stall (seconds)."""
         env, stalled, pending = self.env, 0.0, 0.0
         clock, op_s, tracing = env.now, self.rec.op_s, self.rec.trace
         hashing = (ready or {}).get("hash")
         offloaded = self.offloaded if wait_rows else ()
+        common = {"step": step, "tokens": tokens, **span_args} if tracing else {}
         for op in ops:
             op_s[op.kind][op.bound] += op.seconds
+            trail: Trail | None = None
             if op.kind == "engram" and op.layer in offloaded:
                 if pending:
                     yield env.timeout(pending)
                     pending = 0.0
-                stall = yield from self._wait_rows(op.layer, tokens, ready)
+                stall, trail = yield from self._wait_rows(op.layer, tokens, ready, step)
                 stalled += stall
                 clock = env.now
             elif wait_rows and op.kind == "gather" and hashing is not None and not hashing.process.processed:
@@ -222,11 +230,14 @@ class ComputeStream:
                     pending = 0.0
                 reached = env.now
                 yield hashing.process  # the device-tier gather needs the worker's ids
-                self.rec.span(f"wait_L{op.layer}", self.track, reached, env.now - reached)
+                self.rec.span(f"wait_L{op.layer}", self.track, reached, env.now - reached, layer=op.layer, step=step,
+                              waits_for="hash")
                 stalled += env.now - reached
                 clock = env.now
             if tracing:
-                self.rec.span(op.name, self.track, clock, op.seconds, **span_args)
+                args = {**common, "bound": op.bound} if op.layer is None else {**common, "layer": op.layer,
+                                                                               "bound": op.bound}
+                self.rec.span(op.name, self.track, clock, op.seconds, trail, True, **args)
             clock += op.seconds
             pending += op.seconds
             if after_op is not None and op.layer is not None:
@@ -238,13 +249,16 @@ class ComputeStream:
             yield env.timeout(pending)
         return stalled
 
-    def _wait_rows(self, layer: int, tokens: int, ready: dict[int, FetchHandle] | None):
+    def _wait_rows(self, layer: int, tokens: int, ready: dict[int, FetchHandle] | None, step: int | None = None):
+        """Wait until ``layer``'s rows are usable; returns the stall and the lookup's trail (its
+        flow, unless the wait span took it, ends at the Engram op)."""
         env, rec = self.env, self.rec
         reached = env.now
         # No prefetch: the lookup starts now (the ids were hashed at the step start).
-        handle = self.fetcher.start(tokens, [layer], hashed=False)[layer] if ready is None else ready.get(layer)
+        handle = (self.fetcher.start(tokens, [layer], hashed=False, step=step)[layer] if ready is None
+                  else ready.get(layer))
         if handle is None:  # nothing was launched for this layer this step
-            return 0.0
+            return 0.0, None
         event, started = handle.process, handle.started_s
         if not event.processed:
             yield event
@@ -252,12 +266,12 @@ class ComputeStream:
         if self.fetcher.copies_on_stream:
             plan = self.fetcher.plan(layer, tokens)
             if plan.rows > 0:
-                yield from self.fetcher.copy(plan, "pageable")
+                yield from self.fetcher.copy(plan, "pageable", handle.trail)
             fetch_end = env.now
         stall = env.now - reached
         rec.wait_s[layer] += stall
         rec.window_s[layer] += reached - started
         rec.fetch_s[layer] += fetch_end - started
         rec.fetches[layer] += 1
-        rec.span(f"wait_L{layer}", self.track, reached, stall)
-        return stall
+        rec.span(f"wait_L{layer}", self.track, reached, stall, handle.trail, True, layer=layer, waits_for="rows")
+        return stall, handle.trail

@@ -19,29 +19,37 @@ like this (ENGRAM.md section 5, ARCHITECTURE.md):
 Layers queue FIFO on each stage (the pool and the copy engine serve one job at a time), so
 layer 2's gather overlaps layer 1's copy. Hot rows cached on the device never leave it.
 
+Traced, every stage is a span carrying the layer, the step and what it moved, linked to the
+next stage by a flow (:class:`planner.sim.node.Trail`), and each join or leave of a shared pipe
+samples its load (counters ``devN h2d link``, ``devN d2h link``, ``dram``, ``nvme``).
+
 Simplifies: UVA reads do not load the DRAM pipe; the DMA read of the staging buffer does not
 load it either (it is a tenth of the gather's scattered traffic per useful byte, or less).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import simpy
 
 from planner.costmodel import CostModel
 from planner.ngram_model import NgramTraffic
-from planner.sim.node import DevicePorts, Node, Recorder
+from planner.sim.fluid import FluidResource
+from planner.sim.node import DevicePorts, Node, Recorder, Trail
 from planner.specs import EngramPlacement
 from planner.stages import LayerFetch, copy_mode, hash_s, host_placement, layer_fetch
 
 
 @dataclass(frozen=True)
 class FetchHandle:
-    """A launched fetch: the process that ends (returning the time) when the rows are usable."""
+    """A launched fetch: the process that ends (returning the time) when the rows are usable;
+    ``trail``: its spans' step and flow (tracing only), which the compute op using the rows ends."""
 
     process: simpy.Process
     started_s: float
+    trail: Trail | None = None
 
 
 class Fetcher:
@@ -56,6 +64,9 @@ class Fetcher:
         self.offloaded = [l for l in traffic if placement.tier_of(l) != "device"]
         self.host = host_placement(cost, placement, ports.pool_cores)
         self.tag = f"dev{ports.index} "
+        # Load counters of this device's pipes: a link shared by several devices shows on each.
+        self.h2d_tracks = [f"dev{d.index} h2d link" for d in node.devices if d.h2d is ports.h2d]
+        self.d2h_tracks = [f"dev{d.index} d2h link" for d in node.devices if d.d2h is ports.d2h]
         # pinned: false with staged gathers: the synchronous pageable copy runs on the stream.
         mode = copy_mode(cost, placement)
         self.copies_on_stream = mode == "pageable"
@@ -87,21 +98,22 @@ class Fetcher:
             secs = self._hash_s[tokens] = float(hash_s(self.cost, tokens, self.host))
         return secs
 
-    def start(self, tokens: int, layers: list[int], hashed: bool = True) -> dict:
+    def start(self, tokens: int, layers: list[int], hashed: bool = True, step: int | None = None) -> dict:
         """Start fetching ``layers``' rows for a step of ``tokens`` tokens; returns, per layer,
         a handle whose process ends when the rows are usable on the device (or, pageable,
         gathered). ``hashed``: hash the step's ids first on the worker pool (prefetch; the
         handle under key ``"hash"`` ends when the ids are known); False: the ids are known
-        (hashed on the engine thread), the lookups start now."""
+        (hashed on the engine thread), the lookups start now. ``step``: the device's step the
+        rows are for (a span arg)."""
         if hashed and self.chained:
-            return self._start_chain(tokens, layers)
-        hashed_proc = self.env.process(self._hash(tokens)) if hashed else None
+            return self._start_chain(tokens, layers, step)
+        hashed_proc = self.env.process(self._hash(tokens, step)) if hashed else None
         ready = {}
         if hashed_proc is not None:
             ready["hash"] = FetchHandle(hashed_proc, self.env.now)
         for layer in layers:
-            plan = self._launch(layer, tokens)
-            ready[layer] = FetchHandle(self.env.process(self._layer(plan, hashed_proc)), self.env.now)
+            plan, trail = self._launch(layer, tokens), self.rec.trail(step)
+            ready[layer] = FetchHandle(self.env.process(self._layer(plan, hashed_proc, trail)), self.env.now, trail)
         return ready
 
     def _launch(self, layer: int, tokens: int) -> LayerFetch:
@@ -114,27 +126,28 @@ class Fetcher:
         rec.regime[layer] = plan.regime
         return plan
 
-    def _start_chain(self, tokens: int, layers: list[int]) -> dict:
+    def _start_chain(self, tokens: int, layers: list[int], step: int | None) -> dict:
         """:meth:`start` when this device's pool and copy engine serve this step alone: the hash
         is a timeout event; one process gathers the layers in order (the pool's FIFO order) and
         hands each to the copy engine, which copies in the same order."""
         env, now = self.env, self.env.now
         dur = self.hash_seconds(tokens)
         hashed = env.timeout(dur, value=now + dur)
-        self.rec.span("hash", self.tag + "host_cpu", now, dur, tokens=tokens)
+        self.rec.span("hash", self.tag + "host_cpu", now, dur, tokens=tokens, step=step, layers=len(self.offloaded))
         for layer in self.offloaded:
             self.rec.stage(layer, "hash", dur / len(self.offloaded))
         plans = [self._launch(layer, tokens) for layer in layers]
         usable = [env.event() for _ in plans]
-        env.process(self._chain(plans, usable, dur))
+        trails = [self.rec.trail(step) for _ in plans]
+        env.process(self._chain(plans, usable, trails, dur))
         ready = {"hash": FetchHandle(hashed, now)}
-        ready.update({plan.layer: FetchHandle(event, now) for plan, event in zip(plans, usable)})
+        ready.update({plan.layer: FetchHandle(event, now, trail) for plan, event, trail in zip(plans, usable, trails)})
         return ready
 
-    def _chain(self, plans: list[LayerFetch], usable: list[simpy.Event], hash_s: float):
+    def _chain(self, plans: list[LayerFetch], usable: list[simpy.Event], trails: list[Trail | None], hash_s: float):
         env, copied = self.env, None
         head = hash_s  # the hash, then the first lookup's own overhead, in one wait
-        for i, plan in enumerate(plans):
+        for i, (plan, trail) in enumerate(zip(plans, trails)):
             if plan.rows <= 0:
                 if head > 0:
                     yield env.timeout(head)
@@ -146,35 +159,43 @@ class Fetcher:
             head = 0.0
             if wait > 0:
                 yield env.timeout(wait)
-            yield self.node.dram.transfer(plan.bytes, cap=plan.gather_rate)
-            self._gathered(plan, start)
+            yield from self._through(self.node.dram, ["dram"], plan.bytes, plan.gather_rate)
+            self._gathered(plan, start, trail)
             if self.cpu_device:
                 usable[i].succeed(env.now)
             elif i == len(plans) - 1:  # the last layer: copy it here, after the copies queued
                 if copied is not None and not copied.processed:
                     yield copied
-                yield from self._copy_now(plan, "pinned")
+                yield from self._copy_now(plan, "pinned", trail)
                 usable[i].succeed(env.now)
             else:
-                copied = env.process(self._copy_after(copied, plan, usable[i]))
+                copied = env.process(self._copy_after(copied, plan, usable[i], trail))
 
-    def _copy_after(self, previous: simpy.Process | None, plan: LayerFetch, usable: simpy.Event):
+    def _copy_after(self, previous: simpy.Process | None, plan: LayerFetch, usable: simpy.Event,
+                    trail: Trail | None):
         if previous is not None and not previous.processed:
             yield previous
-        yield from self._copy_now(plan, "pinned")
+        yield from self._copy_now(plan, "pinned", trail)
         usable.succeed(self.env.now)
 
-    def _hash(self, tokens: int):
+    def _through(self, pipe: FluidResource, tracks: list[str], amount: float, cap: float):
+        """Move ``amount`` through a shared pipe, its load sampled as the flow joins and leaves."""
+        done = pipe.transfer(amount, cap=cap)
+        self.rec.load(tracks, pipe)
+        yield done
+        self.rec.load(tracks, pipe)
+
+    def _hash(self, tokens: int, step: int | None):
         dur = self.hash_seconds(tokens)
         with self.ports.pool.request() as slot:
             yield slot
             start = self.env.now
             yield self.env.timeout(dur)
-        self.rec.span("hash", self.tag + "host_cpu", start, dur, tokens=tokens)
+        self.rec.span("hash", self.tag + "host_cpu", start, dur, tokens=tokens, step=step, layers=len(self.offloaded))
         for layer in self.offloaded:
             self.rec.stage(layer, "hash", dur / len(self.offloaded))
 
-    def _layer(self, plan: LayerFetch, hashed: simpy.Process | None):
+    def _layer(self, plan: LayerFetch, hashed: simpy.Process | None, trail: Trail | None):
         """One layer's fetch; returns the time its rows are usable."""
         if hashed is not None and not hashed.processed:
             yield hashed
@@ -186,22 +207,25 @@ class Fetcher:
             nvme = self.cost.hardware.nvme
             pages = float(self.cost.nvme_pages(plan.disk_rows, self.row_bytes))
             yield env.timeout(nvme.read_latency)
-            yield self.node.nvme.transfer(pages)
+            yield from self._through(self.node.nvme, ["nvme"], pages, math.inf)
             self.rec.bytes_by_tier["nvme_read"] += pages * nvme.page_size
-            self._done_stage(layer, "disk", f"gather_L{layer}", "nvme", start, rows=plan.disk_rows)
+            self._done_stage(layer, "disk", f"gather_L{layer}", "nvme", start, trail, rows=round(plan.disk_rows),
+                             pages=round(pages), tier=plan.tier)
         if plan.copy_mode == "uva":
             start = env.now
             yield env.timeout(self.cost.hardware.link.latency)
-            yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", "uva", plan.bytes))
-            self._done_stage(layer, "link", f"h2d_L{layer}", "h2d", start, bytes=plan.bytes, mode="uva")
+            yield from self._through(self.ports.h2d, self.h2d_tracks, plan.bytes,
+                                     self.cost.link_rate("h2d", "uva", plan.bytes))
+            self._done_stage(layer, "link", f"h2d_L{layer}", "h2d", start, trail, bytes=round(plan.bytes),
+                             rows=round(plan.rows), mode="uva", tier=plan.tier)
             return env.now
-        yield from self.gather(plan)
+        yield from self.gather(plan, trail)
         if self.cpu_device or self.copies_on_stream:
             return env.now  # usable in place (CPU), or the compute stream copies it (pageable)
-        yield from self.copy(plan, "pinned")
+        yield from self.copy(plan, "pinned", trail)
         return env.now
 
-    def gather(self, plan: LayerFetch):
+    def gather(self, plan: LayerFetch, trail: Trail | None = None):
         """Worker pool copies the rows into staging, sharing DRAM with every other stream."""
         env = self.env
         with self.ports.pool.request() as slot:
@@ -210,40 +234,46 @@ class Fetcher:
             # The lookup's own host work (plan, de-duplication, assembly) on the same worker.
             if plan.overhead_s > 0:
                 yield env.timeout(float(plan.overhead_s))
-            yield self.node.dram.transfer(float(plan.bytes), cap=float(plan.gather_rate))
-        self._gathered(plan, start)
+            yield from self._through(self.node.dram, ["dram"], float(plan.bytes), float(plan.gather_rate))
+        self._gathered(plan, start, trail)
 
-    def _gathered(self, plan: LayerFetch, start: float) -> None:
+    def _gathered(self, plan: LayerFetch, start: float, trail: Trail | None) -> None:
         """Record a gather that began at ``start`` and ends now."""
         if self.cpu_device:
             self.rec.cpu_gathered += float(plan.bytes)
-        self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, bytes=plan.bytes)
+        self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, trail,
+                         bytes=round(plan.bytes), rows=round(plan.rows), lookups=round(plan.lookups), tier=plan.tier,
+                         rows_from=plan.regime)
 
-    def copy(self, plan: LayerFetch, mode: str):
+    def copy(self, plan: LayerFetch, mode: str, trail: Trail | None = None):
         """Host-to-device DMA on this device's copy engine and its uplink."""
         with self.ports.h2d_engine.request() as engine:
             yield engine
-            yield from self._copy_now(plan, mode)
+            yield from self._copy_now(plan, mode, trail)
 
-    def _copy_now(self, plan: LayerFetch, mode: str):
+    def _copy_now(self, plan: LayerFetch, mode: str, trail: Trail | None):
         """The DMA itself, the copy engine held."""
         env, start = self.env, self.env.now
         yield env.timeout(self.cost.hardware.link.latency)
-        yield self.ports.h2d.transfer(plan.bytes, cap=self.cost.link_rate("h2d", mode, plan.bytes))
-        self._done_stage(plan.layer, "link", f"h2d_L{plan.layer}", "h2d", start, bytes=plan.bytes, mode=mode)
+        yield from self._through(self.ports.h2d, self.h2d_tracks, plan.bytes,
+                                 self.cost.link_rate("h2d", mode, plan.bytes))
+        self._done_stage(plan.layer, "link", f"h2d_L{plan.layer}", "h2d", start, trail, bytes=round(plan.bytes),
+                         rows=round(plan.rows), mode=mode)
 
-    def _done_stage(self, layer: int, stage: str, name: str, track: str, start: float, **args) -> None:
+    def _done_stage(self, layer: int, stage: str, name: str, track: str, start: float, trail: Trail | None,
+                    ends: bool = False, **args) -> None:
         dur = self.env.now - start
         self.rec.stage(layer, stage, dur)
-        self.rec.span(name, self.tag + track, start, dur, **args)
+        self.rec.span(name, self.tag + track, start, dur, trail, ends, layer=layer, **args)
 
     # ---- training: gradients back to the host tier and the sparse optimiser
 
-    def write_back(self, layer: int, tokens: int, optimizer: str):
+    def write_back(self, layer: int, tokens: int, optimizer: str, step: int | None = None):
         """Row gradients (one per distinct row touched, accumulated on the device) go d2h,
-        then the host worker pool applies the sparse optimiser to the table in DRAM.
-        Simplifies: the device-cached rows are updated on the device (no traffic)."""
-        env, p = self.env, self.placement
+        then the host worker pool applies the sparse optimiser to the table in DRAM (``step``:
+        the training step, a span arg). Simplifies: the device-cached rows are updated on the
+        device (no traffic)."""
+        env, p, trail = self.env, self.placement, self.rec.trail(step)
         rows = self.traffic[layer].rows_fetched(tokens, p.cache_fraction, p.dedup)
         grad_bytes = rows * self.row_bytes
         self.rec.d2h_requested += grad_bytes
@@ -252,11 +282,14 @@ class Fetcher:
                 yield engine
                 start = env.now
                 yield env.timeout(self.cost.hardware.link.latency)
-                yield self.ports.d2h.transfer(grad_bytes, cap=self.cost.link_rate("d2h", "pinned", grad_bytes))
-            self._done_stage(layer, "d2h", f"d2h_grad_L{layer}", "d2h", start, bytes=grad_bytes)
+                yield from self._through(self.ports.d2h, self.d2h_tracks, grad_bytes,
+                                         self.cost.link_rate("d2h", "pinned", grad_bytes))
+            self._done_stage(layer, "d2h", f"d2h_grad_L{layer}", "d2h", start, trail, bytes=round(float(grad_bytes)),
+                             rows=round(float(rows)))
         with self.ports.pool.request() as slot:
             yield slot
             start = env.now
-            yield self.node.dram.transfer(self.cost.optimizer_bytes(rows, optimizer),
-                                          cap=float(self.cost.gather_rate(self.host.cores, self.cost.table_bytes(layer))))
-        self._done_stage(layer, "optim", f"optim_L{layer}", "host_cpu", start, rows=rows)
+            yield from self._through(self.node.dram, ["dram"], self.cost.optimizer_bytes(rows, optimizer),
+                                     float(self.cost.gather_rate(self.host.cores, self.cost.table_bytes(layer))))
+        self._done_stage(layer, "optim", f"optim_L{layer}", "host_cpu", start, trail, ends=True,
+                         rows=round(float(rows)), optimizer=optimizer)

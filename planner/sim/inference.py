@@ -52,6 +52,7 @@ class Replica:
         env, sched, pending = self.env, self.scheduler, self.pending
         pool, track, rec = sched.pool, f"dev{self.index} kv", self.rec
         nxt = 0
+        step = 0  # this device's steps so far: the index its spans carry
         while nxt < len(pending) or sched.busy:
             while nxt < len(pending) and pending[nxt].arrival_s <= env.now:
                 sched.arrive(pending[nxt])
@@ -61,7 +62,9 @@ class Replica:
                 continue
             if self.coalescer is not None and sched.steady():
                 arrival = pending[nxt].arrival_s if nxt < len(pending) else float("inf")
-                if (yield from self.coalescer.advance(sched, arrival, len(sched.running) <= self.graph_max)):
+                ran = yield from self.coalescer.advance(sched, arrival, len(sched.running) <= self.graph_max)
+                if ran:
+                    step += ran
                     continue
             plan = sched.schedule()
             if plan.tokens == 0:
@@ -72,9 +75,9 @@ class Replica:
             running, used = len(sched.running), pool.used
             if rec.trace:
                 rec.counter(track, start, blocks_used=used, running=running, waiting=len(sched.waiting))
-            ready = yield from self.host_work(plan.tokens, shape)
+            ready = yield from self.host_work(plan.tokens, shape, step)
             graph = plan.decode_tokens == plan.tokens and plan.seqs <= self.graph_max
-            stall = yield from self.stream.forward(shape, plan.tokens, ready, graph)
+            stall = yield from self.stream.forward(shape, plan.tokens, ready, graph, step)
             sched.finish(plan, env.now)
             dur = env.now - start
             if self.coalescer is not None:
@@ -82,8 +85,10 @@ class Replica:
             rec.steps.append(StepRecord(self.index, start, dur, plan.tokens, plan.decode_tokens,
                                         plan.seqs, stall, running, used, len(plan.preempted)))
             if rec.trace:
-                rec.span("step", f"dev{self.index} engine", start, dur, tokens=plan.tokens,
-                         decode_tokens=plan.decode_tokens, seqs=plan.seqs, preempted=len(plan.preempted))
+                rec.span("step", f"dev{self.index} engine", start, dur, step=step, tokens=plan.tokens,
+                         decode_tokens=plan.decode_tokens, seqs=plan.seqs, preempted=len(plan.preempted),
+                         running=running, kv_blocks=used, graph=graph)
+            step += 1
         rec.preemptions += sched.preemptions
         rec.recomputed_tokens += sched.recomputed_tokens
         rec.counter(track, env.now, blocks_used=pool.used, running=0, waiting=0)
@@ -99,28 +104,29 @@ class Replica:
                 f"{len(sched.running)} running and {len(sched.waiting)} waiting sequences and "
                 f"{sched.pool.free} of {sched.pool.total} KV blocks free")
 
-    def host_work(self, tokens: int, shape: BatchShape):
+    def host_work(self, tokens: int, shape: BatchShape, step: int):
         """The step's host work before the forward (see the module docstring); returns the
         prefetch handles (None on demand)."""
         return (yield from engine_host_work(self.env, self.stream, self.fetcher, self.rec, self.index, tokens,
-                                            self.prefetch, shape))
+                                            self.prefetch, shape, step))
 
 
 def engine_host_work(env, stream: ComputeStream, fetcher: Fetcher | None, rec: Recorder, index: int, tokens: int,
-                     prefetch: bool, shape: BatchShape):
+                     prefetch: bool, shape: BatchShape, step: int | None = None):
     """Per-step engine host work (inference and training share it): the overhead, then the hash
-    and the prefetch launch as :mod:`planner.stages` places them. Returns the handles."""
+    and the prefetch launch as :mod:`planner.stages` places them. Returns the handles. ``step``:
+    the device's step (a span arg)."""
     track = f"dev{index} engine"
     start = env.now
     overhead = float(stream.cost.step_overhead(shape))
     if overhead > 0:
         yield env.timeout(overhead)
-        rec.span("overhead", track, start, overhead)
+        rec.span("overhead", track, start, overhead, step=step, tokens=tokens)
     if fetcher is None or not stream.engram_layers:
         rec.host_s += env.now - start
         return None
     if prefetch:
-        ready = fetcher.start(tokens, fetcher.offloaded)
+        ready = fetcher.start(tokens, fetcher.offloaded, step=step)
         if fetcher.host.shared:  # the worker holds the compute cores: the forward waits for it
             yield env.all_of([h.process for h in ready.values()])
         rec.host_s += env.now - start
@@ -129,6 +135,6 @@ def engine_host_work(env, stream: ComputeStream, fetcher: Fetcher | None, rec: R
     if hashing > 0:
         t0 = env.now
         yield env.timeout(hashing)
-        rec.span("hash", track, t0, hashing, tokens=tokens)
+        rec.span("hash", track, t0, hashing, step=step, tokens=tokens, layers=len(fetcher.offloaded))
     rec.host_s += env.now - start
     return None

@@ -107,7 +107,7 @@ class SimMetrics:
     baseline: dict | None = None
     throughput_drop: float | None = None
     spans: list[Span] = field(default_factory=list, repr=False)
-    counters: list[Counter] = field(default_factory=list, repr=False)  # KV use over time (traced runs)
+    counters: list[Counter] = field(default_factory=list, repr=False)  # traced runs: KV use, pipe loads
     approximations: list[str] = field(default_factory=list)
 
     def with_baseline(self, base: "SimMetrics") -> "SimMetrics":

@@ -26,7 +26,7 @@ import simpy
 from planner.costmodel import CostModel
 from planner.sim.fluid import FluidResource
 from planner.stages import engram_cores_per_device
-from planner.trace import Counter, Span
+from planner.trace import FLOW_IN, FLOW_OUT, Counter, Span
 
 
 @dataclass
@@ -80,12 +80,23 @@ class StepRecord:
     preempted: int = 0
 
 
+@dataclass(slots=True)
+class Trail:
+    """What the spans of one traced lookup share: the engine step it serves, and the flow id its
+    next span takes in (the previous stage's ``flow_out``), so that a trace draws the lookup as
+    arrows gather -> copy -> the Engram op that uses the rows (:mod:`planner.trace`)."""
+
+    step: int | None = None
+    flow: int | None = None
+
+
 @dataclass
 class Recorder:
     """Accumulates what the metrics need; spans only when ``trace`` is on (they cost memory)."""
 
     trace: bool = False
     spans: list[Span] = field(default_factory=list)
+    # KV use of each device, and the load of the shared pipes (:meth:`load`).
     counters: list[Counter] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     # Per Engram layer: total stall of compute, and time in each fetch stage (summed over steps).
@@ -114,13 +125,57 @@ class Recorder:
     preemptions: int = 0
     recomputed_tokens: int = 0  # KV tokens dropped by preemption and prefilled again
 
-    def span(self, name: str, track: str, start_s: float, dur_s: float, **args) -> None:
+    flow_ids: int = 0  # flow ids handed out so far
+    # Per load counter track: the time, value and index in ``counters`` of its latest sample.
+    loads: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+
+    def trail(self, step: int | None) -> Trail | None:
+        """A new lookup's trail when tracing (None otherwise: nothing to link)."""
+        return Trail(step) if self.trace else None
+
+    def span(self, name: str, track: str, start_s: float, dur_s: float, trail: Trail | None = None,
+             ends: bool = False, **args) -> None:
+        """Record a span (tracing only; an empty one is left out). ``trail``: the span is a
+        stage of that lookup: it takes the step, the flow in from the trail's previous span and,
+        unless it ``ends`` the trail (the consumer), a new flow out to the next one."""
         if self.trace and dur_s > 0:
+            if trail is not None:
+                if trail.step is not None:
+                    args["step"] = trail.step
+                if trail.flow is not None:
+                    args[FLOW_IN] = trail.flow
+                if ends:
+                    trail.flow = None
+                else:
+                    self.flow_ids += 1
+                    trail.flow = args[FLOW_OUT] = self.flow_ids
             self.spans.append(Span(name, track, start_s, dur_s, args))
 
     def counter(self, track: str, time_s: float, **values: float) -> None:
         if self.trace:
             self.counters.append(Counter(track, time_s, values))
+
+    def load(self, tracks: list[str], pipe: FluidResource) -> None:
+        """Sample the load of ``pipe`` (its flows' rates over its capacity, 0..1) on each counter
+        track of ``tracks``, when tracing. Called wherever a flow joins or leaves the pipe:
+        between those instants the rates are constant, so the samples are the exact step chart.
+        A sample equal to the track's previous one is dropped, one at the same instant replaces
+        it (the count stays bounded by the transfers, not their interleaving)."""
+        if not self.trace:
+            return
+        now = pipe.env.now
+        value = min(1.0, sum(f.rate for f in pipe.flows) / pipe.capacity)
+        for track in tracks:
+            last = self.loads.get(track)
+            if last is not None and last[1] == value:
+                continue
+            if last is not None and last[0] == now:
+                index = last[2]
+                self.counters[index] = Counter(track, now, {"utilisation": value})
+            else:
+                index = len(self.counters)
+                self.counters.append(Counter(track, now, {"utilisation": value}))
+            self.loads[track] = (now, value, index)
 
     def stage(self, layer: int, stage: str, dur_s: float) -> None:
         self.stage_s[layer][stage] += dur_s

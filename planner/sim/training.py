@@ -50,26 +50,28 @@ class Trainer:
         forward = self.stream.ops(shape)
         backward = self.stream.ops(shape, factor=backward_factor, reverse=True)
         fetching = self.fetcher is not None and bool(self.offloaded)
-        ready = self.fetcher.start(tokens, self.offloaded) if fetching and self.prefetch else None
+        ready = self.fetcher.start(tokens, self.offloaded, step=0) if fetching and self.prefetch else None
         previous_updates: list[simpy.Process] = []
         for k in range(w.steps):
             start = env.now
             next_ready = None
             if fetching and self.prefetch and k + 1 < w.steps:
-                next_ready = self.fetcher.start(tokens, self.offloaded)
+                next_ready = self.fetcher.start(tokens, self.offloaded, step=k + 1)
             elif self.fetcher is not None and not self.prefetch:
                 hashing = self.fetcher.hash_seconds(tokens)  # on the engine thread, before the forward
                 yield env.timeout(hashing)
-                self.rec.span("hash", f"dev{self.index} engine", env.now - hashing, hashing, tokens=tokens)
-            stall = yield from self.stream.run(forward, tokens, ready if self.prefetch else None,
-                                               phase="forward")
+                self.rec.span("hash", f"dev{self.index} engine", env.now - hashing, hashing, step=k, tokens=tokens,
+                              layers=len(self.offloaded))
+            stall = yield from self.stream.run(forward, tokens, ready if self.prefetch else None, step=k,
+                                               phase="forward", batch=w.batch_size)
             updates: list[simpy.Process] = []
 
             def after(op: Op) -> None:
                 if fetching and op.kind == "engram" and op.layer in self.stream.offloaded:
-                    updates.append(env.process(self.fetcher.write_back(op.layer, tokens, w.table_optimizer)))
+                    updates.append(env.process(self.fetcher.write_back(op.layer, tokens, w.table_optimizer, k)))
 
-            yield from self.stream.run(backward, tokens, None, wait_rows=False, after_op=after, phase="backward")
+            yield from self.stream.run(backward, tokens, None, wait_rows=False, after_op=after, step=k,
+                                       phase="backward", batch=w.batch_size)
             barrier_start = env.now
             pending = [p for p in previous_updates if not p.processed]
             if k + 1 == w.steps:  # the last step drains everything
@@ -80,4 +82,5 @@ class Trainer:
             previous_updates, ready = updates, next_ready
             dur = env.now - start
             self.rec.steps.append(StepRecord(self.index, start, dur, tokens, 0, w.batch_size, stall))
-            self.rec.span("step", f"dev{self.index} engine", start, dur, tokens=tokens, step=k)
+            self.rec.span("step", f"dev{self.index} engine", start, dur, step=k, tokens=tokens, batch=w.batch_size,
+                          stall_s=stall)
