@@ -67,11 +67,32 @@ def swiglu_params(d_model: int, width: int) -> int:
 
 
 def hyper_connection_params(model: ModelSpec) -> int:
-    """Parameters of one hyper-connection wrapper (0 when hc_mult == 1)."""
+    """Parameters of one hyper-connection wrapper (0 when hc_mult == 1). mHC: the projection
+    ``phi`` from the flattened ``M d`` branches to ``M^2 + 2M`` coefficients, their biases and
+    three gates (``reference_model.hyper.ManifoldHyperConnection``). Dynamic HC: the static mixes,
+    the per-branch projections ``d -> M+1`` and ``d -> 1``, a norm gain and two scales."""
     m, d = model.hc_mult, model.d_model
     if m == 1:
         return 0
+    if model.hc_kind == "mhc":
+        return m * d * (m * m + 2 * m) + m * m + 2 * m + 3
     return m * (m + 1) + m + d * (m + 1) + d + d + 2
+
+
+def hyper_connection_flops(model: ModelSpec) -> int:
+    """FLOPs of one hyper-connection wrapper per token (0 when hc_mult == 1): 2 per
+    multiply-add. mHC: the projection of the flattened branches (``2 M d (M^2 + 2M)``), their
+    RMS (``2 M d``), ``Hpre x`` (``2 M d``), ``Hres x`` (``2 M^2 d``), the depth sum
+    (``2 M d``) and Sinkhorn-Knopp (``exp`` and ``4 M^2`` a round). Dynamic HC: the per-branch
+    norm and projections (``M (2d + 2d (M + 2))``), the width mix (``2 M (M + 1) d``) and the
+    depth sum (``2 M d``)."""
+    m, d = model.hc_mult, model.d_model
+    if m == 1:
+        return 0
+    if model.hc_kind == "mhc":
+        return (2 * m * d * (m * m + 2 * m) + 2 * m * d + 2 * m * d + 2 * m * m * d + 2 * m * d
+                + m * m + 4 * m * m * model.hc_sinkhorn_iters)
+    return m * (2 * d + 2 * d * (m + 2)) + 2 * m * (m + 1) * d + 2 * m * d
 
 
 def engram_dense_params(model: ModelSpec) -> int:

@@ -43,6 +43,7 @@ from planner.accounting import (
     engram_dense_params,
     engram_row_bytes,
     engram_table_bytes,
+    hyper_connection_flops,
     hyper_connection_params,
     kv_cache_bytes_per_token,
     swiglu_params,
@@ -148,6 +149,7 @@ class CostModel:
         # Per-layer constants (parameter counts come from planner.accounting only).
         self._attn_params = attention_params(model)
         self._hc_params = hyper_connection_params(model)
+        self._hc_flops = hyper_connection_flops(model)  # per token, the wrapper of one sublayer
         self._kv_bytes_layer = kv_cache_bytes_per_token(model) / model.n_layers
         self._dense_ffn_params = swiglu_params(model.d_model, model.ffn.dense_width)
         moe = model.ffn.moe
@@ -156,8 +158,9 @@ class CostModel:
         e = model.engram
         self.row_bytes = float(engram_row_bytes(model)) if e else 0.0
         self.hash_indices_per_token = float(e.rows_per_token * len(e.layer_ids)) if e else 0.0
-        # Sublayers wrapped in dynamic hyper-connections (hc_mult > 1) run a dozen extra small
-        # kernels (norm, two projections, tanh, branch mixing) per call, and the embedding
+        # Sublayers wrapped in hyper-connections (hc_mult > 1) run extra small kernels per call
+        # (mHC: the flattened projection, its norm, sigmoids, Sinkhorn-Knopp's rounds, the
+        # mixes; dynamic HC: norm, two projections, tanh, the mix), and the embedding
         # broadcasts to the branches: different ops for calibrated curves, whose kinds say so
         # (``attention:mla+hc``, ``ffn:dense+hc``, ``embed+hc``).
         self._hc_kind = "+hc" if model.hc_mult > 1 else ""
@@ -216,7 +219,7 @@ class CostModel:
             pair_flops = (prefill_pairs * 2 * h * (att.qk_nope_head_dim + r + att.v_head_dim)
                           + prior_keys * 2 * h * c * (att.qk_nope_head_dim + att.v_head_dim)
                           + b.decode_pairs * (2 * h * (c + r) + 2 * h * c))
-        flops = 2 * b.tokens * (self._attn_params + self._hc_params) + pair_flops
+        flops = 2 * b.tokens * self._attn_params + b.tokens * self._hc_flops + pair_flops
         bytes_ = (
             (self._attn_params + self._hc_params) * self.width
             + (b.kv_read + b.tokens) * self._kv_bytes_layer
@@ -233,7 +236,7 @@ class CostModel:
         """
         m = self.model
         d, act = m.d_model, b.tokens * m.d_model * self.width * 2 * m.hc_mult
-        hc = 2 * b.tokens * self._hc_params
+        hc = b.tokens * self._hc_flops
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act

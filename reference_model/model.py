@@ -51,7 +51,7 @@ from reference_model.attention import LayerKVCache, build_attention
 from reference_model.compression import Compressor
 from reference_model.engram import EngramModule
 from reference_model.hashing import NgramHasher
-from reference_model.hyper import HyperConnection
+from reference_model.hyper import HyperConnection, ManifoldHyperConnection
 from reference_model.layers import INIT_STD, RMSNorm, SwiGLU, torch_dtype
 from reference_model.moe import MoE
 from reference_model.prefetch import RowHandle
@@ -108,12 +108,16 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(d, eps)
         self.ffn = MoE(d, spec.ffn.moe) if spec.is_moe_layer(layer_id) else SwiGLU(d, spec.ffn.dense_width)
         if spec.hc_mult > 1:
-            self.hc_attn = HyperConnection(d, spec.hc_mult, 2 * layer_id, eps)
-            self.hc_ffn = HyperConnection(d, spec.hc_mult, 2 * layer_id + 1, eps)
+            if spec.hc_kind == "mhc":
+                self.hc_attn = ManifoldHyperConnection(d, spec.hc_mult, 2 * layer_id, spec.hc_sinkhorn_iters, eps)
+                self.hc_ffn = ManifoldHyperConnection(d, spec.hc_mult, 2 * layer_id + 1, spec.hc_sinkhorn_iters, eps)
+            else:
+                self.hc_attn = HyperConnection(d, spec.hc_mult, 2 * layer_id, eps)
+                self.hc_ffn = HyperConnection(d, spec.hc_mult, 2 * layer_id + 1, eps)
         else:
             self.hc_attn = self.hc_ffn = None
 
-    def sublayer(self, H_BTMD, hc: HyperConnection | None, fn) -> torch.Tensor:
+    def sublayer(self, H_BTMD, hc: HyperConnection | ManifoldHyperConnection | None, fn) -> torch.Tensor:
         if hc is None:  # plain pre-norm residual on the single branch
             return H_BTMD + fn(H_BTMD[:, :, 0]).unsqueeze(2)
         x_BTD, residual_BTMD, beta_BTM = hc.width(H_BTMD)

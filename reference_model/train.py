@@ -39,7 +39,8 @@ def corpus_ids(tokenizer_path: str | None = None) -> np.ndarray:
 NO_DECAY = frozenset({
     "bias", "key_bias",  # biases
     "key_norm", "query_norm", "conv_norm",  # Engram's per-branch RMSNorm gains [M, D]
-    "static_alpha", "static_beta", "alpha_scale", "beta_scale",  # hyper-connection mixes and gates
+    "static_alpha", "static_beta", "alpha_scale", "beta_scale",  # dynamic HC mixes and gates
+    "pre_bias", "post_bias", "res_bias", "pre_gate", "post_gate", "res_gate",  # mHC's
 })
 
 
@@ -48,7 +49,7 @@ def parameter_groups(model: EngramModel) -> dict[str, list[tuple[str, torch.nn.P
     ``tables`` (Engram embedding tables: the sparse optimiser), ``no_decay`` (RMSNorm gains,
     biases, hyper-connection mixes: :data:`NO_DECAY`), ``decay`` (weight matrices and
     projections: linear, convolution, embedding, expert and router weights, the key projection,
-    the dynamic HC projections)."""
+    the dynamic HC projections and mHC's phi)."""
     from reference_model.engram import EngramModule
     from reference_model.layers import RMSNorm
 

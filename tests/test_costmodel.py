@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from planner.accounting import attention_params, engram_row_bytes, swiglu_params
+from planner.accounting import attention_params, engram_row_bytes, hyper_connection_flops, swiglu_params
 from planner.costmodel import BatchShape, CostModel
 from planner.efficiency import Efficiency
 from planner.loading import load_hardware, load_model
@@ -86,7 +86,7 @@ def test_mla_counts_expanded_prefill_and_absorbed_decode_pairs():
     model = load_model("tiny")
     att, c = model.attention, CostModel(load_model("tiny"), load_hardware("h800"))
     h, kv, r = att.n_heads, att.kv_lora_rank, att.qk_rope_head_dim
-    per_token = 2 * (attention_params(model) + c._hc_params)
+    per_token = 2 * attention_params(model) + hyper_connection_flops(model)
     dec, pre = BatchShape.decode(4, 63), BatchShape.prefill(32)
     assert c.attention(dec).flops == pytest.approx(4 * per_token + 4 * 64 * (2 * h * (kv + r) + 2 * h * kv))
     expanded = 2 * h * (att.qk_nope_head_dim + r + att.v_head_dim)

@@ -48,9 +48,9 @@ def randomise(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("conv.weight", "dynamic_alpha", "dynamic_beta")):
+            if name.endswith(("conv.weight", "dynamic_alpha", "dynamic_beta", "phi")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-            elif name.endswith(("alpha_scale", "beta_scale")):
+            elif name.endswith(("alpha_scale", "beta_scale", "pre_gate", "post_gate", "res_gate")):
                 p.fill_(0.5)
     return model
 
@@ -78,10 +78,11 @@ def test_parameter_count_equals_accounting(name):
     assert sum(p.numel() for p in lazy.parameters()) == param_counts(spec).backbone
 
 
-@pytest.mark.parametrize("name,hc", [("tiny", 2), ("tiny", 1), ("tiny-gqa", 1), ("tiny-gqa", 3)])
-def test_incremental_decode_matches_full_forward(name, hc):
+@pytest.mark.parametrize("name,hc,kind", [("tiny", 2, "mhc"), ("tiny", 2, "dynamic"), ("tiny", 1, "mhc"),
+                                          ("tiny-gqa", 1, "mhc"), ("tiny-gqa", 3, "mhc")])
+def test_incremental_decode_matches_full_forward(name, hc, kind):
     torch.manual_seed(0)
-    model = randomise(EngramModel(fp32(name, hc_mult=hc))).eval()
+    model = randomise(EngramModel(fp32(name, hc_mult=hc, hc_kind=kind))).eval()
     ids = torch.randint(0, 2048, (2, 17))
     with torch.no_grad():
         full = model(ids)
@@ -272,3 +273,68 @@ def test_left_padded_batch_rows_are_hashed_but_not_embedded():
         model(ids)
     with pytest.raises(ValueError, match="below vocab_size"):
         model.host_row_ids(torch.full((1, 3), model.spec.vocab_size))
+
+
+# ----------------------------------------------------------------------------- mHC
+
+
+def _hc_inputs(model, ids):
+    """The residual stream each block's attention hyper-connection sees, captured by a hook."""
+    seen = []
+    originals = [b.hc_attn.width for b in model.blocks]
+    for b, width in zip(model.blocks, originals):
+        b.hc_attn.width = (lambda w: (lambda H: (seen.append(H.detach()), w(H))[1]))(width)
+    with torch.no_grad():
+        model(ids)
+    for b, width in zip(model.blocks, originals):
+        b.hc_attn.width = width
+    return seen
+
+
+def test_sinkhorn_knopp_projects_onto_doubly_stochastic_matrices():
+    from reference_model.hyper import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(0)
+    m = sinkhorn_knopp(torch.randn(64, 4, 4, generator=g, dtype=torch.float64), 20)
+    assert (m > 0).all()
+    assert torch.allclose(m.sum(-1), torch.ones(64, 4, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert torch.allclose(m.sum(-2), torch.ones(64, 4, dtype=torch.float64), atol=1e-6, rtol=0)
+    few = sinkhorn_knopp(torch.randn(64, 4, 4, generator=g, dtype=torch.float64) * 3, 1)
+    assert (few.sum(-1) - 1).abs().max() > 1e-6  # one round is not enough: the test can fail
+
+
+def test_mhc_residual_mixes_are_doubly_stochastic_on_a_trained_model():
+    """The residual matrices the model uses on real text, after training with mHC, are doubly
+    stochastic to 1e-6 (entries >= 0, rows and columns summing to 1), and Hpre, Hpost are in
+    (0, 1) and (0, 2)."""
+    from reference_model.train import train
+
+    spec = fp32("tiny")
+    assert spec.hc_kind == "mhc" and spec.hc_mult == 2
+    model = EngramModel(spec)
+    losses = train(spec, 40, batch_size=4, seq_len=32, model=model, dtype="fp32")
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # training with mHC lowers the loss
+    assert model.blocks[0].hc_attn.phi.abs().max() > 0  # it learned dynamic mixes
+    ids = torch.randint(0, spec.vocab_size, (2, 24), generator=torch.Generator().manual_seed(3))
+    for block, H in zip(model.blocks, _hc_inputs(model, ids)):
+        pre, post, res = block.hc_attn.mappings(H)
+        res = res.double()
+        assert (res >= 0).all()
+        assert (res.sum(-1) - 1).abs().max() < 1e-6 and (res.sum(-2) - 1).abs().max() < 1e-6
+        assert ((pre > 0) & (pre < 1)).all() and ((post > 0) & (post < 2)).all()
+
+
+def test_mhc_starts_as_a_plain_residual_on_identical_branches():
+    """At initialisation Hpre reads branch (layer mod n) with weights summing to 1, Hpost = 1 and
+    Hres is doubly stochastic: on identical branches the block is a pre-norm residual."""
+    from reference_model.hyper import ManifoldHyperConnection
+
+    hc = ManifoldHyperConnection(16, 4, 5, 20, 1e-6)
+    H = torch.randn(2, 3, 1, 16).expand(2, 3, 4, 16)
+    pre, post, res = hc.mappings(H)
+    assert torch.allclose(pre.sum(-1), torch.ones(2, 3)) and int(pre[0, 0].argmax()) == 5 % 4
+    assert torch.allclose(post, torch.ones_like(post))
+    assert torch.allclose(res.sum(-1), torch.ones(2, 3, 4)) and torch.allclose(res.sum(-2), torch.ones(2, 3, 4))
+    x, residual, post = hc.width(H)
+    torch.testing.assert_close(x, H[:, :, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(residual, H, atol=1e-5, rtol=0)

@@ -49,10 +49,10 @@ def test_weight_decay_by_name_spares_norms_biases_and_mixes(name):
     decayed = ["embed.weight", "head.weight", f"blocks.{engram}.engram.key_weight",
                f"blocks.{engram}.engram.value_proj.weight", f"blocks.{engram}.engram.conv.weight",
                "blocks.0.attn.wo.weight", "blocks.0.ffn.w2.weight" if name == "tiny" else "blocks.0.ffn.w1.weight"]
-    if model.spec.hc_mult > 1:
-        spared += ["blocks.0.hc_attn.static_alpha", "blocks.0.hc_attn.static_beta", "blocks.0.hc_attn.alpha_scale",
-                   "blocks.0.hc_attn.norm.weight"]
-        decayed += ["blocks.0.hc_attn.dynamic_alpha"]
+    if model.spec.hc_mult > 1:  # mHC (the default): biases and gates spared, the projection decayed
+        spared += [f"blocks.0.hc_attn.{k}" for k in ("pre_bias", "post_bias", "res_bias", "pre_gate", "post_gate",
+                                                      "res_gate")]
+        decayed += ["blocks.0.hc_attn.phi"]
     if model.spec.attention.kind == "mla":
         spared += ["blocks.0.attn.q_norm.weight", "blocks.0.attn.kv_norm.weight"]
     for n in spared:
@@ -60,3 +60,11 @@ def test_weight_decay_by_name_spares_norms_biases_and_mixes(name):
     for n in decayed:
         assert n in groups["decay"] and decay_of[id(named[n])] == 0.1, n
     assert all(n.endswith("engram.table.weight") for n in groups["tables"]) and groups["tables"]
+
+
+def test_weight_decay_spares_the_dynamic_hc_mixes():
+    spec = load_model("tiny").model_copy(update={"dtype": "fp32", "hc_kind": "dynamic"})
+    groups = {k: dict(v) for k, v in parameter_groups(EngramModel(spec)).items()}
+    for k in ("static_alpha", "static_beta", "alpha_scale", "norm.weight"):
+        assert f"blocks.0.hc_attn.{k}" in groups["no_decay"], k
+    assert "blocks.0.hc_attn.dynamic_alpha" in groups["decay"]

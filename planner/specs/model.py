@@ -223,6 +223,12 @@ class ModelSpec(Spec):
     attention: Attention
     ffn: FFNSpec
     hc_mult: PositiveInt = Field(default=1, description="hyper-connection branches; 1 = plain")
+    hc_kind: Literal["mhc", "dynamic"] = Field(
+        default="mhc", description="mhc: manifold-constrained hyper-connections (arXiv 2512.24880; the Engram "
+        "paper's backbones), residual mixing projected onto doubly-stochastic matrices; dynamic: the "
+        "unconstrained dynamic hyper-connections they refine (arXiv 2409.19606)")
+    hc_sinkhorn_iters: PositiveInt = Field(
+        default=20, le=1000, description="Sinkhorn-Knopp iterations of mHC's residual projection (the paper: 20)")
     engram: EngramSpec | None = None
     dtype: DType = "bf16"
     tie_embeddings: bool = False
