@@ -224,7 +224,7 @@ def _training_step(scenario: Scenario, efficiency, base_dir, overrides: dict) ->
         stages = {"host_gather": zero.copy(), "link": zero.copy(), "disk": zero.copy()}  # of the on-demand lookups
         for layer, (lf, table) in _lookups(scenario, cost, p, host, tokens, a, base_dir).items():
             grads = lf.rows * cost.row_bytes
-            write = 0.0 * grads if hw.device.kind == "cpu" else cost.transfer(grads, "d2h", "pinned")
+            write = 0.0 * grads if hw.device.kind == "cpu" or hw.unified else cost.transfer(grads, "d2h", "pinned")
             optim = cost.optimizer_bytes(lf.rows, w.table_optimizer) / np.minimum(
                 cost.gather_rate(host.cores, table), cost.host_dram_rate() / devices)
             pool, disk = pool + lf.host_s + optim, disk + lf.disk_s

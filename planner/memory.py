@@ -75,6 +75,9 @@ class DeviceMemory:
     block_tokens: int
     blocks: int
     limited: bool = True  # False: blocks for every request whatever the memory (a what-if)
+    # One memory pool (link.kind: unified): the part of the device's allowance that host-tier
+    # tables already hold.
+    shared: float = 0.0
 
     @property
     def usable(self) -> float:
@@ -83,7 +86,7 @@ class DeviceMemory:
     @property
     def kv_bytes(self) -> float:
         """What is left for the KV cache (negative when the rest does not fit)."""
-        return self.usable - self.weights - self.engram - self.workspace - self.runtime
+        return self.usable - self.weights - self.engram - self.workspace - self.runtime - self.shared
 
     @property
     def block_bytes(self) -> float:
@@ -108,7 +111,9 @@ class DeviceMemory:
             return f"KV cache not limited by memory ({self.blocks:,} blocks of {self.block_tokens} tokens: every request fits)"
         return (f"{self.utilization:g} x {self.capacity / gb:.1f} GB = {self.usable / gb:.1f} GB usable: weights "
                 f"{self.weights / gb:.2f} GB, Engram on device {self.engram / gb:.2f} GB, activation workspace "
-                f"{self.workspace / gb:.2f} GB, runtime {self.runtime / gb:.2f} GB, KV cache {self.kv_bytes / gb:.2f} GB "
+                f"{self.workspace / gb:.2f} GB, runtime {self.runtime / gb:.2f} GB"
+                + (f", host-tier tables in the shared pool {self.shared / gb:.2f} GB" if self.shared else "")
+                + f", KV cache {self.kv_bytes / gb:.2f} GB "
                 f"= {self.blocks:,} blocks of {self.block_tokens} tokens ({self.kv_tokens:,} tokens)")
 
 
@@ -135,11 +140,15 @@ def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceM
     runtime = RUNTIME_RESERVED_BYTES if hw.device.kind == "cuda" else 0.0
     per_token = kv_cache_bytes_per_token(model)
     block = w.block_size
-    free = hw.device.memory * w.gpu_memory_utilization - weights - engram - workspace - runtime
+    shared = 0.0
+    if hw.unified:  # one pool: the host-tier tables (and every other device) take from it too
+        pool_share = (hw.host.memory - footprint.host) * w.gpu_memory_utilization / hw.device.count
+        shared = max(0.0, hw.device.memory * w.gpu_memory_utilization - pool_share)
+    free = hw.device.memory * w.gpu_memory_utilization - weights - engram - workspace - runtime - shared
     blocks = max(0, math.floor(free / (block * per_token))) if per_token > 0 else 0
     return DeviceMemory(capacity=hw.device.memory, utilization=w.gpu_memory_utilization, weights=weights,
                         engram=engram, workspace=workspace, runtime=runtime, kv_bytes_per_token=per_token,
-                        block_tokens=block, blocks=blocks)
+                        block_tokens=block, blocks=blocks, shared=shared)
 
 
 def check_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceMemory:

@@ -127,7 +127,10 @@ class LayerFetch:
 
 
 def copy_mode(cost: CostModel, placement: EngramPlacement) -> str:
-    if cost.hardware.device.kind == "cpu":
+    """How gathered rows reach the device: ``none`` where they land in device-usable memory (a
+    CPU device; one memory pool, ``link.kind: unified``, where even ``host_mode: uva`` has no
+    link to read over), ``uva``, ``pinned`` or ``pageable`` copies."""
+    if cost.hardware.device.kind == "cpu" or cost.hardware.unified:
         return "none"
     if placement.host_mode == "uva":
         return "uva"

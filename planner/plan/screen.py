@@ -54,12 +54,15 @@ def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
     f = group.cache_fraction
     cache = f * (full.device - zero.device)
     device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_"))
+    device = zero.device + cache + kv
+    # One memory pool (link.kind: unified): every device's allocations are host memory too.
+    pooled = device * study.scenario.hardware.device.count if study.scenario.hardware.unified else 0.0
     return {
-        "device_bytes": zero.device + cache + kv,
+        "device_bytes": device,
         "device_engram_bytes": device_tables + cache,
         "weight_bytes": np.full(f.shape, zero.breakdown["weights"]),
         "kv_cache_bytes": kv,
-        "host_bytes": np.full(f.shape, zero.host),
+        "host_bytes": np.full(f.shape, zero.host) + pooled,
         "disk_bytes": np.full(f.shape, zero.disk),
     }
 

@@ -89,8 +89,8 @@ class Coalescer:
         env = simpy.Environment()
         node = Node(env, self.cost)
         rec = Recorder()
-        placement, traffic, row_bytes, cpu = self.fetch_args
-        fetcher = Fetcher(env, node, node.devices[self.index], self.cost, placement, traffic, row_bytes, rec, cpu,
+        placement, traffic, row_bytes, in_place = self.fetch_args
+        fetcher = Fetcher(env, node, node.devices[self.index], self.cost, placement, traffic, row_bytes, rec, in_place,
                           exclusive=True)
         return env, node, rec, fetcher
 
@@ -230,7 +230,7 @@ class Coalescer:
                 for stage, value in stages.items():
                     rec.stage_s[layer][stage] += k * value
             rec.regime.update(t.regime)
-            rec.cpu_gathered += k * t.cpu_gathered
+            rec.in_place_gathered += k * t.in_place_gathered
             for pipe, (moved, busy) in zip(_pipes(self.node), tpl.pipes):
                 pipe.moved += k * moved
                 pipe.busy_s += k * busy

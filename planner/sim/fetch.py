@@ -57,10 +57,12 @@ class Fetcher:
 
     def __init__(self, env: simpy.Environment, node: Node, ports: DevicePorts, cost: CostModel,
                  placement: EngramPlacement, traffic: dict[int, NgramTraffic], row_bytes: float,
-                 recorder: Recorder, cpu_device: bool, exclusive: bool = False):
+                 recorder: Recorder, in_place: bool, exclusive: bool = False):
         self.env, self.node, self.ports, self.cost = env, node, ports, cost
         self.placement, self.traffic, self.row_bytes, self.rec = placement, traffic, row_bytes, recorder
-        self.cpu_device = cpu_device
+        # Gathered rows are usable where they land: a CPU "device", or a device sharing one
+        # memory pool with the host (link.kind: unified). No copy, no gradient copy back.
+        self.in_place = in_place
         self.offloaded = [l for l in traffic if placement.tier_of(l) != "device"]
         self.host = host_placement(cost, placement, ports.pool_cores)
         self.tag = f"dev{ports.index} "
@@ -161,7 +163,7 @@ class Fetcher:
                 yield env.timeout(wait)
             yield from self._through(self.node.dram, ["dram"], plan.bytes, plan.gather_rate)
             self._gathered(plan, start, trail)
-            if self.cpu_device:
+            if self.in_place:
                 usable[i].succeed(env.now)
             elif i == len(plans) - 1:  # the last layer: copy it here, after the copies queued
                 if copied is not None and not copied.processed:
@@ -220,7 +222,7 @@ class Fetcher:
                              rows=round(plan.rows), mode="uva", tier=plan.tier)
             return env.now
         yield from self.gather(plan, trail)
-        if self.cpu_device or self.copies_on_stream:
+        if self.in_place or self.copies_on_stream:
             return env.now  # usable in place (CPU), or the compute stream copies it (pageable)
         yield from self.copy(plan, "pinned", trail)
         return env.now
@@ -239,8 +241,8 @@ class Fetcher:
 
     def _gathered(self, plan: LayerFetch, start: float, trail: Trail | None) -> None:
         """Record a gather that began at ``start`` and ends now."""
-        if self.cpu_device:
-            self.rec.cpu_gathered += float(plan.bytes)
+        if self.in_place:
+            self.rec.in_place_gathered += float(plan.bytes)
         self._done_stage(plan.layer, "gather", f"gather_L{plan.layer}", "host_gather", start, trail,
                          bytes=round(plan.bytes), rows=round(plan.rows), lookups=round(plan.lookups), tier=plan.tier,
                          rows_from=plan.regime)
@@ -277,7 +279,7 @@ class Fetcher:
         rows = self.traffic[layer].rows_fetched(tokens, p.cache_fraction, p.dedup)
         grad_bytes = rows * self.row_bytes
         self.rec.d2h_requested += grad_bytes
-        if not self.cpu_device:
+        if not self.in_place:
             with self.ports.d2h_engine.request() as engine:
                 yield engine
                 start = env.now

@@ -200,7 +200,7 @@ def build_metrics(scenario: Scenario, model: ModelSpec, rec: Recorder, node: Nod
         "host_dram": node.dram.utilisation(duration),
     }
     moved = {"h2d": h2d_moved, "d2h": d2h_moved, "host_dram": node.dram.moved,
-             "to_device": h2d_moved + rec.cpu_gathered}
+             "to_device": h2d_moved + rec.in_place_gathered}
     if node.nvme is not None:
         util["nvme"] = node.nvme.utilisation(duration)
         moved["nvme"] = rec.bytes_by_tier.get("nvme_read", 0.0)

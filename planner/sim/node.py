@@ -117,8 +117,8 @@ class Recorder:
     # Op kinds priced beyond the shapes a calibrated profile's op curves were fitted on:
     # kind -> the largest ratio seen.
     extrapolated: dict[str, float] = field(default_factory=dict)
-    # Delivered into device-usable memory by a CPU "device" gathering on its own cores.
-    cpu_gathered: float = 0.0
+    # Delivered into device-usable memory by gathers alone (a CPU "device", one memory pool).
+    in_place_gathered: float = 0.0
     d2h_requested: float = 0.0
     # Compute time by op kind and roofline bound, summed over steps and devices.
     op_s: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))

@@ -92,7 +92,7 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
     node = Node(env, cost)
     rec = Recorder(trace=trace)
     traffic = traffic_for(scenario, model, base_dir)
-    cpu = hw.device.kind == "cpu"
+    in_place = hw.device.kind == "cpu" or hw.unified  # gathered rows need no copy (planner.sim.fetch)
     prefetch = placement.prefetch  # where the worker runs: planner.stages.host_placement
     requests = []
     if isinstance(w, InferenceWorkload):
@@ -101,7 +101,7 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
     for ports in node.devices:
         fetcher, fetch_args = None, None
         if model.engram is not None:  # hashing serves device-tier layers too
-            fetch_args = (placement, traffic, engram_row_bytes(model), cpu)
+            fetch_args = (placement, traffic, engram_row_bytes(model), in_place)
             fetcher = Fetcher(env, node, ports, cost, *fetch_args[:3], rec, fetch_args[3],
                               exclusive=isinstance(w, InferenceWorkload))
         stream = ComputeStream(env, cost, model, placement, fetcher, rec, ports.index)

@@ -20,11 +20,13 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class DeviceSpec(Spec):
-    """The accelerator that runs the model. ``kind: cpu`` means the host CPU itself computes:
-    then the "link" is a memory copy and gathers compete with compute for the same cores."""
+    """The accelerator that runs the model. ``kind: cuda`` is a GPU driven through torch's cuda
+    API (NVIDIA CUDA, or AMD ROCm/HIP), with CUDA graphs; ``metal`` an Apple GPU (MLX/MPS: no CUDA
+    graphs, every kernel launched); ``cpu`` means the host CPU itself computes: then the "link" is
+    a memory copy and gathers compete with compute for the same cores."""
 
     name: str
-    kind: Literal["cuda", "cpu"] = "cuda"
+    kind: Literal["cuda", "metal", "cpu"] = "cuda"
     count: Annotated[int, Field(gt=0)] = Field(default=1, description="devices per node")
     flops: dict[DType, Annotated[FlopPerSecond, Field(gt=0)]] = Field(
         description="dense (not 2:4-sparse) peak per dtype"
@@ -54,9 +56,13 @@ class DeviceSpec(Spec):
 
 
 class LinkSpec(Spec):
-    """The host<->device link (per device, per direction)."""
+    """The host<->device link (per device, per direction). ``unified``: host and device share one
+    physical memory (Apple M-series, DGX Spark's GB10): there is no link to copy over; rows a
+    host worker gathers are read by the device in place, and ``host.memory`` is the one pool that
+    device allocations and host-tier tables share (``nvlink_c2c`` is a coherent link between two
+    memories, GH200/GB200/GB300: rows still cross it)."""
 
-    kind: Literal["pcie3", "pcie4", "pcie5", "pcie6", "nvlink_c2c", "memcpy"]
+    kind: Literal["pcie3", "pcie4", "pcie5", "pcie6", "nvlink_c2c", "memcpy", "unified"]
     h2d_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] = Field(
         description="host-to-device, pinned source, large transfers"
     )
@@ -313,6 +319,14 @@ class HardwareSpec(Spec):
                 f"device.kind is 'cpu' but link.kind is {self.link.kind!r}: a CPU computes on "
                 "host memory, so its 'link' is a memory copy (link.kind: memcpy)"
             )
+        if self.link.kind == "unified" and self.device.memory > self.host.memory:
+            raise ValueError(
+                f"link.kind is 'unified' (one memory pool) but device.memory = {self.device.memory:.4g} B exceeds "
+                f"host.memory = {self.host.memory:.4g} B, the pool: device.memory is the part of the pool the "
+                "device may use")
+        if self.device.kind == "metal" and self.link.kind != "unified":
+            raise ValueError(f"device.kind is 'metal' (an Apple GPU) but link.kind is {self.link.kind!r}: Apple "
+                             "silicon has one memory pool (link.kind: unified)")
         if self.nodes > 1 and self.network is None:
             raise ValueError(f"nodes = {self.nodes} but no network is described")
         if self.device.count % self.link.devices_per_link:
@@ -321,6 +335,11 @@ class HardwareSpec(Spec):
                 f"device.count = {self.device.count}"
             )
         return self
+
+    @property
+    def unified(self) -> bool:
+        """One memory pool for host and device (``link.kind: unified``)."""
+        return self.link.kind == "unified"
 
     @property
     def devices_total(self) -> int:

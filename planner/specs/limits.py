@@ -167,7 +167,12 @@ def capacity_problems(scenario) -> list[str]:
         out.append(f"weights ({format_bytes(fp.breakdown['weights'])}) and device-tier Engram tables and "
                    f"caches ({format_bytes(tables)}) need {format_bytes(fp.device)} per device, but "
                    f"hardware.device.memory is {format_bytes(hw.device.memory)}")
-    if fp.host > hw.host.memory:
+    if hw.unified and fp.host + fp.device * hw.device.count > hw.host.memory:
+        out.append(f"one memory pool (link.kind: unified): the devices' weights and tables "
+                   f"({format_bytes(fp.device * hw.device.count)}) and the host-tier tables ({format_bytes(fp.host)}) "
+                   f"need {format_bytes(fp.host + fp.device * hw.device.count)}, but hardware.host.memory (the "
+                   f"pool) is {format_bytes(hw.host.memory)}")
+    elif fp.host > hw.host.memory:
         out.append(f"host-tier Engram tables (and the disk tier's page cache) need {format_bytes(fp.host)} "
                    f"of DRAM per node, but hardware.host.memory is {format_bytes(hw.host.memory)}")
     if fp.disk and hw.nvme is not None and fp.disk > hw.nvme.capacity:
