@@ -25,7 +25,7 @@ demo: setup
 
 # Timing gates (marker `serial`) measure this machine, so they run alone after the rest.
 test: setup
-	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not serial"
 	$(BIN)/python -m pytest -m serial
 
 clean:

@@ -151,8 +151,19 @@ def sim_layers(layers: list[dict]) -> go.Figure:
         fig.add_bar(x=x, y=[1e3 * (l.get(key) or 0.0) for l in layers], name=name, marker_color=color)
     totals = [1e3 * sum(l.get(k) or 0.0 for k in ("attention_s", "ffn_s", "engram_s", "exposed_s"))
               for l in layers]
-    fig.add_scatter(x=x, y=totals, mode="text", text=[l["bound"] for l in layers], textposition="top center",
-                    textfont={"size": 9, "color": "#555"}, showlegend=False, hoverinfo="skip")
+    # One label per run of blocks with the same bound, over the run's middle ("compute x 29"):
+    # a label on each of 30 bars runs into its neighbours.
+    runs: list[list[int]] = []
+    for i, l in enumerate(layers):
+        if runs and layers[runs[-1][-1]]["bound"] == l["bound"]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    mid = [r[len(r) // 2] for r in runs]
+    fig.add_scatter(x=[x[i] for i in mid], y=[max(totals[j] for j in r) for i, r in zip(mid, runs)], mode="text",
+                    text=[layers[r[0]]["bound"] + (f" × {len(r)}" if len(r) > 1 else "") for r in runs],
+                    textposition="top center", textfont={"size": 10, "color": "#555"}, showlegend=False,
+                    hoverinfo="skip")
     fig.update_layout(barmode="stack")
     return style(fig, "Per block (simulated, per step) with bound labels", "block", "ms", 380)
 

@@ -35,11 +35,11 @@ def baseline_of(scenario: Scenario) -> Scenario:
 
 def resident_kv_tokens(scenario: Scenario) -> int:
     """Tokens held in one device's KV cache at the workload's worst case (full batch of
-    longest sequences); training: one batch of sequences."""
+    longest sequences); training keeps none (its activations are not a KV cache)."""
     w = scenario.workload
     if isinstance(w, InferenceWorkload):
         return w.max_num_seqs * (length_bounds(w.prompt_len)[1] + length_bounds(w.output_len)[1])
-    return w.batch_size * w.seq_len
+    return 0
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -308,7 +308,8 @@ def workload_input(scope: str, default: dict) -> dict:
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=200).strip().removesuffix("...").strip()
+    # in the order the spec writes it ({kind: uniform, low: .., high: ..}), not sorted
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=200).strip().removesuffix("...").strip()
 
 
 def placement_input(scope: str, default: dict, layer_ids: list[int]) -> dict:

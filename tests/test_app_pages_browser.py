@@ -26,7 +26,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 SCREENSHOTS = ROOT / "out" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 
-pytestmark = pytest.mark.browser
+# One server and one tab for the module: xdist keeps its tests on one worker (make test: --dist loadgroup).
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("dashboard-pages")]
 
 # (screenshot name, URL path, st.title text, draws a plotly chart on first load)
 PAGES = [

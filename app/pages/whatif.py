@@ -105,7 +105,8 @@ with left:
     text = (f"GPU {format_bytes(fp.device)} of {format_bytes(hw.device.memory)} per device · host DRAM "
             f"{format_bytes(fp.host)} of {format_bytes(hw.host.memory)} · NVMe {format_bytes(fp.disk)}{nvme}."
             + (f" KV cache for {est['kv_tokens']:,} resident tokens per device (full batch of longest sequences)."
-               if w.kind == "inference" else ""))
+               if w.kind == "inference" else " Weights and tables only: gradients, optimiser moments and "
+               "activations of training are not counted."))
     st.caption(text)
 with right:
     if step.per_layer:
