@@ -135,7 +135,8 @@ def engram_layers(per_layer: dict[int, dict], tiers: dict[int, str]) -> go.Figur
     fig = style(fig, "Offloaded Engram layers: fetch vs prefetch window (per step)", "", f"{shown} (log)", 360)
     if positive:
         lo, hi = min(positive) / scale, max(positive) / scale
-        fig.update_yaxes(type="log", range=[np.log10(lo) - 0.5, np.log10(hi) + 0.6], exponentformat="none")
+        fig.update_yaxes(type="log", range=[np.log10(lo) - 0.5, np.log10(hi) + 0.6], exponentformat="none",
+                         dtick=1)  # powers of ten only: the 2s and 5s between them read as noise
     return fig
 
 
@@ -225,7 +226,10 @@ def sweep_lines(x: np.ndarray, series: dict[str, np.ndarray], title: str, x_labe
                            bgcolor="rgba(255,255,255,0.8)")
     fig = style(fig, title, x_label, y_label, 460)
     if log_x:
-        fig.update_xaxes(type="log")
+        xs = np.asarray(x, float)
+        decades = np.log10(xs.max() / xs.min()) if len(xs) and xs.min() > 0 else 0.0
+        # powers of ten only over wide ranges (the 2s and 5s between them read as noise)
+        fig.update_xaxes(type="log", exponentformat="none", **({"dtick": 1} if decades >= 2 else {}))
     return fig
 
 

@@ -354,8 +354,11 @@ class RunEstimate:
     """Whole runs, one per configuration (arrays): every request at t = 0, per device waves of
     ``max_num_seqs`` sequences, each a prefill in ``max_batched_tokens`` chunks then
     ``output - 1`` decode steps at the wave's mean context; with Poisson arrivals the run lasts
-    at least until the last request has arrived and been served alone. TTFT/TPOT quantiles are
-    a screen, not a prediction: queueing under arrivals is invisible here (the simulator sees it)."""
+    at least until the last request has arrived and been served alone, and an arrival-bound run
+    (arrivals slower than the engine) prices TTFT as a request's own prefill and every decode
+    step at ``running_seqs``, the concurrency the arrivals sustain (Little's law). TTFT/TPOT
+    quantiles are a screen, not a prediction: queueing under arrivals is invisible here (the
+    simulator sees it)."""
 
     duration_s: np.ndarray
     throughput_output_tokens_per_s: np.ndarray
@@ -367,6 +370,7 @@ class RunEstimate:
     bound: np.ndarray
     ttft_quantiles_s: dict[int, np.ndarray]
     tpot_quantiles_s: dict[int, np.ndarray]
+    running_seqs: np.ndarray  # sequences decoding at once per device (the batch, or what arrivals sustain)
 
     def as_dict(self) -> dict:
         """JSON-able: arrays as lists (scalars as numbers), quantiles keyed ``p50`` ..."""
@@ -430,12 +434,26 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
         drain = np.maximum(longest - 1.0, 0.0) * at.mean(axis=0)
         counted = np.where(rem > 0, dec_r.step_s, dec_f.step_s) * decode_steps
         total = total + np.maximum(drain - counted, 0.0)
+    arrival_bound = np.zeros(np.shape(total), bool)
     if w.arrival_rate is not None:
         # Poisson arrivals: the last of the run's requests arrives about (n - 1) / rate after the
         # first, and the run cannot end before it is served (at best alone): an arrival-bound
         # run's throughput is the offered load, whatever the engine could do.
         pre_1, dec_1 = wave(np.ones_like(b))
-        total = np.maximum(total, (w.num_sequences - 1) / w.arrival_rate + pre_1 + dec_1.step_s * decode_steps)
+        offered = (w.num_sequences - 1) / w.arrival_rate + pre_1 + dec_1.step_s * decode_steps
+        arrival_bound = offered > total
+        total = np.maximum(total, offered)
+        # Such a run decodes far below its batch limit: by Little's law a device holds
+        # L = (its arrival rate) x (a request's time in the engine) sequences, and a request's
+        # time is its prefill plus its decode steps at that L (a few fixed-point rounds).
+        per_device_rate = w.arrival_rate / hw.devices_total
+        running = np.ones_like(b)
+        for _ in range(ARRIVAL_ROUNDS):
+            at = estimate_step(scenario, efficiency, base_dir, batch_size=running,
+                               context_len=prompt + (output - 2) / 2.0, **overrides)
+            running = np.clip(per_device_rate * (pre_1 + at.step_s * decode_steps), 1.0, b)
+        dec_a = estimate_step(scenario, efficiency, base_dir, batch_size=running,
+                              context_len=prompt + (output - 2) / 2.0, **overrides)
     waves = full + (rem > 0)
     # With chunked prefill a request whose prompt finishes early decodes through the wave's
     # remaining prefill chunks; the request at quantile q sees about q of them.
@@ -449,12 +467,23 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
         seen = np.minimum(np.floor(q / 100 * (chunks - 1)), decode_steps)
         tpot[q] = (seen * np.maximum(chunk_s, dec_f.step_s) + (decode_steps - seen) * dec_f.step_s) \
             / max(decode_steps, 1)
+    ttft_s, dec = pre_f, dec_f
+    if np.any(arrival_bound):
+        # No queue and no wave: a request's first token is its own prefill, and every decode
+        # step runs at the concurrency the arrivals sustain.
+        ttft_s = np.where(arrival_bound, pre_1, pre_f)
+        for q in ttft:
+            ttft[q] = np.where(arrival_bound, pre_1, ttft[q])
+            tpot[q] = np.where(arrival_bound, dec_a.step_s, tpot[q])
+        dec = dec_a if np.all(arrival_bound) else dec_f
     first = min(scenario.model.engram_layer_ids, default=None)
-    first_exposed = dec_f.per_layer[first]["exposed_s"] if first in dec_f.per_layer else np.zeros_like(total)
+    first_exposed = dec.per_layer[first]["exposed_s"] if first in dec.per_layer else np.zeros_like(total)
+    decode_s = np.where(arrival_bound, dec_a.step_s, dec_f.step_s) if np.any(arrival_bound) else dec_f.step_s
     return RunEstimate(duration_s=total, throughput_output_tokens_per_s=w.num_sequences * output / total,
-                       ttft_s=pre_f, decode_step_s=dec_f.step_s, exposed_decode_s=dec_f.exposed_s,
-                       stall_fraction=dec_f.exposed_s / dec_f.step_s, first_layer_exposed_s=first_exposed,
-                       bound=np.asarray(dec_f.bound).astype(str), ttft_quantiles_s=ttft, tpot_quantiles_s=tpot)
+                       ttft_s=ttft_s, decode_step_s=decode_s, exposed_decode_s=dec.exposed_s,
+                       stall_fraction=dec.exposed_s / dec.step_s, first_layer_exposed_s=first_exposed,
+                       bound=np.asarray(dec.bound).astype(str), ttft_quantiles_s=ttft, tpot_quantiles_s=tpot,
+                       running_seqs=np.where(arrival_bound, running, b) if np.any(arrival_bound) else b)
 
 
 def estimate_run(scenario: Scenario, efficiency: Efficiency | None = None, base_dir=None) -> RunEstimate:
@@ -510,6 +539,7 @@ def _mean_len(dist) -> float:
 
 
 DRAIN_POINTS = 8  # decode steps priced along the last batch's drain
+ARRIVAL_ROUNDS = 6  # fixed-point rounds of Little's law for an arrival-bound run's concurrency
 
 
 def _survival(dist, k) -> np.ndarray:

@@ -89,6 +89,22 @@ def test_arrival_bound_runs_have_the_offered_throughput(rate):
     assert simulate(s, baseline=False).duration_s == pytest.approx(arrivals[-1] - arrivals[0] + tail, rel=0.02)
 
 
+def test_arrival_bound_runs_decode_at_the_concurrency_the_arrivals_sustain():
+    """Arrivals far below capacity decode a handful of sequences, not a full batch: the
+    estimator's TPOT (by Little's law) is within 15% of the simulator's median and below the
+    full-batch step, its TTFT one request's own prefill; mean running sequences agree within 25%."""
+    s = scenario("tiny", seqs=300, prompt=64, output=64, arrival_rate=40.0, max_num_seqs=64)
+    est = estimate_run(s)
+    full = estimate_step(s)  # the steady step of a full batch
+    sim = simulate(s, baseline=False)
+    assert 1.0 < float(est.running_seqs) < 64
+    assert float(est.decode_step_s) == pytest.approx(sim.tpot_s["p50"], rel=0.15)
+    assert float(est.decode_step_s) < float(full.step_s)
+    assert float(est.running_seqs) == pytest.approx(sim.serving.mean_running, rel=0.25)
+    assert float(est.ttft_s) < float(estimate_run(s.model_copy(update={"workload": s.workload.model_copy(
+        update={"arrival_rate": None})})).ttft_s)
+
+
 def test_vectorised_equals_one_at_a_time():
     s = steady(hardware(1, 1))
     rng = np.random.default_rng(0)

@@ -84,11 +84,18 @@ if w.kind == "training":
               "(planner.analytic: the busiest of compute, worker pool and copy engines)")
     card(cols[3], "Tokens / step", f"{float(step.tokens_per_step):,.0f}", help="batch_size x seq_len per device")
 else:
-    card(cols[2], "TTFT (first wave)", format_seconds(est["run"].ttft_s) if est["run"] else "—",
-         help="Time to first token of the first batch: its prefill (chunked by the token budget) and "
-              "the first decode step")
-    card(cols[3], "TPOT (decode step)", format_seconds(float(step.step_s)),
-         help="Time per output token: one steady decode step of the full batch, exposed lookups included")
+    run = est["run"]
+    running = float(run.running_seqs) if run is not None else float(step.tokens_per_step)
+    arrivals = w.arrival_rate is not None and run is not None and running < w.max_num_seqs
+    card(cols[2], "TTFT (one request)" if arrivals else "TTFT (first wave)",
+         format_seconds(float(run.ttft_s)) if run is not None else "—",
+         help="Time to first token of a request arriving at an engine with room for it: its own prefill"
+              if arrivals else "Time to first token of the first batch: its prefill (chunked by the token "
+              "budget) and the first decode step")
+    card(cols[3], "TPOT (decode step)", format_seconds(float(run.decode_step_s if run is not None else step.step_s)),
+         help=(f"Time per output token: one decode step at the {running:.3g} sequences per GPU the arrivals "
+               "sustain (Little's law), exposed lookups included") if arrivals else
+              "Time per output token: one steady decode step of the full batch, exposed lookups included")
 card(cols[4], "Exposed / step", format_seconds(exposed_ms / 1e3) if exposed_ms else "0 s",
      help="Time per step the GPU waits for Engram rows that did not arrive within their prefetch window")
 card(cols[5], "Step bound", str(np.asarray(step.bound).item()),
