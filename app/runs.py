@@ -17,6 +17,7 @@ import streamlit as st
 from planner.accounting import tier_footprint
 from planner.analytic import estimate_run, estimate_step
 from planner.specs import InferenceWorkload, Scenario, length_bounds
+from planner.parallel import per_rank, tensor_parallel_size
 from planner.trace import Span, chrome_trace
 
 
@@ -68,7 +69,9 @@ def analytic(scenario_json_text: str) -> dict:
         "throughput": ours,
         "base_throughput": theirs,
         "drop": (1.0 - ours / theirs) if scenario.model.engram is not None and theirs > 0 else None,
-        "footprint": tier_footprint(scenario.model, scenario.placement, kv_tokens),
+        # per device: a tensor-parallel group's ranks each hold their share (planner.parallel)
+        "footprint": per_rank(tier_footprint(scenario.model, scenario.placement, kv_tokens), scenario.model,
+                              tensor_parallel_size(scenario)),
         "kv_tokens": kv_tokens,
     }
 

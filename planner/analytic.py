@@ -43,6 +43,7 @@ from planner.accounting import engram_row_bytes, engram_table_rows
 from planner.costmodel import BatchShape, CostModel, Number
 from planner.efficiency import Efficiency
 from planner.ngram_model import ZipfTraffic, traffic_model
+from planner.parallel import engine_view
 from planner.specs import InferenceWorkload, Scenario, TrainingWorkload
 from planner.stages import host_placement, layer_fetch
 
@@ -95,6 +96,7 @@ def estimate_step(scenario: Scenario, efficiency: Efficiency | None = None, base
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(OVERRIDES)}")
+    scenario = engine_view(scenario)  # a tensor-parallel group as one engine (planner.parallel)
     if isinstance(scenario.workload, TrainingWorkload):
         return _training_step(scenario, efficiency, base_dir, overrides)
     model, hw, placement = scenario.model, scenario.hardware, scenario.placement
@@ -392,6 +394,7 @@ def estimate_run_arrays(scenario: Scenario, max_num_seqs=None, max_batched_token
     """:class:`RunEstimate` of ``scenario`` (an inference workload) for arrays of
     ``max_num_seqs`` and ``max_batched_tokens`` (default: the workload's), and any step
     :data:`OVERRIDES` (e.g. ``cache_fraction``, ``prefetch``)."""
+    scenario = engine_view(scenario)
     w, hw = scenario.workload, scenario.hardware
     if not isinstance(w, InferenceWorkload):
         raise ValueError("estimate_run models inference workloads")

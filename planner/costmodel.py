@@ -33,7 +33,7 @@ Approximations, stated once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 import numpy as np
@@ -49,6 +49,7 @@ from planner.accounting import (
     swiglu_params,
 )
 from planner.efficiency import Efficiency, default_efficiency
+from planner.parallel import kv_replication
 from planner.specs import DTYPE_BYTES, GQAAttention, HardwareSpec, ModelSpec
 
 Number = Union[float, np.ndarray]
@@ -72,16 +73,22 @@ class Work:
     kernels: Number
     kind: str = ""
     tokens: Number = 0.0  # rows of the op's GEMMs (0: unknown, no few-row ceiling)
+    # Tensor parallelism: bytes each rank contributes to the collectives that end the op, and
+    # how many collectives (planner.parallel; 0 on one device).
+    comm_bytes: Number = 0.0
+    collectives: Number = 0.0
 
     def __add__(self, other: "Work") -> "Work":
         kind = self.kind if self.kind == other.kind else ""
         tokens = self.tokens if kind else 0.0
-        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind, tokens)
+        return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind, tokens,
+                    self.comm_bytes + other.comm_bytes, self.collectives + other.collectives)
 
     def scaled(self, factor: float) -> "Work":
         if factor == 1.0:
             return self
-        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind, self.tokens)
+        return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind, self.tokens,
+                    self.comm_bytes * factor, self.collectives * factor)
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,12 @@ class CostModel:
         self.d2h_bandwidth: Number = hardware.link.d2h_bandwidth
         self.host_memory_bandwidth: Number = hardware.host.memory_bandwidth
         self.launch_s = hardware.device.kernel_launch_overhead
+        self.ranks = hardware.device.ranks  # a tensor-parallel group's view (planner.parallel)
         # Per-layer constants (parameter counts come from planner.accounting only).
         self._attn_params = attention_params(model)
         self._hc_params = hyper_connection_params(model)
         self._hc_flops = hyper_connection_flops(model)  # per token, the wrapper of one sublayer
-        self._kv_bytes_layer = kv_cache_bytes_per_token(model) / model.n_layers
+        self._kv_bytes_layer = kv_cache_bytes_per_token(model) * kv_replication(model, self.ranks) / model.n_layers
         self._dense_ffn_params = swiglu_params(model.d_model, model.ffn.dense_width)
         moe = model.ffn.moe
         self._expert_params = swiglu_params(model.d_model, moe.expert_width) if moe else 0
@@ -179,17 +187,29 @@ class CostModel:
     # ---- roofline
 
     def seconds(self, work: Work) -> Number:
-        """Roofline time of one op: compute and memory traffic overlap, the fixed cost does not
-        (:meth:`planner.efficiency.Efficiency.op_terms`)."""
-        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s).seconds
+        """Roofline time of one op: compute and memory traffic overlap, the fixed cost and a
+        tensor-parallel group's collectives do not (:meth:`planner.efficiency.Efficiency.op_terms`)."""
+        return self.terms(work).seconds
 
     def bound(self, work: Work) -> str:
-        """``compute``, ``hbm`` or ``launch``: the largest of the three terms (scalars only)."""
-        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s).bound
+        """``compute``, ``hbm``, ``launch`` or ``interconnect``: the largest term (scalars only)."""
+        return self.terms(work).bound
 
     def terms(self, work: Work):
         """The roofline terms of ``work`` (:class:`planner.efficiency.OpTerms`; arrays allowed)."""
-        return self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s)
+        terms = self.eff.op_terms(work, self.peak_flops, self.hbm_bandwidth, self.launch_s)
+        if self.ranks > 1 and np.any(np.asarray(work.collectives) > 0):
+            terms = replace(terms, comm_s=self.collective_s(work.comm_bytes, work.collectives))
+        return terms
+
+    def collective_s(self, nbytes: Number, count: Number = 1.0) -> Number:
+        """``count`` ring collectives (all-reduce: reduce-scatter then all-gather) over the
+        group's ranks, moving ``nbytes`` per rank in all: each rank sends and receives
+        ``2 (r - 1) / r`` of it over its interconnect link, in ``2 (r - 1)`` latency-bound
+        steps per collective (planner.parallel)."""
+        r, d = self.ranks, self.hardware.device
+        return (2.0 * (r - 1) / r * nbytes / d.interconnect_bandwidth
+                + count * 2 * (r - 1) * d.interconnect_latency)
 
     def extrapolation(self, work: Work) -> Number:
         """1 where the profile's op model was fitted on work like this, else how far beyond."""
@@ -225,7 +245,8 @@ class CostModel:
             + (b.kv_read + b.tokens) * self._kv_bytes_layer
             + b.tokens * m.d_model * self.width * 2 * m.hc_mult
         )
-        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}{self._hc_kind}", b.tokens)
+        return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}{self._hc_kind}", b.tokens,
+                    *self._all_reduce(b))
 
     def ffn(self, layer_id: int, b: BatchShape) -> Work:
         """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
@@ -240,7 +261,7 @@ class CostModel:
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
-            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense" + self._hc_kind, b.tokens)
+            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense" + self._hc_kind, b.tokens, *self._all_reduce(b))
         moe = m.ffn.moe
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
@@ -249,7 +270,7 @@ class CostModel:
             ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
-        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens)
+        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens, *self._all_reduce(b))
 
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
@@ -272,7 +293,18 @@ class CostModel:
             + b.tokens * e.rows_per_token * engram_row_bytes(m)
             + b.tokens * (e.d_mem + 4 * mult * d) * self.width
         )
-        return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens)
+        # Tables sharded by hash head over a tensor-parallel group: the rows are all-gathered
+        # (half an all-reduce's traffic) before the module runs (planner.parallel).
+        gathered = (0.5 * b.tokens * e.rows_per_token * engram_row_bytes(m), 1.0 + 0.0 * b.tokens) \
+            if self.ranks > 1 else (0.0, 0.0)
+        return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens, *gathered)
+
+    def _all_reduce(self, b: BatchShape) -> tuple[Number, Number]:
+        """(bytes, collectives) of the all-reduce that ends a sublayer under tensor parallelism:
+        the step's hidden states, ``tokens x d_model`` (0 on one device)."""
+        if self.ranks == 1:
+            return 0.0, 0.0
+        return b.tokens * self.model.d_model * self.width, 1.0 + 0.0 * b.tokens
 
     def device_gather(self, b: BatchShape) -> Work:
         """The in-layer gather of a device-tier Engram layer (the baseline's lookup): every

@@ -42,7 +42,7 @@ Number = Union[float, np.ndarray]
 REFERENCE_HASH_INDICES = 32.0
 
 
-BOUNDS = ("launch", "hbm", "compute")  # in the order ties go (max of (value, name) pairs)
+BOUNDS = ("launch", "hbm", "compute", "interconnect")  # in the order ties go (max of (value, name) pairs)
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,22 @@ class OpTerms:
     fixed_s: Number
     compute_s: Number
     memory_s: Number
+    comm_s: Number = 0.0  # tensor-parallel collectives after the op (not overlapped with it)
 
     @property
     def seconds(self) -> Number:
-        return self.fixed_s + np.maximum(self.compute_s, self.memory_s)
+        return self.fixed_s + self.comm_s + np.maximum(self.compute_s, self.memory_s)
 
     @property
     def bound(self) -> str:
-        """``compute``, ``hbm`` or ``launch``: the largest term (scalars only)."""
+        """``compute``, ``hbm``, ``launch`` or ``interconnect``: the largest term (scalars only)."""
         return max((float(self.compute_s), "compute"), (float(self.memory_s), "hbm"),
-                   (float(self.fixed_s), "launch"))[1]
+                   (float(self.fixed_s), "launch"), (float(self.comm_s), "interconnect"))[1]
 
     def bounds(self) -> np.ndarray:
         """:attr:`bound` of each element of array terms (ties broken as :attr:`bound` does)."""
         stack = np.broadcast_arrays(np.asarray(self.fixed_s, float), np.asarray(self.memory_s, float),
-                                    np.asarray(self.compute_s, float))
+                                    np.asarray(self.compute_s, float), np.asarray(self.comm_s, float))
         return np.array(BOUNDS)[np.argmax(np.stack(stack), axis=0)]
 
 

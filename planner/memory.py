@@ -126,6 +126,9 @@ def max_model_len(scenario: Scenario) -> int:
 def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceMemory:
     """The KV cache of one device of ``scenario`` serving ``model`` (default the scenario's;
     the no-Engram baseline passes its own, which leaves more room for KV)."""
+    from planner.parallel import engine_view, kv_replication
+
+    scenario = engine_view(scenario)  # a tensor-parallel group's memory is its ranks' (planner.parallel)
     model = model or scenario.model
     w, hw = scenario.workload, scenario.hardware
     assert isinstance(w, InferenceWorkload)
@@ -138,7 +141,7 @@ def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceM
     logit_rows = max(1, min(w.max_batched_tokens // longest, w.max_num_seqs))
     workspace = activation_workspace_bytes(model, w.max_batched_tokens, logit_rows)
     runtime = RUNTIME_RESERVED_BYTES if hw.device.kind == "cuda" else 0.0
-    per_token = kv_cache_bytes_per_token(model)
+    per_token = kv_cache_bytes_per_token(model) * kv_replication(model, hw.device.ranks)
     block = w.block_size
     shared = 0.0
     if hw.unified:  # one pool: the host-tier tables (and every other device) take from it too

@@ -58,6 +58,10 @@ def _assert_cache_whole(cache: Path) -> int:
     return len(entries)
 
 
+def _entries(cache) -> int:
+    return len(list(cache.glob("*.json"))) if cache.is_dir() else 0
+
+
 @pytest.mark.slow
 def test_sigkill_at_20_random_points_resumes_to_identical_results(tmp_path):
     plan = tmp_path / "plan.yaml"
@@ -69,7 +73,7 @@ def test_sigkill_at_20_random_points_resumes_to_identical_results(tmp_path):
     first_s = last_s = None
     seen = 0
     while done.poll() is None:
-        entries = len(list((reference / "cache").glob("*.json"))) if (reference / "cache").is_dir() else 0
+        entries = _entries(reference / "cache")
         if entries > seen:  # a study's entry appeared
             seen, last_s = entries, time.perf_counter() - start
             first_s = first_s if first_s is not None else last_s
@@ -88,7 +92,13 @@ def test_sigkill_at_20_random_points_resumes_to_identical_results(tmp_path):
         # Every other kill anywhere in the run (start-up, writing results), the rest while the
         # studies run: a start-up that outlasts the studies must not leave resume untested.
         window = (0.0, 1.1 * full_s) if k % 2 else (0.8 * first_s, last_s + 0.05)
-        time.sleep(rng.uniform(*window))
+        if k % 4 == 0:
+            # and every fourth right after the first study's entry lands, so that a kill between
+            # two studies is tested whatever the machine's load does to the timings above
+            while proc.poll() is None and not _entries(out / "cache"):
+                time.sleep(0.005)
+        else:
+            time.sleep(rng.uniform(*window))
         killed = proc.poll() is None
         if killed:
             os.kill(proc.pid, signal.SIGKILL)

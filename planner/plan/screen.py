@@ -27,6 +27,7 @@ import numpy as np
 
 from planner.accounting import engram_table_bytes, kv_cache_bytes_per_token, param_counts, tier_footprint
 from planner.analytic import _mean_len, estimate_run_arrays
+from planner.parallel import kv_replication, tensor_parallel_size
 from planner.plan.candidates import Group
 from planner.plan.spec import Study
 from planner.quality import MemoryPowerLaw, QualityModel, memory_slots
@@ -50,17 +51,20 @@ def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
         seq_len = length_bounds(w.prompt_len)[1] + length_bounds(w.output_len)[1]
     else:
         seq_len = _mean_len(w.prompt_len) + _mean_len(w.output_len)
-    kv = seqs * seq_len * kv_cache_bytes_per_token(model)
+    # Per device: a tensor-parallel group splits weights, tables and caches over its ranks and
+    # each rank holds its share of the KV cache, or a copy of it (planner.parallel).
+    tp = tensor_parallel_size(study.scenario)
+    kv = seqs * seq_len * kv_cache_bytes_per_token(model) * kv_replication(model, tp) / tp
     f = group.cache_fraction
-    cache = f * (full.device - zero.device)
-    device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_"))
-    device = zero.device + cache + kv
+    cache = f * (full.device - zero.device) / tp
+    device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_")) / tp
+    device = zero.device / tp + cache + kv
     # One memory pool (link.kind: unified): every device's allocations are host memory too.
     pooled = device * study.scenario.hardware.device.count if study.scenario.hardware.unified else 0.0
     return {
         "device_bytes": device,
         "device_engram_bytes": device_tables + cache,
-        "weight_bytes": np.full(f.shape, zero.breakdown["weights"]),
+        "weight_bytes": np.full(f.shape, zero.breakdown["weights"] / tp),
         "kv_cache_bytes": kv,
         "host_bytes": np.full(f.shape, zero.host) + pooled,
         "disk_bytes": np.full(f.shape, zero.disk),
@@ -68,7 +72,9 @@ def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
 
 
 def _per_device(scenario: Scenario) -> int:
-    return int(np.ceil(scenario.workload.num_sequences / scenario.hardware.devices_total))
+    """Requests per engine: per device, or per tensor-parallel group."""
+    groups = scenario.hardware.devices_total // tensor_parallel_size(scenario)
+    return int(np.ceil(scenario.workload.num_sequences / groups))
 
 
 def run_arrays(scenario: Scenario, max_num_seqs, max_batched_tokens, **overrides) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from planner.costmodel import CostModel
 from planner.efficiency import Efficiency
 from planner.memory import DeviceMemory, check_memory, device_memory, max_model_len
 from planner.ngram_model import CachedTraffic, traffic_model
+from planner.parallel import engine_view
 from planner.sim.coalesce import Coalescer
 from planner.sim.device import ComputeStream
 from planner.sim.fetch import Fetcher
@@ -84,7 +85,9 @@ def run_once(scenario: Scenario, model: ModelSpec, *, trace: bool = False, base_
              efficiency: Efficiency | None = None, coalesce: bool = True, kv_limit: bool = True) -> SimMetrics:
     """One simulation of ``scenario`` with ``model`` (the scenario's, or its baseline).
     ``coalesce``: advance steady decode stretches at once where that is exact
-    (:mod:`planner.sim.coalesce`); False simulates every step."""
+    (:mod:`planner.sim.coalesce`); False simulates every step. A tensor-parallel workload runs
+    on the hardware's group view (:func:`planner.parallel.engine_view`)."""
+    scenario = engine_view(scenario)
     memory = check_runnable(scenario, trace, model, kv_limit)
     hw, placement, w = scenario.hardware, scenario.placement, scenario.workload
     env = simpy.Environment()

@@ -36,6 +36,13 @@ class DeviceSpec(Spec):
     copy_engines: Annotated[int, Field(gt=0)] = Field(
         default=2, description="DMA engines: concurrent host<->device copies (one per direction)"
     )
+    interconnect_bandwidth: Annotated[BytesPerSecond, Field(gt=0)] | None = Field(
+        default=None, description="device-to-device bandwidth per device and direction (NVLink, Infinity Fabric) for "
+        "tensor-parallel collectives; none: peer copies over the host link")
+    interconnect_latency: Seconds = Field(default=5e-6, description="fixed cost of one collective step between devices")
+    ranks: Annotated[int, Field(gt=0)] = Field(
+        default=1, description="devices acting as this one: a tensor-parallel group's view of the hardware "
+        "(planner.parallel.engine_view sets it from workload.tensor_parallel_size; presets leave it 1)")
     kernel_launch_overhead: Seconds = Field(default=5e-6, description="fixed cost per kernel launched eagerly")
     graph_kernel_overhead: Seconds = Field(
         default=1e-6, description="fixed cost per kernel replayed in a CUDA graph (CUDA.jl's graph docs: 80 small "

@@ -159,13 +159,17 @@ def capacity_problems(scenario) -> list[str]:
     from planner.accounting import tier_footprint
     from planner.units import format_bytes
 
+    from planner.parallel import per_rank, tensor_parallel_size
+
     hw = scenario.hardware
-    fp = tier_footprint(scenario.model, scenario.placement, 0)
+    tp = tensor_parallel_size(scenario)  # weights and device-tier tables split over the group's ranks
+    fp = per_rank(tier_footprint(scenario.model, scenario.placement, 0), scenario.model, tp)
     out = []
     if fp.device > hw.device.memory:
         tables = sum(v for k, v in fp.breakdown.items() if k.startswith(("engram_table_", "engram_cache_")))
         out.append(f"weights ({format_bytes(fp.breakdown['weights'])}) and device-tier Engram tables and "
-                   f"caches ({format_bytes(tables)}) need {format_bytes(fp.device)} per device, but "
+                   f"caches ({format_bytes(tables)}) need {format_bytes(fp.device)} per device"
+                   + (f" (split over {tp} tensor-parallel ranks)" if tp > 1 else "") + ", but "
                    f"hardware.device.memory is {format_bytes(hw.device.memory)}")
     if hw.unified and fp.host + fp.device * hw.device.count > hw.host.memory:
         out.append(f"one memory pool (link.kind: unified): the devices' weights and tables "

@@ -49,6 +49,10 @@ class Scenario(Spec):
                     "or use the host tier"
                 )
         workload = self.workload
+        tp, devices = workload.tensor_parallel_size, self.hardware.device.count * self.hardware.device.ranks
+        if self.hardware.device.ranks not in (1, tp) or devices % tp:
+            raise ValueError(f"workload.tensor_parallel_size = {tp} does not divide hardware.device.count = "
+                             f"{devices}: a tensor-parallel group takes whole devices of one node")
         if isinstance(workload, InferenceWorkload):
             longest = length_bounds(workload.prompt_len)[1] + length_bounds(workload.output_len)[1]
             limit = workload.max_model_len

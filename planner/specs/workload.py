@@ -98,6 +98,9 @@ class InferenceWorkload(Spec):
     )
     max_batched_tokens: PositiveInt = 8192
     max_num_seqs: PositiveInt = 256
+    tensor_parallel_size: PositiveInt = Field(
+        default=1, description="devices serving one model replica with tensor parallelism (vLLM/SGLang "
+        "--tensor-parallel-size); must divide hardware.device.count, the node's other groups are data-parallel replicas")
     chunked_prefill: bool = True
     scheduler: Scheduler = Field(default="vllm", description="engine scheduling policy: vllm (decode first, "
                                  "chunked prefill) or nano-vllm (whole prompts first, then decode)")
@@ -146,6 +149,9 @@ class TrainingWorkload(Spec):
     back to the tier that holds the table and applied there by a sparse optimiser."""
 
     kind: Literal["training"] = "training"
+    tensor_parallel_size: PositiveInt = Field(
+        default=1, description="devices serving one model replica with tensor parallelism (vLLM/SGLang "
+        "--tensor-parallel-size); must divide hardware.device.count, the node's other groups are data-parallel replicas")
     batch_size: PositiveInt
     seq_len: PositiveInt
     steps: PositiveInt = 4
