@@ -214,8 +214,13 @@ def param_counts(model: ModelSpec) -> ParamCounts:
 
 
 def weight_bytes(model: ModelSpec) -> float:
-    """Bytes of every weight except the Engram tables, in the model dtype."""
-    return param_counts(model).backbone * DTYPE_BYTES[model.dtype]
+    """Bytes of every weight except the Engram tables, in the model dtype (routed experts in
+    their own, ``ffn.moe.routed_expert_dtype``, where given)."""
+    counts, width = param_counts(model), DTYPE_BYTES[model.dtype]
+    routed = model.ffn.moe.routed_bytes_per_param if model.ffn.moe is not None else None
+    if routed is None:
+        return counts.backbone * width
+    return (counts.backbone - counts.routed_experts) * width + counts.routed_experts * routed
 
 
 def engram_row_bytes(model: ModelSpec) -> int:

@@ -266,8 +266,10 @@ class CostModel:
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
         flops = 2 * b.tokens * ((moe.top_k + moe.n_shared_experts) * self._expert_params + d * e) + hc
+        routed = moe.routed_bytes_per_param or self.width  # fp4 experts beside fp8 weights, say
         bytes_ = (
-            ((touched + moe.n_shared_experts) * self._expert_params + d * e + self._hc_params) * self.width
+            touched * self._expert_params * routed
+            + (moe.n_shared_experts * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
         return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens, *self._all_reduce(b))

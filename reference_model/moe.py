@@ -31,6 +31,9 @@ class MoE(nn.Module):
 
     def __init__(self, d_model: int, moe: MoESpec):
         super().__init__()
+        if moe.routed_expert_dtype is not None:
+            raise ValueError(f"model.ffn.moe.routed_expert_dtype = {moe.routed_expert_dtype!r} is not supported by the "
+                             "reference model (its experts are in the model dtype): set it to null")
         self.n_experts, self.top_k, self.rate = moe.n_routed_experts, moe.top_k, moe.bias_update_rate
         E, W = moe.n_routed_experts, moe.expert_width
         self.router = nn.Parameter(torch.randn(E, d_model) * INIT_STD)

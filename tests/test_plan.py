@@ -243,3 +243,22 @@ def test_cli_prints_one_progress_line_per_study_stage(tmp_path, capsys):
     assert main(["plan", str(PLANS / "infeasible.yaml"), "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().err.splitlines() == [
         "dense8b-200b-small-host: from cache (screened 5/5 candidates, verified 0/0)"]
+
+
+def test_engine_settings_name_only_public_flags():
+    """V4.1-Flash's tables in HBM, host DRAM or on NVMe map to the engines' documented Engram
+    flags (or say no engine exposes the placement); other models' tables have none."""
+    from planner.loading import load_scenario
+    from planner.plan.engines import engine_settings
+
+    host = load_scenario("v41flash-h200-host")
+    s = engine_settings(host)
+    assert "--tensor-parallel-size 8" in s["vLLM"] and "--tp-size 8" in s["SGLang"]
+    assert "cpu_offload" not in s["vLLM"]  # vLLM's default already keeps them in host memory
+    assert '"placement": "cpu"' in s["SGLang"] and "not exposed" not in s["SGLang"]
+    device = host.model_copy(update={"placement": host.placement.model_copy(update={"tier": "device"})})
+    assert '"cpu_offload": false' in engine_settings(device)["vLLM"]
+    disk = load_scenario("v41flash-rtxpro-tp4-disk")
+    assert "no upstream engine reads the tables from NVMe" in engine_settings(disk)["vLLM"]
+    other = engine_settings(load_scenario("h800-dense8b-engram100b"))
+    assert "no public engine serves" in other["vLLM"] and "--engram-config" not in other["vLLM"]

@@ -61,7 +61,9 @@ def run(args) -> int:
         if p[key] or key in ("total", "active")
     ]
     print(format_table(["component", "parameters", ""], rows))
-    print(f"\nweights other than Engram tables: {format_bytes(summary['weight_bytes'])} ({model.dtype})")
+    moe = model.ffn.moe
+    routed = f", routed experts {moe.routed_expert_dtype}" if moe is not None and moe.routed_expert_dtype else ""
+    print(f"\nweights other than Engram tables: {format_bytes(summary['weight_bytes'])} ({model.dtype}{routed})")
     print(f"KV cache per token: {summary['kv_cache_bytes_per_token']:,.0f} B")
     engram = summary["engram"]
     if engram:

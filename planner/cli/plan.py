@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from planner.cli.common import HELP_FORMATTER, add_json_flag, number, print_json
+from planner.plan.engines import engine_settings
 
 if TYPE_CHECKING:
     from planner.plan.results import PlanProgress
@@ -89,6 +90,7 @@ def summary(results) -> str:
                      f"{r.meta['simulations']} simulated{cached}")
         for rec in r.recommendations:
             lines.append(f"  {rec.explanation}")
+            lines += [f"    {engine}: {command}" for engine, command in engine_settings(rec.scenario).items()]
         for c in r.candidates:
             if c.get("dominated_by") is not None:
                 lines.append(f"  not recommended: candidate {c['id']} ({c['layer_ids']}, {c['tiers']}, cache "

@@ -86,7 +86,8 @@ def _pct(d: dict | None) -> str:
 
 
 def report(m) -> str:
-    lines = [f"{m.scenario}: {m.model} on {m.hardware} ({m.nodes} node(s) x {m.devices} devices, {m.workload})"]
+    tp = f" as {m.devices // m.tensor_parallel} tensor-parallel group(s) of {m.tensor_parallel}" if m.tensor_parallel > 1 else ""
+    lines = [f"{m.scenario}: {m.model} on {m.hardware} ({m.nodes} node(s) x {m.devices} devices{tp}, {m.workload})"]
     if m.workload == "inference":
         lines.append(f"throughput: {format_rate(m.throughput_output_tokens_per_s)} output tokens/s, "
                      f"{format_rate(m.throughput_total_tokens_per_s)} total tokens/s")

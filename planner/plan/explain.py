@@ -175,8 +175,13 @@ def suggest(l: Limit, value: float, row: dict, table, fails, lims, study) -> lis
                                "smaller table",
             "min_throughput": "larger max_num_seqs or a faster node",
             "cost_per_hour": "fewer or cheaper devices", "cost_per_million_tokens": "higher throughput per device"}
+    try_ = hint.get(l.name, "a smaller max_num_seqs or a faster node")
+    if l.ok(best):  # the screen passed it: the simulation is what failed it
+        return [f"{l.describe()}: the analytic screen puts the best candidate that fits at {l.show(best)}, within "
+                f"the limit, but the simulated runs exceed it (queueing and the last batch's drain, which the screen "
+                f"does not see); try {try_}, or relax the limit"]
     return [f"{l.describe()}: the best candidate that fits in memory reaches {l.show(best)}; try "
-            f"{hint.get(l.name, 'a smaller max_num_seqs or a faster node')}, or relax the limit to {l.show(best)}"]
+            f"{try_}, or relax the limit to {l.show(best)}"]
 
 
 def fmt_value(limit: Limit, value: float) -> str:

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from planner.files import write_atomic
+from planner.plan.engines import engine_settings
 from planner.plan.results import PlanResult, _clean
 from planner.plan.runner import code_version, study_key
 from planner.plan.spec import PlanSpec, expand_plan, plan_to_yaml
@@ -299,7 +300,10 @@ def _study_section(k: int, r: PlanResult) -> str:
                          _limit_label(rec.binding_constraint) if rec.binding_constraint else "—", rec.bottleneck])
         parts.append(_table(head, rows, {0, 3, 5, 6, 7, 8, 9, 10, 11}))
         parts += [f"<details{' open' if rec.rank == 1 else ''}><summary>Why #{rec.rank}</summary>"
-                  f"<p>{_e(rec.explanation)}</p></details>" for rec in r.recommendations]
+                  f"<p>{_e(rec.explanation)}</p>"
+                  + "".join(f"<p><b>{_e(engine)}</b>: <code>{_e(command)}</code></p>"
+                            for engine, command in engine_settings(rec.scenario).items())
+                  + "</details>" for rec in r.recommendations]
     duplicates = [c for c in r.candidates if c.get("dominated_by") is not None]
     if duplicates:
         parts.append("<h3>Not recommended: the same outcome for more memory</h3>")

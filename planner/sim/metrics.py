@@ -71,6 +71,7 @@ class ServingMetrics:
     kv_mean_fraction: float
     memory: dict
     kv_limited: bool = True
+    tensor_parallel: int = 1  # devices per engine: the KV cache above is the group's
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class SimMetrics:
     baseline: dict | None = None
     throughput_drop: float | None = None
     spans: list[Span] = field(default_factory=list, repr=False)
+    tensor_parallel: int = 1  # devices per engine (a tensor-parallel group)
     counters: list[Counter] = field(default_factory=list, repr=False)  # traced runs: KV use, pipe loads
     approximations: list[str] = field(default_factory=list)
 
@@ -132,7 +134,9 @@ class SimMetrics:
 def serving_lines(serving: dict, baseline: dict | None = None, label: str = "with Engram") -> list[str]:
     """The KV cache and admission in words (``serving`` and the baseline's as ``as_dict`` gives
     them), for the CLI and the dashboard."""
-    out = [f"scheduler {serving['scheduler']}; KV cache per device: {kv_text(serving['memory'])}"]
+    where = "per engine (a tensor-parallel group's ranks together)" if serving.get("tensor_parallel", 1) > 1 \
+        else "per device"
+    out = [f"scheduler {serving['scheduler']}; KV cache {where}: {kv_text(serving['memory'])}"]
 
     def line(name: str, s: dict) -> str:
         return (f"{name}: peak {s['peak_running']} running sequences (mean {s['mean_running']:.1f}), "
@@ -167,7 +171,7 @@ def serving_metrics(scenario: Scenario, rec: Recorder, memory: DeviceMemory) -> 
         preemptions=rec.preemptions, recomputed_tokens=rec.recomputed_tokens,
         kv_blocks=memory.blocks, kv_block_tokens=memory.block_tokens,
         kv_peak_fraction=peak_blocks / memory.blocks, kv_mean_fraction=weighted / memory.blocks,
-        memory=memory.as_dict(), kv_limited=memory.limited,
+        memory=memory.as_dict(), kv_limited=memory.limited, tensor_parallel=scenario.hardware.device.ranks,
     )
 
 
@@ -210,7 +214,8 @@ def build_metrics(scenario: Scenario, model: ModelSpec, rec: Recorder, node: Nod
         model=model.name,
         hardware=hw.name,
         workload=w.kind,
-        devices=hw.device.count,
+        devices=hw.device.count * hw.device.ranks,
+        tensor_parallel=hw.device.ranks,
         nodes=nodes,
         duration_s=duration,
         steps=steps,

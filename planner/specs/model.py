@@ -19,6 +19,8 @@ from planner.specs.limits import ENGRAM_TABLES, LAYERS, MAX_ROW_ID, ROW_ID_SLACK
 # stores its tables in (the byte count is what the planner uses; the format only names it).
 DType = Literal["fp32", "bf16", "fp16", "fp8"]
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+# Weights may also be stored in 4 bits (routed experts only: MoESpec.routed_expert_dtype).
+WEIGHT_BYTES: dict[str, float] = {**DTYPE_BYTES, "fp4": 0.5}
 SCALE_BYTES = 1  # one block scale: a power of two stored as its exponent byte (UE8M0)
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -74,6 +76,19 @@ class MoESpec(Spec):
     expert_width: PositiveInt
     n_leading_dense_layers: int = Field(default=1, ge=0)
     bias_update_rate: float = Field(default=1e-3, ge=0)
+    routed_expert_dtype: Literal["fp32", "bf16", "fp16", "fp8", "fp4"] | None = Field(
+        default=None, description="storage of the routed experts' weights when it differs from the model's "
+        "(DeepSeek-V4.1-Flash: fp4 experts beside fp8 weights); none: the model dtype")
+    routed_expert_scale_block: PositiveInt | None = Field(
+        default=None, description="one 1-byte scale per this many routed-expert weights (MXFP4: 32)")
+
+    @property
+    def routed_bytes_per_param(self) -> float | None:
+        """Bytes per routed-expert weight (scales included), None for the model dtype."""
+        if self.routed_expert_dtype is None:
+            return None
+        scale = SCALE_BYTES / self.routed_expert_scale_block if self.routed_expert_scale_block else 0.0
+        return WEIGHT_BYTES[self.routed_expert_dtype] + scale
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> "MoESpec":
