@@ -126,7 +126,7 @@ def max_model_len(scenario: Scenario) -> int:
 def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceMemory:
     """The KV cache of one device of ``scenario`` serving ``model`` (default the scenario's;
     the no-Engram baseline passes its own, which leaves more room for KV)."""
-    from planner.parallel import engine_view, kv_replication
+    from planner.parallel import engine_view, host_table_copies, kv_replication
 
     scenario = engine_view(scenario)  # a tensor-parallel group's memory is its ranks' (planner.parallel)
     model = model or scenario.model
@@ -145,7 +145,8 @@ def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceM
     block = w.block_size
     shared = 0.0
     if hw.unified:  # one pool: the host-tier tables (and every other device) take from it too
-        pool_share = (hw.host.memory - footprint.host) * w.gpu_memory_utilization / hw.device.count
+        pool_share = ((hw.host.memory - footprint.host * host_table_copies(scenario)) * w.gpu_memory_utilization
+                      / hw.device.count)
         shared = max(0.0, hw.device.memory * w.gpu_memory_utilization - pool_share)
     free = hw.device.memory * w.gpu_memory_utilization - weights - engram - workspace - runtime - shared
     blocks = max(0, math.floor(free / (block * per_token))) if per_token > 0 else 0

@@ -72,6 +72,15 @@ def group_view(hw: HardwareSpec, tp: int) -> HardwareSpec:
     return hw.model_copy(update={"device": device, "link": link, "host": host})
 
 
+def host_table_copies(scenario: Scenario) -> int:
+    """Copies of the host-tier tables a node holds: one (shared by its replicas), or one per
+    data-parallel replica (``placement.host_copies: per_replica``)."""
+    if scenario.placement.host_copies == "shared":
+        return 1
+    ranks = scenario.hardware.device.ranks
+    return scenario.hardware.device.count * ranks // (tensor_parallel_size(scenario) if ranks == 1 else ranks)
+
+
 def kv_replication(model: ModelSpec, ranks: int) -> float:
     """How many copies of each token's KV a group of ``ranks`` keeps (1 without tensor
     parallelism): attention heads are split over the ranks, but a rank needs at least one KV

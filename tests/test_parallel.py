@@ -92,3 +92,18 @@ def test_the_scenario_refuses_a_group_that_does_not_divide_the_node():
     s = scenario(hw=hardware(8, memory=80e9))
     with pytest.raises(ValueError, match="tensor_parallel_size = 3 does not divide"):
         type(s).model_validate({**s.model_dump(), "workload": {**s.workload.model_dump(), "tensor_parallel_size": 3}})
+
+
+def test_host_memory_counts_every_replicas_tables_unless_they_share_one_copy():
+    """8 data-parallel devices with their own copy of the 200 GB host table need 1.6 TB of DRAM;
+    two TP4 groups need two copies; one shared copy (vLLM's dp_shared_memory) needs one."""
+    from planner.parallel import host_table_copies
+
+    hw = hardware(8, memory=80e9).model_copy(update={"host": hardware().host.model_copy(update={"memory": 1e12})})
+    shared = scenario(hw=hw, placement={"tier": "host"})
+    own = scenario(hw=hw, placement={"tier": "host", "host_copies": "per_replica"})
+    assert host_table_copies(shared) == 1 and host_table_copies(own) == 8 and host_table_copies(tp(own, 4)) == 2
+    assert not capacity_problems(shared)
+    problem = capacity_problems(own)
+    assert problem and "1.6 TB" in problem[0]
+    assert host_table_copies(engine_view(tp(own, 4))) == 2  # the group view counts groups too

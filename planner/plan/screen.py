@@ -27,7 +27,7 @@ import numpy as np
 
 from planner.accounting import engram_table_bytes, kv_cache_bytes_per_token, param_counts, tier_footprint
 from planner.analytic import _mean_len, estimate_run_arrays
-from planner.parallel import kv_replication, tensor_parallel_size
+from planner.parallel import host_table_copies, kv_replication, tensor_parallel_size
 from planner.plan.candidates import Group
 from planner.plan.spec import Study
 from planner.quality import MemoryPowerLaw, QualityModel, memory_slots
@@ -66,7 +66,7 @@ def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
         "device_engram_bytes": device_tables + cache,
         "weight_bytes": np.full(f.shape, zero.breakdown["weights"] / tp),
         "kv_cache_bytes": kv,
-        "host_bytes": np.full(f.shape, zero.host) + pooled,
+        "host_bytes": np.full(f.shape, zero.host * host_table_copies(group.scenario)) + pooled,
         "disk_bytes": np.full(f.shape, zero.disk),
     }
 

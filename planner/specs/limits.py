@@ -159,11 +159,14 @@ def capacity_problems(scenario) -> list[str]:
     from planner.accounting import tier_footprint
     from planner.units import format_bytes
 
-    from planner.parallel import per_rank, tensor_parallel_size
+    from planner.parallel import host_table_copies, per_rank, tensor_parallel_size
 
     hw = scenario.hardware
     tp = tensor_parallel_size(scenario)  # weights and device-tier tables split over the group's ranks
     fp = per_rank(tier_footprint(scenario.model, scenario.placement, 0), scenario.model, tp)
+    copies = host_table_copies(scenario)  # each replica's own host tables, when not shared
+    if copies > 1:
+        fp = type(fp)(device=fp.device, host=fp.host * copies, disk=fp.disk, breakdown=fp.breakdown)
     out = []
     if fp.device > hw.device.memory:
         tables = sum(v for k, v in fp.breakdown.items() if k.startswith(("engram_table_", "engram_cache_")))

@@ -26,6 +26,10 @@ class EngramPlacement(Spec):
     * ``host_cache_fraction``: for the disk tier, share of rows served from DRAM (page cache).
     * ``huge_pages``: host-tier tables on 2 MiB pages (transparent huge pages, ``madvise``), so
       a random row of a table far beyond the TLB's reach costs no page walk; off = 4 KiB pages.
+    * ``host_copies``: ``shared`` = one copy of the host-tier tables per node, mapped by every
+      replica (vLLM's ``dp_shared_memory``, SGLang's ``replication: per_node``); ``per_replica`` =
+      each data-parallel replica (device, or tensor-parallel group) keeps its own, and host memory
+      counts them all.
     """
 
     tier: Tier = "device"
@@ -38,6 +42,7 @@ class EngramPlacement(Spec):
     pinned: bool = True
     host_cache_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     huge_pages: bool = False
+    host_copies: Literal["shared", "per_replica"] = "shared"
 
     def tier_of(self, layer_id: int) -> Tier:
         return self.layer_tiers.get(layer_id, self.tier)
