@@ -1,14 +1,56 @@
-"""Starting the dashboard's server in tests: a free port and waiting until it answers."""
+"""Starting the dashboard's server in tests (a free port, waiting until it answers, stopping it)
+and the Chromium the browser tests drive (Debian's; Playwright never downloads one)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from planner.cli.app import free_port, wait_until_healthy as _wait
+from planner.cli.app import free_port
+from planner.cli.app import wait_until_healthy as _wait
 
-__all__ = ["free_port", "wait_until_healthy"]
+__all__ = ["ARGS", "CHROMIUM", "ROOT", "app_server", "free_port", "wait_until_healthy"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@contextmanager
+def app_server(log_path: Path | None = None):
+    """``engram-planner app`` on a free port: yields its URL, stops it after. Its output goes to
+    ``log_path`` (a file, not a pipe nobody reads: a full pipe stalls a long-lived server), else
+    to a pipe read if it fails to start."""
+    from planner.cli.app import command
+
+    port = free_port()
+    env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
+    log = open(log_path, "wb") if log_path is not None else None
+    try:
+        proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=log or subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            log.close()
+    try:
+        try:
+            url = wait_until_healthy(proc, port)
+        except BaseException:
+            if log_path is not None:
+                print(log_path.read_text(errors="replace")[-2000:])
+            raise
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_until_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 60.0) -> str:

@@ -7,36 +7,20 @@ installs it in .ci/run); Playwright never downloads a browser here.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.server_helpers import free_port, wait_until_healthy
+from tests.server_helpers import ARGS, CHROMIUM, ROOT, app_server
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "out" / "screenshots"
 
 
 @pytest.fixture
 def server():
-    from planner.cli.app import command
-
-    port = free_port()
-    env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = wait_until_healthy(proc, port)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with app_server() as url:
+        yield url
 
 
 def _metric(page, label: str) -> str:

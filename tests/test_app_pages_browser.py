@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.server_helpers import free_port, wait_until_healthy
+from tests.server_helpers import ARGS, CHROMIUM, ROOT
+from tests.server_helpers import app_server as start_app
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "out" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 
@@ -43,24 +39,8 @@ PAGES = [
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    from planner.cli.app import command
-
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("app") / "streamlit.log"
-    env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    with open(log_path, "wb") as log:  # a file, not a pipe nobody reads: a full pipe would stall the server
-        proc = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = wait_until_healthy(proc, port)
-    except BaseException:
-        print(log_path.read_text(errors="replace")[-2000:])
-        raise
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with start_app(tmp_path_factory.mktemp("app") / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ import yaml
 from planner.loading import ROOT
 from planner.plan import plan_from_dict, run_plan
 from planner.plan.report import write_report
+from tests.server_helpers import ARGS, CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "out" / "screenshots"
 PLANS = ROOT / "examples" / "plans"
 
