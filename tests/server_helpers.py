@@ -13,7 +13,7 @@ import pytest
 from planner.cli.app import free_port
 from planner.cli.app import wait_until_healthy as _wait
 
-__all__ = ["ARGS", "CHROMIUM", "ROOT", "app_server", "free_port", "wait_until_healthy"]
+__all__ = ["ARGS", "CHROMIUM", "ROOT", "app_server", "chromium", "free_port", "wait_until_healthy"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -63,3 +63,18 @@ def wait_until_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 60.
         out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         pytest.fail(f"{exc}:\n{out[-2000:]}")
     return f"http://localhost:{port}"
+
+
+@contextmanager
+def chromium():
+    """Headless Debian Chromium through Playwright; skips the test where either is absent
+    (.ci/run installs both)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -8,11 +8,10 @@ installs it in .ci/run); Playwright never downloads a browser here.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.server_helpers import ARGS, CHROMIUM, ROOT, app_server
+from tests.server_helpers import ROOT, app_server, chromium
 
 SCREENSHOTS = ROOT / "out" / "screenshots"
 
@@ -30,31 +29,24 @@ def _metric(page, label: str) -> str:
 
 @pytest.mark.browser
 def test_whatif_in_chromium(server):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(server, wait_until="domcontentloaded")
-            page.get_by_text("Drop vs no Engram").first.wait_for(timeout=60_000)
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)
-            before = _metric(page, "Drop vs no Engram")
-            exposed_before = _metric(page, "Exposed / step")
-            assert before.endswith("%")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(server, wait_until="domcontentloaded")
+        page.get_by_text("Drop vs no Engram").first.wait_for(timeout=60_000)
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)
+        before = _metric(page, "Drop vs no Engram")
+        exposed_before = _metric(page, "Exposed / step")
+        assert before.endswith("%")
 
-            # Turn prefetch off: the fetch now starts at the layer, so it is exposed.
-            page.get_by_text("Prefetch at step start").click()
-            deadline = time.monotonic() + 30
-            while _metric(page, "Exposed / step") == exposed_before and time.monotonic() < deadline:
-                time.sleep(0.1)
-            after = _metric(page, "Drop vs no Engram")
-            assert _metric(page, "Exposed / step") != exposed_before
-            assert after != before, (before, after)
-            page.wait_for_timeout(800)  # let plotly finish drawing before the picture
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "whatif.png"), full_page=True)
-        finally:
-            browser.close()
+        # Turn prefetch off: the fetch now starts at the layer, so it is exposed.
+        page.get_by_text("Prefetch at step start").click()
+        deadline = time.monotonic() + 30
+        while _metric(page, "Exposed / step") == exposed_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = _metric(page, "Drop vs no Engram")
+        assert _metric(page, "Exposed / step") != exposed_before
+        assert after != before, (before, after)
+        page.wait_for_timeout(800)  # let plotly finish drawing before the picture
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "whatif.png"), full_page=True)
     assert (SCREENSHOTS / "whatif.png").stat().st_size > 10_000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_helpers import ARGS, CHROMIUM, ROOT
+from tests.server_helpers import ROOT, chromium
 from tests.server_helpers import app_server as start_app
 
 SCREENSHOTS = ROOT / "out" / "screenshots"
@@ -45,15 +45,8 @@ def app_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,13 @@ downloads a browser here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from planner.loading import ROOT
 from planner.plan import plan_from_dict, run_plan
 from planner.plan.report import write_report
-from tests.server_helpers import ARGS, CHROMIUM
+from tests.server_helpers import chromium
 
 SCREENSHOTS = ROOT / "out" / "screenshots"
 PLANS = ROOT / "examples" / "plans"
@@ -42,53 +40,46 @@ def _plan():
 
 @pytest.mark.browser
 def test_plan_report_in_chromium(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium); .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
     plan = _plan()
     results = run_plan(plan)
     assert [bool(r.recommendations) for r in results] == [True, True, False]
     report = write_report(plan, results, tmp_path)["html"]
     assert 'src="http' not in report.read_text()  # offline: no CDN
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(report.as_uri(), wait_until="load")
-            page.locator(".js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri(), wait_until="load")
+        page.locator(".js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
 
-            # The answer is the first content after the title (and the plan's one-line description).
-            first = page.evaluate("""() => [...document.querySelector('main').children]
-                .filter(e => !(e.tagName === 'H1' || e.classList.contains('lede'))).map(e => e.id)[0]""")
-            assert first == "answer"
-            answer = page.locator("#answer").inner_text()
-            assert answer.count("output tokens/s") == 2 and "no candidate meets every constraint" in answer
-            assert "A larger table (1T params) fails" in answer  # what is out of reach, and why
+        # The answer is the first content after the title (and the plan's one-line description).
+        first = page.evaluate("""() => [...document.querySelector('main').children]
+            .filter(e => !(e.tagName === 'H1' || e.classList.contains('lede'))).map(e => e.id)[0]""")
+        assert first == "answer"
+        answer = page.locator("#answer").inner_text()
+        assert answer.count("output tokens/s") == 2 and "no candidate meets every constraint" in answer
+        assert "A larger table (1T params) fails" in answer  # what is out of reach, and why
 
-            # A table per feasible study, plus the duplicates left out; numbers right-aligned.
-            heads = page.locator("table thead").all_inner_texts()
-            assert sum("output tok/s" in h for h in heads) == 2 and sum("why not" in h for h in heads) == 2
-            assert "less GPU memory per device" in page.locator("table").nth(1).inner_text()
-            cell = page.locator("td.num").first
-            assert cell.evaluate("e => getComputedStyle(e).textAlign") == "right"
-            assert page.locator("main").bounding_box()["width"] <= 1260
+        # A table per feasible study, plus the duplicates left out; numbers right-aligned.
+        heads = page.locator("table thead").all_inner_texts()
+        assert sum("output tok/s" in h for h in heads) == 2 and sum("why not" in h for h in heads) == 2
+        assert "less GPU memory per device" in page.locator("table").nth(1).inner_text()
+        cell = page.locator("td.num").first
+        assert cell.evaluate("e => getComputedStyle(e).textAlign") == "right"
+        assert page.locator("main").bounding_box()["width"] <= 1260
 
-            # Every chart drawn with data; coinciding hardware lines said so in the legend.
-            assert page.locator(".js-plotly-plot").count() == 3
-            assert page.locator(".js-plotly-plot svg.main-svg").count() >= 3
-            assert page.locator(".js-plotly-plot .scatterlayer .trace, .js-plotly-plot .barlayer .trace").count() > 5
-            legends = " ".join(page.eval_on_selector_all(".js-plotly-plot g.legend text",
-                                                         "els => els.map(e => e.textContent)"))
-            assert "(same as dense8b [hardware=h800])" in legends
-            assert "infeasible (fails a limit)" in legends and "verified Pareto front" in legends
-            page.wait_for_timeout(800)  # let plotly finish drawing before the picture
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "plan-report.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+        # Every chart drawn with data; coinciding hardware lines said so in the legend.
+        assert page.locator(".js-plotly-plot").count() == 3
+        assert page.locator(".js-plotly-plot svg.main-svg").count() >= 3
+        assert page.locator(".js-plotly-plot .scatterlayer .trace, .js-plotly-plot .barlayer .trace").count() > 5
+        legends = " ".join(page.eval_on_selector_all(".js-plotly-plot g.legend text",
+                                                     "els => els.map(e => e.textContent)"))
+        assert "(same as dense8b [hardware=h800])" in legends
+        assert "infeasible (fails a limit)" in legends and "verified Pareto front" in legends
+        page.wait_for_timeout(800)  # let plotly finish drawing before the picture
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "plan-report.png"), full_page=True)
+        assert errors == []
     assert (SCREENSHOTS / "plan-report.png").stat().st_size > 10_000
