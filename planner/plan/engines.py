@@ -57,7 +57,7 @@ def engine_settings(scenario: Scenario) -> dict[str, str]:
         if placement.cache_fraction > 0:
             notes.append("neither engine keeps a hot-row cache of host tables in HBM")
     elif model.engram is not None:
-        notes.append(f"no public engine serves {model.name}'s Engram tables: the placement has no flag")
+        notes.append(f"no public engine serves Engram tables for this model ({model.name}): the placement has no flag")
     tail = f" (not exposed: {'; '.join(notes)})" if notes else ""
     return {"vLLM": "vllm serve ... " + " ".join(vllm) + tail, "SGLang": "python -m sglang.launch_server ... "
             + " ".join(sglang) + tail}
