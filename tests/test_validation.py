@@ -237,3 +237,17 @@ def test_anchors_replay_calibration_runs_exactly():
         assert ours == theirs, run["name"]
         assert (cfg.batch, cfg.prompt_len, cfg.output_len, cfg.tier) == (run["batch"], run["prompt_len"],
                                                                           run["output_len"], run["tier"])
+
+
+def test_a_point_prediction_reports_no_coverage():
+    """Bytes moved are predicted as a point (a band of zero width): coverage does not apply, it
+    is not a band that missed every run."""
+    r = compare.RunResult("a", {}, {}, {"step_time_s": 1.0, "throughput_tokens_per_s": 1.0, "exposed_lookup_s": 0.0,
+                                        "bytes_to_device": 100.0},
+                          {"step_time_s": 1.0, "throughput_tokens_per_s": 1.0, "exposed_lookup_s": 0.0,
+                           "bytes_to_device": 104.0},
+                          {"step_time_s": [0.9, 1.1], "throughput_tokens_per_s": [0.9, 1.1], "exposed_lookup_s": [0, 0],
+                           "bytes_to_device": [104.0, 104.0]})
+    s = compare.summarise([r])
+    assert s["bytes_to_device"]["coverage"] is None and s["bytes_to_device"]["median_abs_error"] == pytest.approx(0.04)
+    assert s["step_time_s"]["coverage"] == 1.0

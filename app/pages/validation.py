@@ -76,7 +76,8 @@ except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
     st.stop()
 
 runs = data["runs"]
-st.caption(f"**{source}** · profile **{data.get('profile', '?')}** · {len(runs)} runs")
+# The profile as the measuring machine named it: its file name (the path was that machine's).
+st.caption(f"**{source}** · profile **{Path(str(data.get('profile', '?'))).name}** · {len(runs)} runs")
 metrics = list(dict.fromkeys(m for r in runs for m in r["measured"] if m in r["predicted"]))
 if not metrics:
     st.warning("No metric is both measured and predicted in these runs.")

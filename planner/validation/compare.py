@@ -201,18 +201,22 @@ def controlled(results: list[RunResult], ratio: float | None) -> dict[str, float
 
 def summarise(results: list[RunResult]) -> dict[str, dict[str, float | None]]:
     """Per metric: median and p90 of |relative error| over runs where it is defined, the
-    share of runs whose measurement falls inside the band (coverage) and the band's median
-    half-width relative to the prediction (a wide band covers easily: read the two together)."""
+    share of runs whose measurement falls inside the band (coverage; None for a point prediction)
+    and the band's median half-width relative to the prediction (a wide band covers easily: read
+    the two together)."""
     out = {}
     for m in METRICS:
         errs = [abs(e) for e in (r.error(m) for r in results) if e is not None]
         cover = [r.inside(m) for r in results if r.measured[m] != 0]
         widths = [(r.band[m][1] - r.band[m][0]) / (2 * r.predicted[m]) for r in results
                   if r.measured[m] != 0 and r.predicted[m] > 0]
+        # A point prediction (every band of zero width: bytes moved) has no coverage to report:
+        # "0%" would read as a band that missed every run.
+        point = bool(widths) and max(widths) == 0.0
         out[m] = {
             "median_abs_error": float(np.median(errs)) if errs else None,
             "p90_abs_error": float(np.percentile(errs, 90)) if errs else None,
-            "coverage": float(np.mean(cover)) if cover else None,
+            "coverage": float(np.mean(cover)) if cover and not point else None,
             "band_half_width": float(np.median(widths)) if widths else None,
             "runs": len(errs),
         }
