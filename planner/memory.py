@@ -29,6 +29,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from planner.accounting import engram_row_bytes, kv_cache_bytes_per_token, tier_footprint, weight_bytes
+from planner.parallel import engine_view, host_table_copies, kv_replication
 from planner.specs import DTYPE_BYTES, GQAAttention, InferenceWorkload, ModelSpec, Scenario
 
 # CUDA context plus cuBLAS/NCCL workspaces and allocator slack on an H100-class device: an
@@ -126,8 +127,6 @@ def max_model_len(scenario: Scenario) -> int:
 def device_memory(scenario: Scenario, model: ModelSpec | None = None) -> DeviceMemory:
     """The KV cache of one device of ``scenario`` serving ``model`` (default the scenario's;
     the no-Engram baseline passes its own, which leaves more room for KV)."""
-    from planner.parallel import engine_view, host_table_copies, kv_replication
-
     scenario = engine_view(scenario)  # a tensor-parallel group's memory is its ranks' (planner.parallel)
     model = model or scenario.model
     w, hw = scenario.workload, scenario.hardware

@@ -77,8 +77,8 @@ def host_table_copies(scenario: Scenario) -> int:
     data-parallel replica (``placement.host_copies: per_replica``)."""
     if scenario.placement.host_copies == "shared":
         return 1
-    ranks = scenario.hardware.device.ranks
-    return scenario.hardware.device.count * ranks // (tensor_parallel_size(scenario) if ranks == 1 else ranks)
+    d = scenario.hardware.device  # count x ranks is the node's devices, in a group view or not
+    return d.count * d.ranks // tensor_parallel_size(scenario)
 
 
 def kv_replication(model: ModelSpec, ranks: int) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 
 from planner.accounting import engram_table_bytes, kv_cache_bytes_per_token, param_counts, tier_footprint
 from planner.analytic import _mean_len, estimate_run_arrays
-from planner.parallel import host_table_copies, kv_replication, tensor_parallel_size
+from planner.parallel import host_table_copies, kv_replication, per_rank, tensor_parallel_size
 from planner.plan.candidates import Group
 from planner.plan.spec import Study
 from planner.quality import MemoryPowerLaw, QualityModel, memory_slots
@@ -44,27 +44,27 @@ def memory(group: Group, study: Study) -> dict[str, np.ndarray]:
     """Bytes per tier of each candidate (device: per device; host and disk: per node)."""
     model, placement = group.choice.model, group.scenario.placement
     w = study.scenario.workload
-    zero = tier_footprint(model, placement.model_copy(update={"cache_fraction": 0.0}))
-    full = tier_footprint(model, placement.model_copy(update={"cache_fraction": 1.0}))
+    # Per device: a tensor-parallel group splits weights, tables and caches over its ranks and
+    # each rank holds its share of the KV cache, or a copy of it (planner.parallel).
+    tp = tensor_parallel_size(study.scenario)
+    zero = per_rank(tier_footprint(model, placement.model_copy(update={"cache_fraction": 0.0})), model, tp)
+    full = per_rank(tier_footprint(model, placement.model_copy(update={"cache_fraction": 1.0})), model, tp)
     seqs = np.minimum(group.max_num_seqs, _per_device(study.scenario))
     if study.settings.memory.kv_cache == "max":
         seq_len = length_bounds(w.prompt_len)[1] + length_bounds(w.output_len)[1]
     else:
         seq_len = _mean_len(w.prompt_len) + _mean_len(w.output_len)
-    # Per device: a tensor-parallel group splits weights, tables and caches over its ranks and
-    # each rank holds its share of the KV cache, or a copy of it (planner.parallel).
-    tp = tensor_parallel_size(study.scenario)
     kv = seqs * seq_len * kv_cache_bytes_per_token(model) * kv_replication(model, tp) / tp
     f = group.cache_fraction
-    cache = f * (full.device - zero.device) / tp
-    device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_")) / tp
-    device = zero.device / tp + cache + kv
+    cache = f * (full.device - zero.device)
+    device_tables = sum(v for k, v in zero.breakdown.items() if k.startswith("engram_table_"))
+    device = zero.device + cache + kv
     # One memory pool (link.kind: unified): every device's allocations are host memory too.
     pooled = device * study.scenario.hardware.device.count if study.scenario.hardware.unified else 0.0
     return {
         "device_bytes": device,
         "device_engram_bytes": device_tables + cache,
-        "weight_bytes": np.full(f.shape, zero.breakdown["weights"] / tp),
+        "weight_bytes": np.full(f.shape, zero.breakdown["weights"]),
         "kv_cache_bytes": kv,
         "host_bytes": np.full(f.shape, zero.host * host_table_copies(group.scenario)) + pooled,
         "disk_bytes": np.full(f.shape, zero.disk),
