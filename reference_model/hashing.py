@@ -15,8 +15,8 @@ arithmetic never wraps and ``mix >= 0``.
 
 Speed. The demo computes ``mix % p`` with int64 division (13-40 cycles per value on x86: there
 is no SIMD integer divide) in one numpy pass per layer, order and head. Here one compiled loop
-(numba) walks the tokens once, computes each order's mix once for its 8 heads, and takes the
-modulus in float64 arithmetic, exactly:
+(numba) computes each order's mix once for all its heads, over chunks of positions, and takes
+each head's modulus over a chunk in vectorised float64 arithmetic, exactly:
 
 1. split ``mix = hi * 2**50 + lo`` with ``-2**13 <= hi < 2**13`` (an arithmetic shift: a
    padding marker's mix may be negative) and ``0 <= lo < 2**50`` (both exact in float64);
@@ -55,38 +55,90 @@ _SPLIT_BITS = 50
 _FLOAT_PATH_MAX_PRIME = 1 << 35  # the proof of the module docstring, step 3
 
 
+# float64 2**52 and its bit pattern: the exact int64 <-> float64 conversions of _hash_kernel.
+_MAGIC = 0x4330000000000000
+_TWO52 = 4503599627370496.0
+_CHUNK = 256  # positions per vectorised pass (its scratch stays in L1)
+
+
 @numba.njit(cache=True, nogil=True)
 def _hash_kernel(ctx_BX, n_ctx, mult_LN, p_LOH, split_LOH, inv_p_LOH, off_LOH, float_path, out_LSK):
     """``out_LSK[l, b*T + t, o*H + h] = mix_{o+2}[b, t] mod p[l, o, h] + off[l, o, h]``.
 
     ``ctx_BX`` holds the N-1 context ids of each sequence, then its T ids (see ``_context``).
+    Loop order: per sequence, chunk of ``C`` positions and layer, each order's mix is built for
+    the chunk, split into ``hi`` and ``lo`` (step 1), and each head's modulus runs over the
+    chunk's contiguous positions: loops LLVM vectorises (AVX2: 4 float64 lanes). AVX2 has no
+    int64 <-> float64 conversion, so both run through the float64 bit pattern of ``2**52``
+    (``_MAGIC``): for an integer ``0 <= v < 2**52``, the bits ``v | _MAGIC`` are the float
+    ``2**52 + v`` exactly, and back. ``hi`` is shifted by ``2**13`` into that range first; ``lo``
+    and ``r`` are in it already. The scratch arrays (4 x C x 8 bytes) are allocated per call, so
+    concurrent calls (engine and prefetch threads) share nothing.
     """
     B, X = ctx_BX.shape
     T = X - n_ctx
     L, N = mult_LN.shape
     H = p_LOH.shape[2]
     lo_mask = (1 << 50) - 1
+    C = _CHUNK
+    S, K = out_LSK.shape[1], out_LSK.shape[2]
+    # Flat views indexed by uint64: numba checks signed indices for wraparound (a negative
+    # index counts from the end), a branch per access that keeps the loops from vectorising.
+    out_flat = out_LSK.reshape(-1)
+    ctx_flat = ctx_BX.reshape(-1)
+    mix_C = np.empty(C, np.int64)
+    hi_C = np.empty(C, np.float64)
+    lo_C = np.empty(C, np.float64)
+    r_C = np.empty(C, np.float64)
+    hi_bits = hi_C.view(np.int64)
+    lo_bits = lo_C.view(np.int64)
+    r_bits = r_C.view(np.int64)
     for b in range(B):
-        for t in range(T):
-            s = b * T + t
-            c = n_ctx + t
+        for t0 in range(0, T, C):
+            n = min(C, T - t0)
+            s0 = b * T + t0
+            cb = np.uint64(b * X + n_ctx + t0)  # flat index of position t0's own id
             for l in range(L):
-                mix = ctx_BX[b, c] * mult_LN[l, 0]
+                m0 = mult_LN[l, 0]
+                for t in range(n):
+                    mix_C[t] = ctx_flat[cb + np.uint64(t)] * m0
                 for k in range(1, N):
-                    mix ^= ctx_BX[b, c - k] * mult_LN[l, k]
                     o = k - 1
+                    mk = mult_LN[l, k]
+                    for t in range(n):
+                        mix_C[t] ^= ctx_flat[cb - np.uint64(k) + np.uint64(t)] * mk
                     if float_path:
-                        hi = np.float64(mix >> 50)
-                        lo = np.float64(mix & lo_mask)
+                        for t in range(n):
+                            v = mix_C[t]
+                            hi_bits[t] = ((v >> 50) + 8192) | _MAGIC
+                            lo_bits[t] = (v & lo_mask) | _MAGIC
+                        for t in range(n):
+                            hi_C[t] = hi_C[t] - (_TWO52 + 8192.0)
+                            lo_C[t] = lo_C[t] - _TWO52
                         for h in range(H):
-                            y = hi * split_LOH[l, o, h] + lo
+                            col = o * H + h
+                            off = off_LOH[l, o, h]
+                            split = split_LOH[l, o, h]
                             inv = inv_p_LOH[l, o, h]
-                            q = np.floor(y * inv + 0.5 * inv)
-                            r = y - q * np.float64(p_LOH[l, o, h])
-                            out_LSK[l, s, o * H + h] = np.int64(r) + off_LOH[l, o, h]
+                            half_inv = 0.5 * inv
+                            p = np.float64(p_LOH[l, o, h])
+                            for t in range(n):
+                                y = hi_C[t] * split + lo_C[t]
+                                q = np.floor(y * inv + half_inv)
+                                r_C[t] = (y - q * p) + _TWO52
+                            idx = np.uint64((l * S + s0) * K + col)
+                            for t in range(n):
+                                out_flat[idx] = (r_bits[t] - _MAGIC) + off
+                                idx += np.uint64(K)
                     else:
                         for h in range(H):
-                            out_LSK[l, s, o * H + h] = mix % p_LOH[l, o, h] + off_LOH[l, o, h]
+                            col = o * H + h
+                            off = off_LOH[l, o, h]
+                            pi = p_LOH[l, o, h]
+                            idx = np.uint64((l * S + s0) * K + col)
+                            for t in range(n):
+                                out_flat[idx] = mix_C[t] % pi + off
+                                idx += np.uint64(K)
 
 
 def layer_multipliers(engram: EngramSpec, compressed_vocab_size: int) -> dict[int, np.ndarray]:
