@@ -80,7 +80,7 @@ def _hash_kernel(ctx_BX, n_ctx, mult_LN, p_LOH, split_LOH, inv_p_LOH, off_LOH, f
     L, N = mult_LN.shape
     H = p_LOH.shape[2]
     lo_mask = (1 << 50) - 1
-    C = _CHUNK
+    C = max(1, min(_CHUNK, T))  # a decode step's T = 1 needs no 256-long scratch
     S, K = out_LSK.shape[1], out_LSK.shape[2]
     # Flat views indexed by uint64: numba checks signed indices for wraparound (a negative
     # index counts from the end), a branch per access that keeps the loops from vectorising.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from planner.specs.model import EngramSpec
-from reference_model.hashing import NgramHasher
+from reference_model.hashing import _CHUNK, NgramHasher
 # Independent of planner.primes: trial division and the demo's walk (tests/test_primes.py).
 from scripts.demo_golden_vectors import table_sizes as demo_table_sizes
 from tests.test_primes import _slow_is_prime as _is_prime
@@ -55,11 +55,13 @@ CONFIGS = [
 ]
 
 
+# 23 positions: one partial chunk of the kernel; 2 chunks + 37: full chunks, then a partial one.
+@pytest.mark.parametrize("positions", [23, 2 * _CHUNK + 37])
 @pytest.mark.parametrize("kwargs,vocab,pad", CONFIGS)
-def test_hash_matches_scalar_reference(kwargs, vocab, pad):
+def test_hash_matches_scalar_reference(kwargs, vocab, pad, positions):
     e = EngramSpec(**kwargs)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, vocab, size=(2, 23))
+    ids = rng.integers(0, vocab, size=(2, positions))
     ids[0, :3] = pad  # explicit pads at the start look the same as implicit ones
     hasher = NgramHasher(e, vocab, pad)
     expected, primes = reference_hash(e, vocab, pad, ids)
@@ -67,7 +69,7 @@ def test_hash_matches_scalar_reference(kwargs, vocab, pad):
     got = hasher.hash(ids)
     rows = hasher.row_ids(ids)
     for layer in e.layer_ids:
-        assert got[layer].shape == (2, 23, (e.max_ngram - 1) * e.n_heads)
+        assert got[layer].shape == (2, positions, (e.max_ngram - 1) * e.n_heads)
         np.testing.assert_array_equal(got[layer], expected[layer])
         offsets = np.cumsum([0] + [p for order in primes[layer] for p in order])[:-1]
         np.testing.assert_array_equal(hasher.offsets[layer], offsets)
