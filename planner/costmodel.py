@@ -33,6 +33,8 @@ Approximations, stated once:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 from typing import Union
 
@@ -425,11 +427,19 @@ class CostModel:
     # ---- NVMe and network
 
     def nvme_pages(self, rows: Number, row_bytes: float) -> Number:
-        """Pages read for ``rows`` random rows: a row smaller than a page costs a whole page
-        (a 160 B row costs a 4 KiB read); rows never share a page (hashing scatters them)."""
+        """Pages read for ``rows`` random rows. Rows lie back to back in the table file, so a
+        row starts at a multiple of ``g = gcd(row_bytes, page)`` within its page, each such
+        offset equally likely, and spans ``(row_bytes - g) / page + 1`` pages on average: a
+        160 B row costs a whole 4 KiB page, 1.03 of one counting the rows that straddle two,
+        a 264 B row 1.06. Distinct rows never share a page (hashing scatters them)."""
         nvme = self.hardware.nvme
         assert nvme is not None
-        return rows * np.ceil(row_bytes / nvme.page_size)
+        page = float(nvme.page_size)
+        if float(row_bytes).is_integer() and page.is_integer():
+            g = float(math.gcd(int(row_bytes), int(page)))
+        else:
+            g = min(float(row_bytes), page)
+        return rows * ((row_bytes - g) / page + 1.0)
 
     def nvme_page_rate(self) -> float:
         """Pages/s the drives sustain: the smaller of the IOPS and bandwidth bounds."""
@@ -437,11 +447,26 @@ class CostModel:
         assert nvme is not None
         return min(nvme.read_iops, nvme.read_bandwidth / nvme.page_size)
 
-    def nvme_read(self, rows: Number, row_bytes: float) -> Number:
-        """Time to read ``rows`` random rows alone: latency + pages / page rate. Simplifies:
-        queue depth deep enough to reach the IOPS bound; no page cache (the caller splits it)."""
+    def nvme_access(self, disk_read: str, queue_depth: int) -> tuple[float, float]:
+        """``(latency, reads in flight)`` of one reader of disk-tier rows: ``pread`` keeps
+        ``queue_depth`` reads in flight, each ``read_latency`` long; ``mmap`` touches a mapped
+        file's pages, one synchronous fault at a time (``fault_latency``, else the read's)."""
+        nvme = self.hardware.nvme
+        assert nvme is not None
+        if disk_read == "mmap":
+            return (nvme.read_latency if nvme.fault_latency is None else nvme.fault_latency), 1.0
+        return nvme.read_latency, float(queue_depth)
+
+    def nvme_read(self, rows: Number, row_bytes: float, disk_read: str = "pread", queue_depth: int = 128,
+                  share: float = 1.0) -> Number:
+        """Seconds to read ``rows`` random rows with the drives to itself (``share``: the fraction
+        of their page rate this reader gets): the larger of the latency bound, ``latency x
+        ceil(pages / reads in flight)`` (waves of reads, each a latency long), and the rate bound,
+        ``latency + pages / (share x page rate)``. No page cache (the caller splits it off)."""
         pages = self.nvme_pages(rows, row_bytes)
-        return np.where(pages > 0, self.hardware.nvme.read_latency + pages / self.nvme_page_rate(), 0.0)
+        latency, in_flight = self.nvme_access(disk_read, queue_depth)
+        waves = latency * np.ceil(np.asarray(pages, float) / in_flight)
+        return np.where(pages > 0, np.maximum(waves, latency + pages / (share * self.nvme_page_rate())), 0.0)
 
     def network(self, bytes_: Number) -> Number:
         """One message between nodes: latency + bytes / (bandwidth x efficiency.link)."""

@@ -157,9 +157,8 @@ def layer_fetch(cost: CostModel, placement: EngramPlacement, traffic: NgramTraff
         hit_both = traffic.hit_rate(np.minimum(1.0, np.asarray(f) + p.host_cache_fraction))
         in_dram = np.where(hit_dev < 1, (hit_both - hit_dev) / np.maximum(1 - hit_dev, 1e-300), 1.0)
         disk_rows = rows * (1.0 - in_dram)
-        pages = cost.nvme_pages(disk_rows, cost.row_bytes)
-        disk_s = np.where(pages > 0, cost.hardware.nvme.read_latency
-                          + pages * devices_sharing_dram / cost.nvme_page_rate(), 0.0)
+        disk_s = cost.nvme_read(disk_rows, cost.row_bytes, p.disk_read, p.disk_queue_depth,
+                                share=1.0 / devices_sharing_dram)
     table = cost.table_bytes(layer) if table_bytes is None else table_bytes
     mode = copy_mode(cost, p)
     rate = np.minimum(cost.gather_rate(host.cores, table, p.huge_pages),

@@ -68,9 +68,30 @@ def test_nvme_reads_whole_pages():
     c = CostModel(load_model("dense-8b-engram-100b"), hw)
     row = engram_row_bytes(c.model)
     assert row == 160
-    assert c.nvme_pages(1000, row) == 1000  # a 160 B row costs a 4 KiB page
-    # IOPS bound: 1e6 pages/s < 8e9 / 4096 = 1.95e6 pages/s.
-    assert c.nvme_read(1e6, row) == pytest.approx(80e-6 + 1.0)
+    # A 160 B row costs a 4 KiB page; rows start at multiples of gcd(160, 4096) = 32 B, so
+    # (160 - 32) / 4096 of them straddle two pages.
+    assert c.nvme_pages(1000, row) == pytest.approx(1000 * (1 + 128 / 4096))
+    assert c.nvme_pages(10, 4096) == 10 and c.nvme_pages(10, 2048) == 10  # page-aligned rows never straddle
+    assert c.nvme_pages(10, 8192) == 20
+    pages = c.nvme_pages(1e6, row)
+    # IOPS bound: 1e6 pages/s < 8e9 / 4096 = 1.95e6 pages/s, with enough reads in flight.
+    assert c.nvme_read(1e6, row, "pread", 1024) == pytest.approx(80e-6 + pages / 1e6)
+
+
+def test_nvme_latency_bound_with_few_reads_in_flight():
+    """Waves of reads: 128 in flight at 80 us each sustain 1.6M pages/s at most; an mmap'd
+    file faults one page at a time, so its reads cost a latency each."""
+    hw = load_hardware("h100-sxm")
+    nvme = NVMeSpec(capacity=8e12, read_bandwidth=55e9, read_iops=11.2e6, fault_latency=100e-6)
+    c = CostModel(load_model("dense-8b-engram-100b"), hw.model_copy(update={"nvme": nvme}))
+    rows = 1000
+    pages = c.nvme_pages(rows, 160)
+    assert c.nvme_read(rows, 160, "pread", 128) == pytest.approx(80e-6 * np.ceil(pages / 128))
+    assert c.nvme_read(rows, 160, "pread", 1) == pytest.approx(80e-6 * np.ceil(pages))
+    assert c.nvme_read(rows, 160, "mmap", 128) == pytest.approx(100e-6 * np.ceil(pages))
+    assert c.nvme_read(0, 160, "mmap", 128) == 0
+    # Rate bound where the queue is deep: latency + pages / rate.
+    assert c.nvme_read(rows, 160, "pread", 65536) == pytest.approx(80e-6 + pages / 11.2e6)
 
 
 def test_array_inputs_broadcast(cost):

@@ -206,10 +206,15 @@ class Fetcher:
         env, layer = self.env, plan.layer
         if plan.disk_rows > 0:
             start = env.now
-            nvme = self.cost.hardware.nvme
+            nvme, p = self.cost.hardware.nvme, self.placement
             pages = float(self.cost.nvme_pages(plan.disk_rows, self.row_bytes))
-            yield env.timeout(nvme.read_latency)
+            latency, in_flight = self.cost.nvme_access(p.disk_read, p.disk_queue_depth)
+            yield env.timeout(latency)
             yield from self._through(self.node.nvme, ["nvme"], pages, math.inf)
+            # Latency bound: waves of `in_flight` reads, each `latency` long (an mmap fault at a time).
+            waves_end = start + latency * math.ceil(pages / in_flight)
+            if env.now < waves_end:
+                yield env.timeout(waves_end - env.now)
             self.rec.bytes_by_tier["nvme_read"] += pages * nvme.page_size
             self._done_stage(layer, "disk", f"gather_L{layer}", "nvme", start, trail, rows=round(plan.disk_rows),
                              pages=round(pages), tier=plan.tier)

@@ -128,6 +128,9 @@ class NVMeSpec(Spec):
     read_latency: Seconds = 80e-6
     read_iops: Positive = Field(default=1e6, description="random 4 KiB reads per second")
     page_size: Annotated[Bytes, Field(gt=0)] = Field(default=4096.0, description="smallest read")
+    fault_latency: Seconds | None = Field(
+        default=None, description="one cold page fault of a memory-mapped file (disk_read: mmap), "
+        "read from the drive; None: read_latency")
 
 
 class NetworkSpec(Spec):

@@ -15,7 +15,7 @@ class EngramPlacement(Spec):
     """Placement of the Engram tables.
 
     * ``tier``: ``device`` (accelerator memory: the baseline), ``host`` (host DRAM, pinned on
-      CUDA), ``disk`` (memory-mapped file on NVMe). ``layer_tiers`` overrides it per layer id.
+      CUDA), ``disk`` (a file on NVMe, read as ``disk_read`` says). ``layer_tiers`` overrides it per layer id.
     * ``cache_fraction``: share of each offloaded table's rows kept hot on the device (the most
       frequent n-grams, so the hit rate is far above this fraction under Zipfian traffic).
     * ``prefetch``: start fetching a step's rows as soon as its token ids are known, so the
@@ -23,9 +23,17 @@ class EngramPlacement(Spec):
     * ``dedup``: fetch each distinct row of a step once.
     * ``host_mode``: ``staged`` = CPU gathers rows into a pinned buffer, one DMA copy;
       ``uva`` = GPU kernels read rows straight from mapped pinned host memory.
-    * ``host_cache_fraction``: for the disk tier, share of rows served from DRAM (page cache).
+    * ``host_cache_fraction``: for the disk tier, share of rows served from DRAM: the page cache
+      in front of a mapped or buffered file, or an engine's own DRAM row cache in front of
+      O_DIRECT reads (SGLang fork's ``SGLANG_DSV41_ENGRAM_RAM_GIB``).
     * ``huge_pages``: host-tier tables on 2 MiB pages (transparent huge pages, ``madvise``), so
       a random row of a table far beyond the TLB's reach costs no page walk; off = 4 KiB pages.
+    * ``disk_read``: how disk-tier rows are read. ``pread`` = positional reads of the rows'
+      pages into aligned buffers, ``disk_queue_depth`` of them in flight (O_DIRECT where the
+      filesystem allows it, so the page cache is bypassed; the way an engine's io_uring or AIO
+      reader pre-stages rows); ``mmap`` = the table file is mapped and the gather touches its
+      pages, so each cold page is a synchronous page fault, one at a time per reading thread
+      (vLLM's closed disk-offload PR #56757 maps one file per shard this way).
     * ``host_copies``: ``shared`` = one copy of the host-tier tables per node, mapped by every
       replica (vLLM's ``dp_shared_memory``, SGLang's ``replication: per_node``); ``per_replica`` =
       each data-parallel replica (device, or tensor-parallel group) keeps its own, and host memory
@@ -43,6 +51,8 @@ class EngramPlacement(Spec):
     host_cache_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     huge_pages: bool = False
     host_copies: Literal["shared", "per_replica"] = "shared"
+    disk_read: Literal["pread", "mmap"] = "pread"
+    disk_queue_depth: Annotated[int, Field(ge=1, le=65536)] = 128
 
     def tier_of(self, layer_id: int) -> Tier:
         return self.layer_tiers.get(layer_id, self.tier)
