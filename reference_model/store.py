@@ -37,7 +37,8 @@ from planner.specs.model import ModelSpec
 from planner.specs.placement import EngramPlacement
 from reference_model.layers import INIT_STD, torch_dtype
 from reference_model.store_cache import LRURowCache, RowCache, StaticRowCache
-from reference_model.store_sources import DenseRows, DiskRows, LazyRows, RowSource
+from reference_model.store_disk import DiskRows
+from reference_model.store_sources import DenseRows, LazyRows, RowSource
 
 
 def _null_tracer(name: str, track: str):
@@ -339,7 +340,7 @@ class EngramTableStore:
     ``table.weight``); without it the tables are :class:`LazyRows` generated from the spec's
     seed. ``hot_rows[layer] = (row_ids, counts)`` feeds the static cache (see
     :func:`reference_model.ngram_stats.row_counts`). Disk-tier tables are written under
-    ``disk_dir``; pass ``disk_files`` to map files written earlier instead.
+    ``disk_dir`` and read as ``placement.disk_read`` says (:mod:`reference_model.store_disk`).
     """
 
     def __init__(self, layers: dict[int, LayerStore]):
@@ -412,7 +413,8 @@ def _dense_source(layer, weight, tier, device, placement, disk_dir) -> RowSource
         return DenseRows(weight, "host", pin=placement.pinned)
     if disk_dir is None:
         raise ValueError(f"layer {layer} is on the disk tier: pass disk_dir for its table file")
-    return DiskRows.write(Path(disk_dir) / f"engram_table_L{layer}.bin", weight)
+    return DiskRows.write(Path(disk_dir) / f"engram_table_L{layer}.bin", weight, read=placement.disk_read,
+                          queue_depth=placement.disk_queue_depth)
 
 
 def _make_cache(layer, source, placement, hot_rows, device, lru_ways) -> RowCache | None:

@@ -5,8 +5,8 @@ ENGRAM.md section 2.5) somewhere, and copies the rows named by global row ids in
 
 * :class:`DenseRows`: a tensor in accelerator memory (the ``device`` tier) or in host RAM
   (the ``host`` tier; page-locked on CUDA so copies from it are true DMA transfers);
-* :class:`DiskRows`: a file mapped with ``mmap`` (the ``disk`` tier, for tables larger than
-  RAM); a read faults the touched pages in from the SSD, or from the page cache once warm;
+* :class:`reference_model.store_disk.DiskRows`: a file on the ``disk`` tier (tables larger than
+  RAM), read with ``preadv`` (pre-staged) or through a mapping (faults in the forward);
 * :class:`LazyRows`: no storage at all; each row is generated from ``(seed, layer, row id)``
   by a counter-based hash every time it is read, so the geometry of a table far larger than
   this machine (100B parameters, 200 GB in bf16) can be exercised.
@@ -18,7 +18,6 @@ Row ids are global: head index plus the head's offset into the fused table.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -130,57 +129,6 @@ class DenseRows(RowSource):
     def gather(self, ids_N: torch.Tensor, out_ND: torch.Tensor) -> torch.Tensor:
         # index_select with out= writes straight into the (pinned) staging buffer: one pass
         # over the rows, no temporary.
-        return torch.index_select(self.weight_RD, 0, ids_N, out=out_ND)
-
-
-class DiskRows(RowSource):
-    """A table in a raw row-major file, mapped with ``mmap`` (``torch.from_file``), so only
-    the pages a step touches are read. Each 4 KiB page holds ``4096 / row_bytes`` rows, so a
-    random row costs a whole page from the SSD when cold. Simplification: the OS page cache is
-    the DRAM tier in front of the file (``host_cache_fraction`` is not enforced separately);
-    :meth:`drop_page_cache` evicts it to measure cold reads."""
-
-    tier = "disk"
-    label = "disk (memory-mapped file)"
-
-    def __init__(self, path: str | Path, num_rows: int, d_head: int, dtype: torch.dtype):
-        super().__init__(num_rows, d_head, dtype)
-        self.path = Path(path)
-        need = self.num_rows * self.row_bytes
-        if not self.path.is_file():
-            raise ValueError(f"{self.path}: no such table file")
-        have = self.path.stat().st_size
-        if have < need:
-            raise ValueError(
-                f"{self.path}: {have:,} bytes, but {num_rows:,} rows x {d_head} x "
-                f"{self.row_bytes // d_head} B need {need:,}"
-            )
-        flat = torch.from_file(str(self.path), shared=False, size=self.num_rows * d_head, dtype=dtype)
-        self.weight_RD = flat.view(self.num_rows, d_head)
-
-    @classmethod
-    def write(cls, path: str | Path, weight_RD: torch.Tensor, chunk_rows: int = 1 << 20) -> "DiskRows":
-        """Write ``weight_RD`` to ``path`` in chunks of rows (bounded extra memory) and map it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        weight_RD = weight_RD.detach()
-        with open(path, "wb") as f:
-            for start in range(0, weight_RD.shape[0], chunk_rows):
-                chunk = weight_RD[start : start + chunk_rows].cpu().contiguous()
-                f.write(chunk.view(torch.uint8).numpy().tobytes())
-        return cls(path, weight_RD.shape[0], weight_RD.shape[1], weight_RD.dtype)
-
-    def drop_page_cache(self) -> None:
-        """Ask the kernel to evict this file's pages (POSIX_FADV_DONTNEED; no root). Dirty
-        pages (a file just written) cannot be dropped, so flush them first."""
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-    def gather(self, ids_N: torch.Tensor, out_ND: torch.Tensor) -> torch.Tensor:
         return torch.index_select(self.weight_RD, 0, ids_N, out=out_ND)
 
 

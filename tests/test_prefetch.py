@@ -105,3 +105,43 @@ def test_cuda_offload_rows_equal_device_rows(tiny_spec, host_mode, prefetch):
             for layer, handle in handles.items():
                 rows = handle.wait()
                 assert rows.is_cuda and torch.equal(rows, device.lookup(layer, ids[layer].cuda()))
+
+
+def test_prestaged_disk_reads_hide_behind_compute_and_in_forward_reads_do_not(tmp_path):
+    """The disk tier as engines read it, on this machine's own drive (its speed is measured
+    here, not assumed). Pre-staged (``pread`` on the prefetch worker): the reads start when
+    the step's ids are handed over, so after a window of compute at least as long as the read,
+    the layer's wait is nearly free. In the forward (``mmap``, prefetch off): the pages fault
+    in inside the layer's wait, however long the window before it. Each read is cold (the
+    page cache dropped, or bypassed by O_DIRECT) and returns the table's bytes."""
+    import time
+
+    from reference_model.prefetch import RowProvider
+    from reference_model.store import LayerStore
+    from reference_model.store_disk import DiskRows
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(100_000, 64, generator=g)  # 256 B rows: 16 to a page, 25 MB
+    ids = {0: torch.randint(0, 100_000, (8, 16, 8), generator=g)}  # ~1,000 distinct rows
+    modes = {"pre-staged": ("pread", True), "in-forward": ("mmap", False)}
+    sources = {name: DiskRows.write(tmp_path / f"{name}.bin", table, read=read, queue_depth=16)
+               for name, (read, _) in modes.items()}
+
+    def wait_after(name: str, window_s: float) -> float:
+        source, (_, prefetch) = sources[name], modes[name]
+        source.drop_page_cache()
+        store = EngramTableStore({0: LayerStore(0, source, dedup=True)})
+        with RowProvider(store, prefetch=prefetch) as provider:
+            handle = provider.fetch(ids)[0]
+            time.sleep(window_s)  # the blocks before the Engram layer
+            start = time.perf_counter()
+            rows = handle.wait()
+            waited = time.perf_counter() - start
+        assert torch.equal(rows, table[ids[0]])
+        return waited
+
+    read_s = {name: wait_after(name, 0.0) for name in modes}  # no window: the wait is the whole read
+    window = 2 * max(read_s.values()) + 0.02
+    hidden, exposed = wait_after("pre-staged", window), wait_after("in-forward", window)
+    assert hidden < 0.25 * read_s["pre-staged"], (hidden, read_s)
+    assert exposed > 0.5 * read_s["in-forward"], (exposed, read_s)

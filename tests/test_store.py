@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,8 @@ from planner.loading import load_model
 from planner.specs.placement import EngramPlacement
 from reference_model.store import EngramTableStore, LayerStore
 from reference_model.store_cache import LRURowCache, StaticRowCache, top_rows
-from reference_model.store_sources import DenseRows, DiskRows, LazyRows, splitmix64_mix
+from reference_model.store_disk import DiskRows
+from reference_model.store_sources import DenseRows, LazyRows, splitmix64_mix
 
 MASK = (1 << 64) - 1
 
@@ -61,6 +63,56 @@ def test_dense_and_disk_rows_gather(tmp_path):
         DiskRows(tmp_path / "t.bin", 2000, 8, torch.float32)
     with pytest.raises(ValueError, match="no such"):
         DiskRows(tmp_path / "missing.bin", 10, 8, torch.float32)
+
+
+@pytest.mark.parametrize("read,queue_depth", [("pread", 1), ("pread", 8), ("mmap", 1)])
+def test_disk_rows_read_modes_return_the_tables_bytes(tmp_path, read, queue_depth):
+    """264 B rows (66 fp32) straddle 4 KiB pages; the last row ends mid-page at the end of the
+    file; ids repeat and come unsorted; a cold read (page cache dropped) and a warm one agree."""
+    w = torch.randn(5000, 66)
+    disk = DiskRows.write(tmp_path / "t.bin", w, read=read, queue_depth=queue_depth)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.tensor([4999, 0, 15, 15, 62]), torch.randint(0, 5000, (700,), generator=g)])
+    assert disk.drop_page_cache()
+    for _ in range(2):
+        out = torch.full((ids.shape[0], 66), float("nan"))
+        assert torch.equal(disk.gather(ids, out), w[ids])
+    assert torch.equal(disk.gather(torch.empty(0, dtype=torch.int64), torch.empty(0, 66)), torch.empty(0, 66))
+    assert disk.resident_bytes == 0
+    if read == "pread":
+        assert disk.io in ("direct", "buffered") and "preadv" in disk.label
+        assert ("O_DIRECT" in disk.label) == (disk.io == "direct") and f"{queue_depth} reads in flight" in disk.label
+    else:
+        assert "memory-mapped" in disk.label
+    disk.close()
+
+
+def test_disk_rows_fall_back_to_buffered_reads_and_say_why(tmp_path, monkeypatch):
+    import os
+
+    w = torch.randn(300, 16)
+    DiskRows.write(tmp_path / "t.bin", w)
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    disk = DiskRows(tmp_path / "t.bin", 300, 16, torch.float32)
+    assert disk.io == "buffered" and "O_DIRECT does not exist" in disk.label
+    ids = torch.tensor([299, 3, 150])
+    assert torch.equal(disk.gather(ids, torch.empty(3, 16)), w[ids])
+
+
+def test_disk_rows_refuse_bad_modes(tmp_path):
+    DiskRows.write(tmp_path / "t.bin", torch.zeros(10, 4))
+    with pytest.raises(ValueError, match="read must be one of pread, mmap, got 'aio'"):
+        DiskRows(tmp_path / "t.bin", 10, 4, torch.float32, read="aio")
+    with pytest.raises(ValueError, match=r"queue_depth must lie in \[1, 4096\], got 0"):
+        DiskRows(tmp_path / "t.bin", 10, 4, torch.float32, queue_depth=0)
+
+
+def test_page_runs_coalesce_adjacent_pages_up_to_the_cap():
+    from reference_model.store_disk import MAX_RUN_PAGES, _runs
+
+    pages = np.array([3, 4, 5, 9] + list(range(100, 100 + MAX_RUN_PAGES + 2)))
+    assert _runs(pages) == [(3, 3, 0), (9, 1, 3), (100, MAX_RUN_PAGES, 4), (100 + MAX_RUN_PAGES, 2, 4 + MAX_RUN_PAGES)]
+    assert _runs(np.array([], dtype=np.int64)) == []
 
 
 def test_top_rows_sums_duplicates_and_breaks_ties_by_id():

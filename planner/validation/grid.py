@@ -117,11 +117,12 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
 def placement(cfg: RunConfig, host_mode: str = "staged") -> EngramPlacement:
     """The measured placement: static hot-row cache (counted on the corpus' first 80%),
     de-duplication on, ``host_mode`` as ``--host-mode`` asks (UVA only on CUDA: the store falls
-    back to staged elsewhere, and so does the scenario), and for the disk tier a warm page cache
-    (the file was just written: every row comes from DRAM)."""
+    back to staged elsewhere, and so does the scenario), and for the disk tier the mapped file
+    with a warm page cache (``disk_read: mmap``; the file was just written: every row comes from
+    DRAM. O_DIRECT reads would bypass that cache)."""
     return EngramPlacement(tier=cfg.tier, cache_fraction=cfg.cache_fraction, cache_policy="static",
                            prefetch=cfg.prefetch, dedup=True, host_mode=host_mode,
-                           host_cache_fraction=1.0 if cfg.tier == "disk" else 0.0)
+                           host_cache_fraction=1.0 if cfg.tier == "disk" else 0.0, disk_read="mmap")
 
 
 def one_device(hw: HardwareSpec) -> HardwareSpec:
@@ -134,9 +135,10 @@ def one_device(hw: HardwareSpec) -> HardwareSpec:
 
 
 def with_disk(hw: HardwareSpec) -> HardwareSpec:
-    """A profile that can hold a disk-tier table. A CPU calibration measures no NVMe; with a warm
-    page cache (``host_cache_fraction: 1``) the simulator reads no page from it, so the figures
-    here are placeholders that never enter a prediction."""
+    """A profile that can hold a disk-tier table. A profile calibrated with ``--no-disk`` (or on a
+    memory filesystem) has no NVMe; with a warm page cache (``host_cache_fraction: 1``) the
+    simulator reads no page from it, so the figures here are placeholders that never enter a
+    prediction."""
     if hw.nvme is not None:
         return hw
     return hw.model_copy(update={"nvme": NVMeSpec(capacity=1e12, read_bandwidth=3e9)})
