@@ -52,7 +52,7 @@ def test_engine_measurement_times_every_span_of_every_step():
         assert s["lookups"]["1"]["requested"] == requested and 0 < s["lookups"]["1"]["fetched"] <= requested
 
 
-def small_plan(device, quick, engine_cores=1):
+def small_plan(device, quick, engine_cores=1, disk_dir=None, disk=True):
     mb = 1 << 20
     spec = engine_spec("tiny-gqa", 2, 2, (1,), "fp32")
     return [
@@ -69,6 +69,8 @@ def small_plan(device, quick, engine_cores=1):
             {"name": "a", "spec": spec.model_dump(mode="json"), "batch": 2, "prompt_len": 16, "output_len": 3},
             {"name": "b", "spec": spec.model_dump(mode="json"), "batch": 4, "prompt_len": 8, "output_len": 3}],
             "repeats": 2, "device": device}, module="measure_engine"),
+        Task("disk", "measure_disk", {"dir": disk_dir, "file_bytes": 4 * mb, "reads": 64, "depths": [2, 4],
+                                      "seq_bytes": mb, "repeats": 1}, module="measure_disk"),
     ]
 
 
@@ -84,11 +86,47 @@ def test_calibrate_command_writes_a_profile_that_loads(tmp_path, monkeypatch, ca
     names = {c["name"] for c in report["curves"]}
     assert {"gemm:fp32", "link:memcpy", "op:attention:gqa:fp32", "step:overhead", "gather:ram:latency"} <= names
     assert all(0 <= c["median_abs_rel_error"] for c in report["curves"])
-    assert report["cached_tasks"] == 0 and report["tasks"] == 8 and len(list(cache.glob("*.json"))) == 8
+    assert report["cached_tasks"] == 0 and report["tasks"] == 9 and len(list(cache.glob("*.json"))) == 9
+    # The drive under the temp dir, read both ways (or said why not, on a memory filesystem).
+    disk_lines = [line for line in hw.sources if line.startswith("nvme")]
+    if "not measured" in disk_lines[0]:
+        assert hw.nvme is None or hw.nvme == load_hardware("cpu-workstation").nvme
+    else:
+        assert hw.nvme.read_latency > 0 and hw.nvme.fault_latency > 0 and hw.nvme.read_iops > 0
+        assert hw.nvme.page_size == 4096 and not any("NVMe" in line for line in hw.sources if "unmeasured" in line)
     # Second run: every measurement comes from the cache; the text report shows the residuals.
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "8 from cache" in text and "median err" in text and "peak GEMM" in text
+    assert "9 from cache" in text and "median err" in text and "peak GEMM" in text
+
+
+def test_disk_measurement_reads_both_ways_and_fits_nvme(tmp_path):
+    from planner.calibration.measure_disk import fit_disk, measure_disk
+    from planner.specs import NVMeSpec
+
+    raw = measure_disk(str(tmp_path), 2 << 20, 64, [2, 4], 1 << 20, repeats=1)
+    if "skipped" in raw:  # tmp_path on a memory filesystem: nothing to measure, and said so
+        nvme, sources = fit_disk(raw)
+        assert nvme is None and "not measured" in sources[0]
+        return
+    assert raw["io"] in ("direct", "buffered") and set(raw["pread_reads_per_s"]) == {"2", "4"}
+    nvme, sources = fit_disk(raw)
+    spec = NVMeSpec.model_validate(nvme)
+    assert spec.read_latency == raw["pread_qd1_s_per_read"] and spec.fault_latency == raw["mmap_s_per_fault"]
+    assert spec.read_iops == max(raw["pread_reads_per_s"].values())
+    assert any("O_DIRECT" in line or "buffered" in line for line in sources)
+    assert list(tmp_path.iterdir()) == []  # the scratch file is gone
+
+
+def test_disk_measurement_skips_a_memory_filesystem(tmp_path, monkeypatch):
+    import planner.calibration.measure_disk as md
+
+    monkeypatch.setattr(md, "filesystem_of", lambda path: "tmpfs")
+    raw = md.measure_disk(str(tmp_path), 1 << 20, 16, [2], 1 << 20, repeats=1)
+    assert "tmpfs, a memory filesystem" in raw["skipped"] and "--disk-dir" in raw["skipped"]
+    assert md.fit_disk(raw)[0] is None
+    with pytest.raises(ValueError, match="does not exist"):
+        md.measure_disk(str(tmp_path / "nope"), 1 << 20, 16, [2], 1 << 20)
 
 
 def test_calibrate_refuses_cuda_without_a_gpu(tmp_path, capsys):

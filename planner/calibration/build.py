@@ -272,6 +272,13 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                 memory_bandwidth=2 * k["dram_copy_bytes_per_s"],
                 gather_bandwidth_per_core=k["gather_bytes_per_s_per_core"],
                 hash_tokens_per_s_per_core=k["hash_tokens_per_s_per_core"])
+    disk_sources = []
+    if "disk" in results:
+        from planner.calibration.measure_disk import fit_disk
+
+        nvme, disk_sources = fit_disk(results["disk"])
+        if nvme is not None:
+            data["nvme"] = nvme
     data.update(
         name=name or f"calibrated {device}: {cpu}" + (f" + {fingerprint.get('gpu')}" if device == "cuda" else ""),
         description=f"Measured by `engram-planner calibrate{' --quick' if quick else ''}` on {cpu}"
@@ -280,8 +287,9 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                     f"{fingerprint['threads']} threads, {fingerprint['date']}",
         source="calibrated", link=link,
         efficiency={"matmul": 1.0, "memory": 1.0, "link": 1.0, "host_memory": 0.5},
-        sources=_sources(fingerprint, base, k, quick, HASH_MODEL)
-        + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base),
+        sources=_sources(fingerprint, base, k, quick, HASH_MODEL, nvme_measured="nvme" in data and bool(disk_sources)
+                         and "not measured" not in disk_sources[0])
+        + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base) + disk_sources,
         calibration={"device": device, "quick": quick, "wall_s": wall_s, "fingerprint": _fp(fingerprint),
                      "curves": [c.model_dump(mode="json", exclude_none=True) for c in curves], "constants": k,
                      "notes": _notes() + list(notes or []), "emulated_dtypes": emulated,
@@ -307,7 +315,8 @@ def _fp(fingerprint: dict) -> dict:
     return {key: fingerprint.get(key) for key in keys if fingerprint.get(key) is not None}
 
 
-def _sources(fp: dict, base: HardwareSpec, k: dict, quick: bool, hash_model: str) -> list[str]:
+def _sources(fp: dict, base: HardwareSpec, k: dict, quick: bool, hash_model: str,
+             nvme_measured: bool = False) -> list[str]:
     return [
         f"engram-planner {fp['package_version']} calibrate{' --quick' if quick else ''} on {fp['cpu']}"
         + (f" / {fp['gpu']} (driver {fp.get('driver')}, CUDA {fp.get('cuda')})" if fp.get("gpu") else "")
@@ -324,7 +333,8 @@ def _sources(fp: dict, base: HardwareSpec, k: dict, quick: bool, hash_model: str
         f"indices a token), one thread, {REFERENCE_HASH_TOKENS} tokens a call",
         "device.kernel_launch_overhead: one tiny op's dispatch; ops with an op:<kind> curve carry their own "
         "fixed cost, fitted to engine-timed spans",
-        f"unmeasured fields (sockets, NUMA, NVMe, network, prices) from preset {base.name!r}",
+        f"unmeasured fields (sockets, NUMA, {'' if nvme_measured else 'NVMe, '}network, prices) from preset "
+        f"{base.name!r}",
     ]
 
 

@@ -27,7 +27,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 7
+MEASURE_VERSION = 8  # 8: the vectorised hashing kernel (hash spans change)
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
@@ -102,11 +102,13 @@ def gather_thread_counts(quick: bool, engine_cores: int = 1) -> list[int]:
     return sorted(n for n in ({2, free} if quick else {2, 4, free}) if 2 <= n <= free)
 
 
-def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
+def plan(device: str, quick: bool, engine_cores: int = 1, disk_dir: str | None = None,
+         disk: bool = True) -> list[Task]:
     """The measurements of one run, cheapest first. ``quick``: fewer sizes and repeats (under
     3 minutes on a 2-core machine); full: more sizes, both dtypes and larger model variants.
     ``engine_cores``: cores the serving engine occupies (``host.engine_cores``), which bounds the
-    gather thread counts (:func:`gather_thread_counts`)."""
+    gather thread counts (:func:`gather_thread_counts`). ``disk_dir``: the directory whose drive
+    the disk tier is measured on (None: the system temp dir); ``disk`` False skips it."""
 
     reps = 15 if quick else 21
     tasks = [Task("launch", "measure_launch", {"device": device, "repeats": reps})]
@@ -139,6 +141,13 @@ def plan(device: str, quick: bool, engine_cores: int = 1) -> list[Task]:
         "table_sizes": sizes, "widths": [64, 256, 1024], "rows": 4096, "repeats": reps,
         "huge_pages": [False, True] if thp_available() else [False],
         "threads": [1] + gather_thread_counts(quick, engine_cores)}))
+    if disk:
+        # The drive, read pre-staged (preadv) and in the forward (mmap faults): nvme.*.
+        mb = 1 << 20
+        tasks.append(Task("disk", "measure_disk", {
+            "dir": disk_dir, "file_bytes": (64 if quick else 512) * mb, "reads": 1024 if quick else 4096,
+            "depths": [8, 32] if quick else [8, 32, 128], "seq_bytes": (32 if quick else 256) * mb,
+            "repeats": 3}, module="measure_disk"))
     tasks.append(Task("hash", "measure_hash", {"model": HASH_MODEL, "tokens_list": [64, 512, 4096, 32768],
                                               "repeats": reps}))
     # The reference model's ops, hashing, lookups and per-step engine cost, timed inside the

@@ -44,6 +44,10 @@ def register(subparsers) -> None:
                    "cpu-workstation on cpu, h100-sxm on cuda)")
     p.add_argument("--threads", type=number(int, 1, 4096), metavar="N", help="torch intra-op threads while measuring "
                    "(default: torch's own, usually all cores; recorded in the fingerprint)")
+    p.add_argument("--disk-dir", metavar="DIR", help="a directory on the drive disk-tier tables would live on: "
+                   "a scratch file is written there and read back cold, pre-staged (preadv) and in the "
+                   "forward (mmap) (default: the system temp dir)")
+    p.add_argument("--no-disk", action="store_true", help="do not measure a drive (nvme comes from --base)")
     p.add_argument("--name", help="profile name (default: from the machine)")
     p.add_argument("--cache-dir", metavar="DIR", help="raw-measurement cache (default ~/.cache/engram-planner/calibration)")
     p.add_argument("--no-cache", action="store_true", help="measure everything again, cache nothing")
@@ -64,6 +68,13 @@ def run(args) -> int:
         if args.no_cache:
             raise ValueError("--cache-dir means nothing with --no-cache (nothing is read from or written to a cache)")
         output_dir(args.cache_dir, "--cache-dir")
+    if args.disk_dir is not None:
+        if args.no_disk:
+            raise ValueError("--disk-dir means nothing with --no-disk (no drive is measured)")
+        if not Path(args.disk_dir).is_dir():
+            raise ValueError(f"--disk-dir {args.disk_dir}: no such directory")
+        if not os.access(args.disk_dir, os.W_OK):
+            raise ValueError(f"--disk-dir {args.disk_dir}: not writable (the scratch file is written there)")
     try:
         import torch
     except ImportError:
@@ -77,7 +88,8 @@ def run(args) -> int:
     base = load_hardware(args.base or ("cpu-workstation" if device == "cpu" else "h100-sxm"))
     cache_dir = None if args.no_cache else Path(args.cache_dir or DEFAULT_CACHE)
     fingerprint = measure_fingerprint(device)
-    tasks = plan(device, args.quick, base.host.engine_cores)
+    tasks = plan(device, args.quick, base.host.engine_cores,
+                 disk_dir=str(Path(args.disk_dir).resolve()) if args.disk_dir else None, disk=not args.no_disk)
     started = time.perf_counter()
     state = {"loadavg_before": os.getloadavg()[0], "probe_before": _probe(device)}
     results, cached = {}, 0
