@@ -21,11 +21,11 @@ def test_bench_offload_smoke(tmp_path, capsys):
     result = json.loads(out.read_text())
     for workload in ("prefill", "decode"):
         runs = result["results"][workload]
-        assert set(runs) == {"device", "host", "host_prefetch", "disk", "disk_prefetch"}
+        assert set(runs) == {"device", "host", "host_prefetch", "disk", "disk_prefetch", "disk_pread", "disk_pread_prefetch"}
         assert runs["device"]["bytes_to_device"] == 0 and runs["host"]["bytes_to_device"] > 0
         assert all(0 <= r["hidden_fraction"] <= 1 for r in runs.values())
     g = result["gather"]
-    assert g["index_select_GBps"] > 0 and g["store_gather_GBps"] > 0 and g["disk_cold_GBps"] > 0
+    assert g["index_select_GBps"] > 0 and g["store_gather_GBps"] > 0 and g["disk_mmap"]["cold_GBps"] > 0 and g["disk_pread"]["cold_GBps"] > 0
     events = json.loads(trace.read_text())["traceEvents"]
     assert any(e.get("name") == "gather_L2" for e in events)
 

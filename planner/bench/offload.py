@@ -6,12 +6,15 @@ bf16 rows, 160 B) and a table of about 2 GB (``--quick``: 51 MB). Measured, per 
 (``prefill``: 4 x 128 tokens per step; ``decode``: 16 sequences x 1 token, KV-cached):
 
 * step time with the table in device memory (the baseline: an in-layer gather), offloaded to
-  the host tier with prefetch off and on, and on the disk tier (mapped file, warm page cache)
-  off and on;
+  the host tier with prefetch off and on, and on the disk tier off and on, read two ways:
+  ``disk`` maps the file (``mmap``; just written, so its pages are in the page cache) and
+  ``disk_pread`` reads the rows' pages with ``preadv`` (``O_DIRECT`` where the filesystem allows
+  it: every step reads the drive; with prefetch on that is the pre-staged read);
 * exposed lookup time (``wait_L`` spans) and the fraction of lookup work prefetch hides;
 * gather throughput of the store (``index_select`` into the staging buffer, after
   de-duplication) against a plain ``torch.index_select`` of the same rows (target >= 90%),
-  and of the disk tier warm and cold (page cache dropped with POSIX_FADV_DONTNEED).
+  and of the disk tier cold (page cache dropped with POSIX_FADV_DONTNEED, or bypassed by
+  O_DIRECT) and warm, both ways; the output says whether O_DIRECT held.
 
 On a machine without CUDA the "device" is host memory, so host-tier offload measures only the
 pipeline's own overhead (plan, de-duplication, threads); the disk tier is the real offload.
@@ -76,7 +79,8 @@ def measure_gather(table, disk_path, ids_BTK, repeats: int) -> dict:
     import torch
 
     from reference_model.store import LayerStore
-    from reference_model.store_sources import DenseRows, DiskRows
+    from reference_model.store_disk import DiskRows
+    from reference_model.store_sources import DenseRows
 
     store = LayerStore(0, DenseRows(table, "host", pin=False))  # CPU gather path, as on CUDA hosts
     plan = store.plan(ids_BTK)
@@ -118,22 +122,24 @@ def measure_gather(table, disk_path, ids_BTK, repeats: int) -> dict:
     result["gather_ratio"] = result["store_gather_GBps"] / result["index_select_GBps"]
     result["gather_ok"] = result["gather_ratio"] >= TARGET_GATHER_RATIO
     if disk_path is not None:
-        # Cold: a fresh mapping (pages mapped by a live mapping are not evicted), the file's
-        # pages dropped, and rows never read before. Warm: the same rows again.
-        disk = DiskRows(disk_path, table.shape[0], table.shape[1], table.dtype)
-        disk.drop_page_cache()
+        # Cold: the file's pages dropped (the mmap reader maps it afresh: pages a live mapping
+        # holds are not evicted) and rows never read before. Warm: the same rows again (with
+        # O_DIRECT, "warm" reads the drive again: there is no cache to warm).
         g = torch.Generator().manual_seed(12345)
-        cold_ids = torch.unique(torch.randint(0, table.shape[0], (ids.shape[0],), generator=g))
-        cold_out = torch.empty(cold_ids.shape[0], table.shape[1], dtype=table.dtype)
-        start = time.perf_counter()
-        disk.gather(cold_ids, cold_out)
-        cold = time.perf_counter() - start
-        warm = _median_s(lambda: disk.gather(cold_ids, cold_out), repeats)
-        cold_bytes = cold_ids.shape[0] * row_bytes
-        result["disk_cold_rows"] = int(cold_ids.shape[0])
-        result["disk_warm_GBps"] = cold_bytes / warm / 1e9
-        result["disk_cold_GBps"] = cold_bytes / cold / 1e9
-        result["disk_cold_rows_per_s"] = cold_ids.shape[0] / cold
+        for read in ("mmap", "pread"):
+            disk = DiskRows(disk_path, table.shape[0], table.shape[1], table.dtype, read=read, queue_depth=32)
+            disk.drop_page_cache()
+            cold_ids = torch.unique(torch.randint(0, table.shape[0], (ids.shape[0],), generator=g))
+            cold_out = torch.empty(cold_ids.shape[0], table.shape[1], dtype=table.dtype)
+            start = time.perf_counter()
+            disk.gather(cold_ids, cold_out)
+            cold = time.perf_counter() - start
+            warm = _median_s(lambda: disk.gather(cold_ids, cold_out), repeats)
+            cold_bytes = cold_ids.shape[0] * row_bytes
+            result[f"disk_{read}"] = {"label": disk.label, "cold_rows": int(cold_ids.shape[0]),
+                                      "cold_GBps": cold_bytes / cold / 1e9, "cold_rows_per_s": cold_ids.shape[0] / cold,
+                                      "warm_GBps": cold_bytes / warm / 1e9}
+            del disk
     return result
 
 
@@ -187,7 +193,8 @@ def run(args) -> dict:
     from reference_model.model import EngramModel
     from reference_model.prefetch import RowProvider
     from reference_model.store import EngramTableStore, LayerStore
-    from reference_model.store_sources import DenseRows, DiskRows
+    from reference_model.store_disk import DiskRows
+    from reference_model.store_sources import DenseRows
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -209,8 +216,10 @@ def run(args) -> dict:
     fill_s = time.perf_counter() - start
     tmp = tempfile.TemporaryDirectory(prefix="engram-offload-bench-")
     start = time.perf_counter()
-    sources = {"disk": DiskRows.write(Path(tmp.name) / f"engram_table_L{layer}.bin", table)}
+    disk_path = Path(tmp.name) / f"engram_table_L{layer}.bin"
+    sources = {"disk": DiskRows.write(disk_path, table, read="mmap")}
     write_s = time.perf_counter() - start
+    sources["disk_pread"] = DiskRows(disk_path, rows, spec.engram.d_head, table.dtype, read="pread", queue_depth=32)
 
     def provider(tier: str, prefetch: bool) -> RowProvider:
         if tier == "device":
@@ -218,13 +227,14 @@ def run(args) -> dict:
         elif tier == "host":
             source = DenseRows(table, "host", pin=True)
         else:
-            source = sources["disk"]
+            source = sources[tier]
         store = EngramTableStore({layer: LayerStore(layer, source, device=device, dedup=True)})
         return RowProvider(store, prefetch=prefetch)
 
     workloads = {"prefill": {"batch": 4, "tokens": 128, "decode": False},
                  "decode": {"batch": 16, "tokens": 1, "decode": True}}
-    configs = [("device", False), ("host", False), ("host", True), ("disk", False), ("disk", True)]
+    configs = [("device", False), ("host", False), ("host", True), ("disk", False), ("disk", True),
+               ("disk_pread", False), ("disk_pread", True)]
     results: dict = {}
     trace = None
     with torch.no_grad():
@@ -241,7 +251,8 @@ def run(args) -> dict:
         big_ids = torch.randint(0, rows, (4, 128, spec.engram.rows_per_token), generator=g)
         # Unmap before the cold-read measurement (the last provider still holds the source).
         p = None
-        disk_path = sources.pop("disk").path
+        disk_io = sources["disk_pread"].label
+        sources.clear()
         gc.collect()
         gather = measure_gather(table, disk_path, big_ids, repeats=5 if args.quick else 20)
     if trace is not None:
@@ -253,7 +264,7 @@ def run(args) -> dict:
     torch.set_num_threads(threads_before)
     summary = {}
     for wname, r in results.items():
-        for tier in ("host", "disk"):
+        for tier in ("host", "disk", "disk_pread"):
             sync, pre = r[tier], r[f"{tier}_prefetch"]
             summary[f"{wname}_{tier}_hidden_fraction"] = pre["hidden_fraction"]
             summary[f"{wname}_{tier}_exposed_saved_fraction"] = (
@@ -273,6 +284,7 @@ def run(args) -> dict:
         "workloads": {k: dict(v) for k, v in workloads.items()},
         "results": results,
         "gather": gather,
+        "disk_pread_io": disk_io,
         "summary": summary,
         "target_gather_ratio": TARGET_GATHER_RATIO,
         "placement_defaults": EngramPlacement(tier="host").model_dump(mode="json"),
@@ -288,10 +300,10 @@ def format_text(result: dict) -> str:
     for wname, r in result["results"].items():
         w = result["workloads"][wname]
         lines.append(f"\n{wname} ({w['batch']} x {w['tokens']} tokens per step):")
-        lines.append(f"  {'config':<16}{'step ms':>10}{'exposed ms':>12}{'lookup ms':>11}{'hidden':>8}"
+        lines.append(f"  {'config':<21}{'step ms':>10}{'exposed ms':>12}{'lookup ms':>11}{'hidden':>8}"
                      f"{'KB moved':>10}{'unique rows':>13}")
         for name, m in r.items():
-            lines.append(f"  {name:<16}{m['step_time_median_s'] * 1e3:>10.2f}{m['exposed_s'] * 1e3:>12.3f}"
+            lines.append(f"  {name:<21}{m['step_time_median_s'] * 1e3:>10.2f}{m['exposed_s'] * 1e3:>12.3f}"
                          f"{m['lookup_s'] * 1e3:>11.3f}{m['hidden_fraction']:>8.0%}"
                          f"{m.get('bytes_to_device', 0) / 1e3:>10.1f}{m.get('unique_rows', 0):>13.0f}")
     g = result["gather"]
@@ -302,7 +314,9 @@ def format_text(result: dict) -> str:
                  f"(index_select allocating its output: {g['index_select_fresh_output_GBps']:.2f} GB/s)")
     lines.append(f"  whole lookup (plan, dedup, gather, expand) {g['store_lookup_requested_GBps']:.2f} GB/s of requested "
                  f"rows vs index_select of all {g['requested_rows']:,}: {g['index_select_requested_GBps']:.2f} GB/s")
-    if "disk_warm_GBps" in g:
-        lines.append(f"  disk tier, {g['disk_cold_rows']:,} rows never read before: cold {g['disk_cold_GBps']:.3f} GB/s "
-                     f"({g['disk_cold_rows_per_s']:,.0f} rows/s), then warm page cache {g['disk_warm_GBps']:.2f} GB/s")
+    for read in ("mmap", "pread"):
+        d = g.get(f"disk_{read}")
+        if d:
+            lines.append(f"  {d['label']}: {d['cold_rows']:,} rows never read before, cold {d['cold_GBps']:.3f} GB/s "
+                         f"({d['cold_rows_per_s']:,.0f} rows/s), again {d['warm_GBps']:.2f} GB/s")
     return "\n".join(lines)
