@@ -18,7 +18,6 @@ Row ids are global: head index plus the head's offset into the fused table.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
