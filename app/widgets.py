@@ -348,9 +348,21 @@ def placement_input(scope: str, default: dict, layer_ids: list[int]) -> dict:
                                 help="staged: CPU gathers rows into a pinned buffer, one DMA copy; "
                                      "uva: GPU kernels read mapped host memory")
     uses_disk = out["tier"] == "disk" or "disk" in layer_tiers.values()
-    out["host_cache_fraction"] = st.slider("Disk tier: rows in DRAM page cache", 0.0, 1.0,
+    out["host_cache_fraction"] = st.slider("Disk tier: rows cached in DRAM", 0.0, 1.0,
                                            float(default.get("host_cache_fraction", 0.0)), 0.01,
-                                           key=f"{p}.host_cache_fraction", disabled=not uses_disk)
+                                           key=f"{p}.host_cache_fraction", disabled=not uses_disk,
+                                           help="the page cache in front of a mapped file, or an engine's own "
+                                                "DRAM row cache in front of O_DIRECT reads")
+    reads = ["pread", "mmap"]
+    out["disk_read"] = st.radio("Disk reads", reads, index=reads.index(default.get("disk_read", "pread")),
+                                key=f"{p}.disk_read", horizontal=True, disabled=not uses_disk,
+                                help="pread: the rows' pages read ahead of the step (with prefetch), many "
+                                     "in flight (O_DIRECT); mmap: the mapped file's cold pages fault in "
+                                     "inside the layer, one at a time")
+    out["disk_queue_depth"] = number_field(st, "Disk reads in flight", default.get("disk_queue_depth", 128),
+                                           field="placement.disk_queue_depth", minimum=1, maximum=65536,
+                                           integer=True, key=f"{p}.disk_queue_depth",
+                                           disabled=not uses_disk or out["disk_read"] != "pread")
     return out
 
 

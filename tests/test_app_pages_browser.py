@@ -456,6 +456,34 @@ def test_whatif_arrival_rate_cards(page):
     screenshot(page, "whatif-arrival")
 
 
+def test_whatif_disk_reads_pre_staged_and_in_the_forward(page):
+    """The M3 Ultra scenario with its tables on the SSD: the page's "Disk reads" and prefetch
+    controls give the analytic figures of the bundled pre-staged and in-forward scenarios."""
+    from planner.analytic import estimate_run
+
+    fresh_whatif(page)
+    before = wait_card(page, "Output tok/s")
+    choose(page, "Start from example scenario", "v41flash-m3ultra-ssd")
+    staged = wait_card(page, "Output tok/s", timeout_s=60, differs_from=before)
+    wait_idle(page)
+    assert number(staged) == pytest.approx(
+        estimate_run(whatif_scenario("v41flash-m3ultra-ssd")).throughput_output_tokens_per_s, rel=0.005)
+    expand(page, "Engram placement")
+    page.get_by_text("mmap", exact=True).first.click()
+    mapped = wait_card(page, "Output tok/s", differs_from=staged)  # mmap, still prefetched
+    wait_idle(page)
+    page.get_by_text("Prefetch at step start", exact=True).first.click()
+    in_forward = wait_card(page, "Output tok/s", differs_from=mapped)
+    wait_idle(page)
+    assert number(in_forward) < number(mapped) < number(staged)
+    expected = estimate_run(whatif_scenario("v41flash-m3ultra-ssd-noprefetch")).throughput_output_tokens_per_s
+    assert number(in_forward) == pytest.approx(expected, rel=0.005), (in_forward, expected)
+    assert number(in_forward) < 0.8 * number(staged)
+    assert page.get_by_label("Disk reads in flight", exact=True).first.is_disabled()  # mmap: one at a time
+    assert_clean(page)
+    screenshot(page, "whatif-disk-in-forward")
+
+
 # ----------------------------------------------------------------------------- 5. bad inputs
 
 

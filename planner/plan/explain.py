@@ -28,7 +28,7 @@ def describe_candidate(row: dict, hardware: str) -> str:
     if tiers != "device":
         text += f", {100 * row['cache_fraction']:g}% of rows cached on the device, prefetch {'on' if row['prefetch'] else 'off'}"
     if "disk" in tiers:
-        text += f", {100 * row['host_cache_fraction']:g}% DRAM page cache"
+        text += f", {100 * row['host_cache_fraction']:g}% of rows cached in DRAM"
     if row.get("routed_experts_traded"):
         text += f", {row['routed_experts_traded']} routed experts traded for Engram"
     return text + f", max_num_seqs {row['max_num_seqs']}, on {hardware}"
