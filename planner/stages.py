@@ -156,6 +156,10 @@ def layer_fetch(cost: CostModel, placement: EngramPlacement, traffic: NgramTraff
         hit_dev = traffic.hit_rate(f)
         hit_both = traffic.hit_rate(np.minimum(1.0, np.asarray(f) + p.host_cache_fraction))
         in_dram = np.where(hit_dev < 1, (hit_both - hit_dev) / np.maximum(1 - hit_dev, 1e-300), 1.0)
+        # Device cache and DRAM together holding every row serve every read, whatever the hit-rate
+        # curve says at fraction 1 (a measured curve stops at its held-out reuse ceiling: reads of
+        # rows its static cache never counted, which a page cache of the whole file still holds).
+        in_dram = np.where(np.asarray(f) + p.host_cache_fraction >= 1.0, 1.0, in_dram)
         disk_rows = rows * (1.0 - in_dram)
         disk_s = cost.nvme_read(disk_rows, cost.row_bytes, p.disk_read, p.disk_queue_depth,
                                 share=1.0 / devices_sharing_dram)

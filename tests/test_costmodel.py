@@ -117,3 +117,24 @@ def test_mla_counts_expanded_prefill_and_absorbed_decode_pairs():
     chunk = BatchShape.prefill(8, 16)
     assert c.attention(chunk).flops == pytest.approx(
         8 * per_token + (8 * 16 + 8 * 9 / 2) * expanded + 16 * 2 * h * kv * (att.qk_nope_head_dim + att.v_head_dim))
+
+
+def test_a_dram_cache_of_the_whole_table_reads_nothing_from_nvme():
+    """host_cache_fraction covering every row the device cache leaves: no NVMe page is read,
+    even though a measured hit-rate curve stops below 1 at fraction 1 (its held-out reuse
+    ceiling: rows the counted part never saw, which a page cache of the whole file still
+    holds). Part of it: the rest is read from the drive."""
+    from planner.ngram_model import NgramStats
+    from planner.specs import EngramPlacement
+    from planner.stages import host_placement, layer_fetch
+
+    hw = load_hardware("h100-sxm")
+    c = CostModel(load_model("engram-27b"), hw)
+    k = c.model.engram.rows_per_token
+    stats = NgramStats(zipf_exponent=1.0, rows_per_token=k, table_rows=10**6, batch_tokens=[1, 1024],
+                       unique_fraction_values=[1.0, 0.5], cache_fraction=[0.01, 1.0], hit_rate_values=[0.5, 0.9])
+    layer = c.model.engram.layer_ids[0]
+    for f, hcf, none_from_disk in [(0.0, 1.0, True), (0.01, 0.99, True), (0.0, 0.5, False)]:
+        p = EngramPlacement(tier="disk", cache_fraction=f, host_cache_fraction=hcf)
+        fetch = layer_fetch(c, p, stats, layer, 512.0, host_placement(c, p))
+        assert (float(fetch.disk_rows) == 0.0 and float(fetch.disk_s) == 0.0) == none_from_disk, (f, hcf)
