@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
 
 # Knee sharpness allowed for saturating fits. Negative p turns the curve over: a rate that falls
 # past x_half (work spilling out of a cache), y_max being then the small-size rate.
@@ -117,7 +116,7 @@ def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, 
         for flop0 in (0.02, 0.2, 0.9):
             for byte0 in (0.05, 0.3, 0.9):
                 guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0])
-                sol = least_squares(resid, guess, bounds=(lower, upper), method="trf")
+                sol = _least_squares()(resid, guess, bounds=(lower, upper), method="trf")
                 if best is None or sol.cost < best.cost:
                     best = sol
     return Fit("roofline", unpack(best.x))
@@ -173,7 +172,7 @@ def fit_saturating(x, y, p: float | None = None) -> Fit:
             guess.append(p0)
             lower.append(P_BOUNDS[0])
             upper.append(P_BOUNDS[1])
-        sol = least_squares(resid, guess, bounds=(lower, upper), method="trf", x_scale="jac")
+        sol = _least_squares()(resid, guess, bounds=(lower, upper), method="trf", x_scale="jac")
         if best is None or sol.cost < best.cost:
             best = sol
     log_ymax, log_xhalf, q = unpack(best.x)
@@ -214,7 +213,7 @@ def fit_two_regime(bytes_, seconds) -> Fit:
 
         r_lo, r_hi = x[:k] / t[:k], x[k:] / t[k:]
         guess = np.log([max(float(t.min()) * 0.5, 1e-9), float(r_lo.max()), float(np.median(r_hi))])
-        sol = least_squares(resid, guess, method="trf", x_scale="jac",
+        sol = _least_squares()(resid, guess, method="trf", x_scale="jac",
                             bounds=([np.log(1e-12), -np.inf, -np.inf], [np.log(1.0), np.inf, np.inf]))
         if sol.cost < best_cost:
             lat, bw_s, bw_l = np.exp(sol.x)
@@ -258,3 +257,12 @@ def _clean(x, y, positive_x: bool = True) -> tuple[np.ndarray, np.ndarray]:
     if not ok.any():
         raise ValueError("no finite positive samples to fit")
     return x[ok], y[ok]
+
+
+def _least_squares():
+    """scipy's ``least_squares``, imported when a curve is fitted: importing scipy.optimize
+    takes about 0.4 s, and every CLI command that only evaluates fitted curves (simulate,
+    plan) would pay it at start-up."""
+    from scipy.optimize import least_squares
+
+    return least_squares
