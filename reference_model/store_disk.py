@@ -1,7 +1,7 @@
 """The disk tier: one Engram table in a raw row-major file, read the two ways engines read it.
 
 * ``read="pread"`` (**pre-staged**): the rows' pages are read with positional reads
-  (``os.preadv``) into a page-aligned buffer, ``queue_depth`` reads in flight, and the rows
+  (libc ``pread``) into a page-aligned buffer, ``queue_depth`` reads in flight, and the rows
   copied out of it. The file is opened with ``O_DIRECT`` where the filesystem allows it, so
   every read goes to the drive and the page cache neither helps nor fills (an engine keeps its
   own DRAM row cache instead); where it refuses (tmpfs, some overlay and network filesystems,
@@ -83,7 +83,7 @@ class DiskRows(RowSource):
             self._buf_ref = None
             self._pool: ThreadPoolExecutor | None = None
             how = "O_DIRECT" if self.io == "direct" else f"buffered ({self.io_note})"
-            self.label = f"disk (preadv, {how}, {self.queue_depth} reads in flight)"
+            self.label = f"disk (pread, {how}, {self.queue_depth} reads in flight)"
 
     def _map(self) -> None:
         with open(self.path, "rb") as f:

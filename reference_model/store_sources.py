@@ -6,7 +6,7 @@ ENGRAM.md section 2.5) somewhere, and copies the rows named by global row ids in
 * :class:`DenseRows`: a tensor in accelerator memory (the ``device`` tier) or in host RAM
   (the ``host`` tier; page-locked on CUDA so copies from it are true DMA transfers);
 * :class:`reference_model.store_disk.DiskRows`: a file on the ``disk`` tier (tables larger than
-  RAM), read with ``preadv`` (pre-staged) or through a mapping (faults in the forward);
+  RAM), read with ``pread`` (pre-staged) or through a mapping (faults in the forward);
 * :class:`LazyRows`: no storage at all; each row is generated from ``(seed, layer, row id)``
   by a counter-based hash every time it is read, so the geometry of a table far larger than
   this machine (100B parameters, 200 GB in bf16) can be exercised.

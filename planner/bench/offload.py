@@ -8,7 +8,7 @@ bf16 rows, 160 B) and a table of about 2 GB (``--quick``: 51 MB). Measured, per 
 * step time with the table in device memory (the baseline: an in-layer gather), offloaded to
   the host tier with prefetch off and on, and on the disk tier off and on, read two ways:
   ``disk`` maps the file (``mmap``; just written, so its pages are in the page cache) and
-  ``disk_pread`` reads the rows' pages with ``preadv`` (``O_DIRECT`` where the filesystem allows
+  ``disk_pread`` reads the rows' pages with ``pread`` (``O_DIRECT`` where the filesystem allows
   it: every step reads the drive; with prefetch on that is the pre-staged read);
 * exposed lookup time (``wait_L`` spans) and the fraction of lookup work prefetch hides;
 * gather throughput of the store (``index_select`` into the staging buffer, after

@@ -143,7 +143,7 @@ def fit_disk(raw: dict) -> tuple[dict | None, list[str]]:
     sources = [
         f"nvme: measured under {raw['dir']} ({raw['filesystem'] or 'unknown filesystem'}, {how}) through "
         f"DiskRows on a {raw['file_bytes'] / 1e6:.0f} MB scratch file of random bytes, cold reads, best of the repeats",
-        f"nvme.read_latency: one 4 KiB preadv at a time ({latency * 1e6:.1f} us); nvme.read_iops: 4 KiB preadv reads "
+        f"nvme.read_latency: one 4 KiB pread at a time ({latency * 1e6:.1f} us); nvme.read_iops: 4 KiB pread reads "
         f"per second with {depth} in flight, the best of {', '.join(raw['pread_reads_per_s'])} ({bound})",
         f"nvme.fault_latency: a cold page fault of the mapped file, one at a time ({raw['mmap_s_per_fault'] * 1e6:.1f} us)",
         "nvme.read_bandwidth: sequential 1 MiB reads; nvme.capacity: free space of that filesystem",

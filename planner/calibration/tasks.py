@@ -142,7 +142,7 @@ def plan(device: str, quick: bool, engine_cores: int = 1, disk_dir: str | None =
         "huge_pages": [False, True] if thp_available() else [False],
         "threads": [1] + gather_thread_counts(quick, engine_cores)}))
     if disk:
-        # The drive, read pre-staged (preadv) and in the forward (mmap faults): nvme.*.
+        # The drive, read pre-staged (pread) and in the forward (mmap faults): nvme.*.
         mb = 1 << 20
         tasks.append(Task("disk", "measure_disk", {
             "dir": disk_dir, "file_bytes": (64 if quick else 512) * mb, "reads": 1024 if quick else 4096,

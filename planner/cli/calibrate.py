@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=number(int, 1, 4096), metavar="N", help="torch intra-op threads while measuring "
                    "(default: torch's own, usually all cores; recorded in the fingerprint)")
     p.add_argument("--disk-dir", metavar="DIR", help="a directory on the drive disk-tier tables would live on: "
-                   "a scratch file is written there and read back cold, pre-staged (preadv) and in the "
+                   "a scratch file is written there and read back cold, pre-staged (pread) and in the "
                    "forward (mmap) (default: the system temp dir)")
     p.add_argument("--no-disk", action="store_true", help="do not measure a drive (nvme comes from --base)")
     p.add_argument("--name", help="profile name (default: from the machine)")
