@@ -37,7 +37,7 @@ from planner.specs.model import ModelSpec
 from planner.specs.placement import EngramPlacement
 from reference_model.layers import INIT_STD, torch_dtype
 from reference_model.store_cache import LRURowCache, RowCache, StaticRowCache
-from reference_model.store_disk import DiskRows
+from reference_model.store_disk import MAX_QUEUE_DEPTH, DiskRows
 from reference_model.store_sources import DenseRows, LazyRows, RowSource
 
 
@@ -413,6 +413,9 @@ def _dense_source(layer, weight, tier, device, placement, disk_dir) -> RowSource
         return DenseRows(weight, "host", pin=placement.pinned)
     if disk_dir is None:
         raise ValueError(f"layer {layer} is on the disk tier: pass disk_dir for its table file")
+    if placement.disk_read == "pread" and placement.disk_queue_depth > MAX_QUEUE_DEPTH:
+        raise ValueError(f"placement.disk_queue_depth = {placement.disk_queue_depth}: the reference model reads with "
+                         f"one thread per read in flight, at most {MAX_QUEUE_DEPTH} (the simulator takes any depth)")
     return DiskRows.write(Path(disk_dir) / f"engram_table_L{layer}.bin", weight, read=placement.disk_read,
                           queue_depth=placement.disk_queue_depth)
 

@@ -41,6 +41,7 @@ from reference_model.store_sources import RowSource
 PAGE = 4096  # O_DIRECT needs offsets, lengths and buffers aligned to the logical block size (512 or 4096)
 MAX_RUN_PAGES = 32  # 128 KiB: one read covers a run of adjacent pages up to this
 READ_MODES = ("pread", "mmap")
+MAX_QUEUE_DEPTH = 4096  # reads in flight are threads here: one each
 
 
 class DiskRows(RowSource):
@@ -59,8 +60,9 @@ class DiskRows(RowSource):
         super().__init__(num_rows, d_head, dtype)
         if read not in READ_MODES:
             raise ValueError(f"read must be one of {', '.join(READ_MODES)}, got {read!r}")
-        if not 1 <= int(queue_depth) <= 4096:
-            raise ValueError(f"queue_depth must lie in [1, 4096], got {queue_depth}")
+        if not 1 <= int(queue_depth) <= MAX_QUEUE_DEPTH:
+            raise ValueError(f"queue_depth must lie in [1, {MAX_QUEUE_DEPTH}] (one reader thread per read in flight), "
+                             f"got {queue_depth}")
         self.path, self.read, self.queue_depth = Path(path), read, int(queue_depth)
         need = self.num_rows * self.row_bytes
         if not self.path.is_file():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from planner.accounting import engram_table_rows
 from planner.loading import load_model
 from planner.specs.placement import EngramPlacement
 from reference_model.store import EngramTableStore, LayerStore
@@ -103,7 +104,7 @@ def test_disk_rows_refuse_bad_modes(tmp_path):
     DiskRows.write(tmp_path / "t.bin", torch.zeros(10, 4))
     with pytest.raises(ValueError, match="read must be one of pread, mmap, got 'aio'"):
         DiskRows(tmp_path / "t.bin", 10, 4, torch.float32, read="aio")
-    with pytest.raises(ValueError, match=r"queue_depth must lie in \[1, 4096\], got 0"):
+    with pytest.raises(ValueError, match=r"queue_depth must lie in \[1, 4096\] \(one reader thread per read in flight\), got 0"):
         DiskRows(tmp_path / "t.bin", 10, 4, torch.float32, queue_depth=0)
 
 
@@ -199,3 +200,12 @@ def test_build_checks_inputs(tiny_spec, tmp_path):
     assert store.layers[1].tier == "host" and store.layers[2].tier == "device"
     with pytest.raises(ValueError, match="no Engram table for layer 0"):
         store.lookup(0, torch.zeros(1, 1, 8, dtype=torch.long))
+
+
+def test_a_queue_deeper_than_the_reference_reader_is_refused_by_its_field(tmp_path):
+    spec = load_model("tiny")
+    rows = engram_table_rows(spec)
+    tables = {l: torch.zeros(n, spec.engram.d_head) for l, n in rows.items()}
+    placement = EngramPlacement(tier="disk", disk_queue_depth=8192)
+    with pytest.raises(ValueError, match="placement.disk_queue_depth = 8192: .* at most 4096"):
+        EngramTableStore.build(spec, placement, tables=tables, disk_dir=tmp_path)
