@@ -272,7 +272,7 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                 memory_bandwidth=2 * k["dram_copy_bytes_per_s"],
                 gather_bandwidth_per_core=k["gather_bytes_per_s_per_core"],
                 hash_tokens_per_s_per_core=k["hash_tokens_per_s_per_core"])
-    disk_sources = []
+    nvme, disk_sources = None, []
     if "disk" in results:
         from planner.calibration.measure_disk import fit_disk
 
@@ -287,8 +287,7 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
                     f"{fingerprint['threads']} threads, {fingerprint['date']}",
         source="calibrated", link=link,
         efficiency={"matmul": 1.0, "memory": 1.0, "link": 1.0, "host_memory": 0.5},
-        sources=_sources(fingerprint, base, k, quick, HASH_MODEL, nvme_measured="nvme" in data and bool(disk_sources)
-                         and "not measured" not in disk_sources[0])
+        sources=_sources(fingerprint, base, k, quick, HASH_MODEL, nvme_measured=nvme is not None)
         + _emulated_sources(emulated, k) + _gather_sources(gather_threads, fingerprint, base) + disk_sources,
         calibration={"device": device, "quick": quick, "wall_s": wall_s, "fingerprint": _fp(fingerprint),
                      "curves": [c.model_dump(mode="json", exclude_none=True) for c in curves], "constants": k,
