@@ -34,7 +34,6 @@ Approximations, stated once:
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, replace
 from typing import Union
 
