@@ -456,6 +456,12 @@ class CostModel:
             return (nvme.read_latency if nvme.fault_latency is None else nvme.fault_latency), 1.0
         return nvme.read_latency, float(queue_depth)
 
+    def nvme_waves_s(self, pages: Number, disk_read: str, queue_depth: int) -> Number:
+        """The latency bound of reading ``pages``: waves of reads in flight, each a latency long
+        (``latency x ceil(pages / reads in flight)``; an mmap fault at a time)."""
+        latency, in_flight = self.nvme_access(disk_read, queue_depth)
+        return latency * np.ceil(np.asarray(pages, float) / in_flight)
+
     def nvme_read(self, rows: Number, row_bytes: float, disk_read: str = "pread", queue_depth: int = 128,
                   share: float = 1.0) -> Number:
         """Seconds to read ``rows`` random rows with the drives to itself (``share``: the fraction
@@ -463,8 +469,8 @@ class CostModel:
         ceil(pages / reads in flight)`` (waves of reads, each a latency long), and the rate bound,
         ``latency + pages / (share x page rate)``. No page cache (the caller splits it off)."""
         pages = self.nvme_pages(rows, row_bytes)
-        latency, in_flight = self.nvme_access(disk_read, queue_depth)
-        waves = latency * np.ceil(np.asarray(pages, float) / in_flight)
+        latency, _ = self.nvme_access(disk_read, queue_depth)
+        waves = self.nvme_waves_s(pages, disk_read, queue_depth)
         return np.where(pages > 0, np.maximum(waves, latency + pages / (share * self.nvme_page_rate())), 0.0)
 
     def network(self, bytes_: Number) -> Number:

@@ -208,11 +208,11 @@ class Fetcher:
             start = env.now
             nvme, p = self.cost.hardware.nvme, self.placement
             pages = float(self.cost.nvme_pages(plan.disk_rows, self.row_bytes))
-            latency, in_flight = self.cost.nvme_access(p.disk_read, p.disk_queue_depth)
+            latency, _ = self.cost.nvme_access(p.disk_read, p.disk_queue_depth)
             yield env.timeout(latency)
             yield from self._through(self.node.nvme, ["nvme"], pages, math.inf)
-            # Latency bound: waves of `in_flight` reads, each `latency` long (an mmap fault at a time).
-            waves_end = start + latency * math.ceil(pages / in_flight)
+            # The rate bound is the shared pipe above; the latency bound the cost model's waves.
+            waves_end = start + float(self.cost.nvme_waves_s(pages, p.disk_read, p.disk_queue_depth))
             if env.now < waves_end:
                 yield env.timeout(waves_end - env.now)
             self.rec.bytes_by_tier["nvme_read"] += pages * nvme.page_size
