@@ -82,9 +82,13 @@ def host_placement(cost: CostModel, placement: EngramPlacement, pool_cores: int 
     spare = cost.hardware.host.cores - compute  # the prefetch worker's, beside the compute threads
     if placement.prefetch and spare >= 1:
         return HostPlacement(True, False, spare, 1)
-    # On demand (or no spare core): the lookup runs on the engine thread with the compute
-    # threads' parallelism (torch's gather kernels); the hash call is single-threaded.
-    return HostPlacement(placement.prefetch, placement.prefetch, compute, 1)
+    if placement.prefetch:
+        # No spare core: the worker runs one thread among the compute threads (never a second
+        # team, reference_model.prefetch.worker_threads), its work delaying theirs.
+        return HostPlacement(True, True, 1, 1)
+    # On demand: the lookup runs on the engine thread with the compute threads' parallelism
+    # (torch's gather kernels); the hash call is single-threaded.
+    return HostPlacement(False, False, compute, 1)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ Where the host work runs is the placement choice the simulator models the same w
   allocated on the copy stream, so it is marked with ``record_stream`` for the compute stream
   before the caching allocator may reuse it.
 * **Prefetch on, CPU.** The same worker thread does the whole lookup; torch's gather kernels
-  release the GIL, so it overlaps the main thread's blocks (on however many cores are free).
+  release the GIL, so it overlaps the main thread's blocks. Its intra-op threads are its own
+  (:func:`worker_threads`): the cores the compute threads leave free, or one thread where
+  they leave none. Never a second team as large as the compute one: GNU OpenMP (torch's
+  runtime on Linux) counts every team's threads, and once they outnumber the cores it stops
+  every idle thread spinning between parallel regions, so each of the main thread's small ops
+  then waits for a futex wake. Measured on the 2-core CI VM: a worker with torch's default
+  team, idle between steps, made other runs' steps 1.2-1.45x slower for as long as it lived
+  (``scripts/drift_probe.py``; docs/validation.md).
 * **Prefetch off.** ``wait()`` runs the whole lookup on the calling thread and stream.
 
 Layers are fetched in ascending layer order, so the first Engram layer's rows come first.
@@ -35,6 +42,7 @@ split across threads (the bench shows how far one thread gets relative to ``inde
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -112,7 +120,7 @@ class RowProvider:
         self._executor: ThreadPoolExecutor | None = None
         self._copy_stream = None
         if prefetch:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
+            self._executor = _worker(worker_threads(self.device))
             if self.cuda:
                 # A dedicated stream so copies and assembly overlap the compute stream's kernels.
                 self._copy_stream = torch.cuda.Stream(self.device)
@@ -198,6 +206,35 @@ class RowProvider:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def worker_threads(device: torch.device) -> int | None:
+    """Intra-op threads of the prefetch worker on ``device``: on a CPU device, the cores the
+    compute threads (``torch.get_num_threads()``) leave free, at least 1; None on CUDA (torch's
+    own count: the worker's gathers are the host's main CPU work there)."""
+    if device.type != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) - torch.get_num_threads())
+
+
+def _worker(threads: int | None) -> ThreadPoolExecutor:
+    """The one-thread prefetch executor, its thread started now with ``threads`` intra-op
+    threads of its own (None: torch's). ``torch.set_num_threads`` sets the calling thread's
+    OpenMP team size and a process-wide default for threads not yet started; the caller's
+    count is put back at once, so only the worker keeps ``threads``."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
+    if threads is not None:
+        before = torch.get_num_threads()
+        executor.submit(_set_threads, threads).result()
+        torch.set_num_threads(before)
+    return executor
+
+
+def _set_threads(threads: int) -> None:
+    # torch initialises a thread's team size lazily, at its first parallel op, from the
+    # process-wide default: initialise first, or that would overwrite this count later.
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
 
 
 def build_provider(spec, placement, *, device="cpu", tables=None, hot_rows=None, disk_dir=None,

@@ -138,3 +138,21 @@ def test_a_dram_cache_of_the_whole_table_reads_nothing_from_nvme():
         p = EngramPlacement(tier="disk", cache_fraction=f, host_cache_fraction=hcf)
         fetch = layer_fetch(c, p, stats, layer, 512.0, host_placement(c, p))
         assert (float(fetch.disk_rows) == 0.0 and float(fetch.disk_s) == 0.0) == none_from_disk, (f, hcf)
+
+
+def test_cpu_prefetch_worker_cores_follow_the_reference_worker():
+    """A CPU device's prefetch worker gets the cores the compute threads leave free; with none
+    free it is one thread sharing theirs (reference_model.prefetch.worker_threads), while an
+    on-demand lookup runs with the compute threads' parallelism."""
+    from planner.specs import EngramPlacement
+    from planner.stages import HostPlacement, compute_cores, host_placement
+
+    hw = load_hardware("cpu-workstation")
+    c = CostModel(load_model("tiny"), hw)
+    compute, cores = compute_cores(c), hw.host.cores
+    on, off = EngramPlacement(tier="host", prefetch=True), EngramPlacement(tier="host", prefetch=False)
+    assert host_placement(c, off) == HostPlacement(False, False, compute, 1)
+    spare = cores - compute
+    assert host_placement(c, on) == (HostPlacement(True, False, spare, 1) if spare else HostPlacement(True, True, 1, 1))
+    full = hw.model_copy(update={"host": hw.host.model_copy(update={"cores": compute})})
+    assert host_placement(CostModel(load_model("tiny"), full), on) == HostPlacement(True, True, 1, 1)

@@ -145,3 +145,29 @@ def test_prestaged_disk_reads_hide_behind_compute_and_in_forward_reads_do_not(tm
     hidden, exposed = wait_after("pre-staged", window), wait_after("in-forward", window)
     assert hidden < 0.25 * read_s["pre-staged"], (hidden, read_s)
     assert exposed > 0.5 * read_s["in-forward"], (exposed, read_s)
+
+
+@pytest.mark.parametrize("compute_threads", [1, "all"])
+def test_cpu_prefetch_worker_has_its_own_thread_count(tiny_spec, compute_threads):
+    """The worker's intra-op team is the cores the compute threads leave free (at least one
+    thread: never a second full team, whose idle threads would stop the compute team's spinning
+    under GNU OpenMP), and setting it leaves the caller's count alone."""
+    import os
+
+    cores = os.cpu_count() or 1
+    n = cores if compute_threads == "all" else 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with build_provider(tiny_spec, EngramPlacement(tier="host", prefetch=True)) as provider:
+            worker = provider._executor.submit(torch.get_num_threads).result()
+            assert worker == max(1, cores - n)
+            assert torch.get_num_threads() == n
+            # A thread started now gets the caller's count, not the worker's.
+            seen = []
+            t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            t.start()
+            t.join()
+            assert seen == [n]
+    finally:
+        torch.set_num_threads(before)
