@@ -8,7 +8,13 @@ in one process, alternating (A B C C B A ...), so that all three see the same ma
 ``validate`` reports drift = B now / C at calibration. If B is slower than C here too, the drift
 is in how the two commands measure, not in the machine.
 
-Usage: ``.venv/bin/python scripts/drift_probe.py PROFILE.yaml [--rounds N] [--repeats R]``
+``--worker-threads N`` gives the prefetch worker (the quick grid's ``host-prefetch-B8``) an
+intra-op team of N threads instead of :func:`reference_model.prefetch.worker_threads`'s count;
+N = the compute threads is what it had before that function existed (torch's default), which
+made B 1.20-1.28x slower than C on the 2-core CI VM (docs/validation.md).
+
+Usage: ``.venv/bin/python scripts/drift_probe.py PROFILE.yaml [--rounds N] [--repeats R]
+[--worker-threads N]``
 (PROFILE: a calibrated profile with anchors, e.g. validation_results/cpu-ci-epyc/quick/profile.yaml).
 """
 
@@ -29,7 +35,11 @@ def main() -> None:
     ap.add_argument("profile")
     ap.add_argument("--rounds", type=int, default=2, help="A B C C B A rounds")
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per pass")
+    ap.add_argument("--worker-threads", type=int, default=None,
+                    help="the prefetch worker's intra-op threads (default: reference_model.prefetch.worker_threads)")
     args = ap.parse_args()
+    if args.worker_threads is not None and args.worker_threads < 1:
+        raise SystemExit(f"--worker-threads: {args.worker_threads} (expected >= 1)")
 
     import torch
 
@@ -41,6 +51,10 @@ def main() -> None:
     from planner.validation.measure import Runner
     from planner.validation.run import anchor_configs
 
+    if args.worker_threads is not None:
+        import reference_model.prefetch as prefetch
+
+        prefetch.worker_threads = lambda device: args.worker_threads
     hw = load_hardware(args.profile)
     if hw.calibration is None or not hw.calibration.anchors:
         raise SystemExit(f"{args.profile}: no calibration anchors")
