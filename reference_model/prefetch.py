@@ -36,8 +36,8 @@ Where the host work runs is the placement choice the simulator models the same w
 Layers are fetched in ascending layer order, so the first Engram layer's rows come first.
 Device-tier layers are never prefetched: their lookup is the in-layer gather of the baseline.
 
-Simplification: one worker thread for every layer; the CPU gather of a large batch is not
-split across threads (the bench shows how far one thread gets relative to ``index_select``).
+Simplification: one worker thread for every layer; the CPU gather of a large batch is split
+only by torch's own kernels, over the worker's intra-op threads.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ intra-op team of N threads instead of :func:`reference_model.prefetch.worker_thr
 N = the compute threads is what it had before that function existed (torch's default), which
 made B 1.20-1.28x slower than C on the 2-core CI VM (docs/validation.md).
 
+``--beside NAME --copies K`` times B beside K copies of one quick-grid run instead of the whole
+grid: which run slows the others.
+
 Usage: ``.venv/bin/python scripts/drift_probe.py PROFILE.yaml [--rounds N] [--repeats R]
-[--worker-threads N]``
+[--worker-threads N] [--beside NAME [--copies K]]``
 (PROFILE: a calibrated profile with anchors, e.g. validation_results/cpu-ci-epyc/quick/profile.yaml).
 """
 
@@ -37,16 +40,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per pass")
     ap.add_argument("--worker-threads", type=int, default=None,
                     help="the prefetch worker's intra-op threads (default: reference_model.prefetch.worker_threads)")
+    ap.add_argument("--beside", default=None, help="B beside copies of this quick-grid run only")
+    ap.add_argument("--copies", type=int, default=6, help="copies of --beside's run (default 6)")
     args = ap.parse_args()
-    if args.worker_threads is not None and args.worker_threads < 1:
-        raise SystemExit(f"--worker-threads: {args.worker_threads} (expected >= 1)")
+    for flag, value, low in (("--worker-threads", args.worker_threads, 1), ("--copies", args.copies, 1),
+                             ("--rounds", args.rounds, 1), ("--repeats", args.repeats, 1)):
+        if value is not None and not low <= value <= 64:
+            raise SystemExit(f"{flag}: {value} (expected {low}-64)")
 
     import torch
 
     from planner.calibration.build import engine_anchors
     from planner.calibration.measure_engine import measure_engine
     from planner.calibration.tasks import anchor_runs
-    from planner.loading import load_hardware
+    from planner.loading import SpecError, load_hardware
     from planner.validation import grid
     from planner.validation.measure import Runner
     from planner.validation.run import anchor_configs
@@ -55,7 +62,10 @@ def main() -> None:
         import reference_model.prefetch as prefetch
 
         prefetch.worker_threads = lambda device: args.worker_threads
-    hw = load_hardware(args.profile)
+    try:
+        hw = load_hardware(args.profile)
+    except SpecError as e:
+        raise SystemExit(f"profile: {e}") from None
     if hw.calibration is None or not hw.calibration.anchors:
         raise SystemExit(f"{args.profile}: no calibration anchors")
     threads = hw.calibration.fingerprint.threads
@@ -64,6 +74,13 @@ def main() -> None:
     anchors = anchor_configs(hw, "cpu")  # {RunConfig: calibration run name}
     runs = [r for r in anchor_runs("cpu") if r["name"] in hw.calibration.anchors]
     quick = grid.grid(True, "cpu")
+    if args.beside is not None:
+        from dataclasses import replace
+
+        named = {c.name: c for c in quick}
+        if args.beside not in named:
+            raise SystemExit(f"--beside: {args.beside!r} is not a quick-grid run ({', '.join(named)})")
+        quick = [replace(named[args.beside], name=f"{args.beside}#{i}") for i in range(args.copies)]
     work = tempfile.mkdtemp(prefix="drift-probe-")
     times: dict[str, dict[str, list[float]]] = {k: {r["name"]: [] for r in runs} for k in "ABC"}
 
