@@ -26,10 +26,10 @@ Where the host work runs is the placement choice the simulator models the same w
   release the GIL, so it overlaps the main thread's blocks. Its intra-op threads are its own
   (:func:`worker_threads`): the cores the compute threads leave free, or one thread where
   they leave none. Never a second team as large as the compute one: GNU OpenMP (torch's
-  runtime on Linux) counts every team's threads, and once they outnumber the cores it stops
-  every idle thread spinning between parallel regions, so each of the main thread's small ops
-  then waits for a futex wake. Measured on the 2-core CI VM: a worker with torch's default
-  team, idle between steps, made other runs' steps 1.2-1.45x slower for as long as it lived
+  runtime on Linux) counts every team's threads, and once they outnumber the cores it cuts
+  every idle thread's spin before sleeping from 300,000 to 100 iterations (the libgomp manual,
+  ``GOMP_SPINCOUNT``), so each of the main thread's small ops then waits for a futex wake. Measured on the 2-core CI VM: a worker with torch's default
+  team, idle between steps, made other runs' steps 1.2-1.5x slower for as long as it lived
   (``scripts/drift_probe.py``; docs/validation.md).
 * **Prefetch off.** ``wait()`` runs the whole lookup on the calling thread and stream.
 

@@ -89,22 +89,31 @@ STOP_GRACE_S = 10.0  # how long the server may take to stop before it is killed
 
 
 def serve(argv: list[str]) -> int:
-    """Run the server as a child and stop with it: SIGTERM and SIGHUP to this process are
-    forwarded (a bare ``kill`` of the wrapper would otherwise leave Streamlit holding the
-    port), Ctrl-C reaches it through the terminal's process group; a server still running
+    """Run the server as a child and stop with it: SIGTERM, SIGHUP and SIGINT to this process
+    are forwarded (a bare ``kill`` of the wrapper would otherwise leave Streamlit holding the
+    port); a server still running
     ``STOP_GRACE_S`` after a stop was asked is killed, and whatever ends this process, the child
     is stopped. Returns its exit code (130 after Ctrl-C)."""
     proc = subprocess.Popen(argv)
     asked: list[float] = []  # when a stop was asked
+    interrupts: list[int] = []
 
     def forward(signum, _frame):
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        if signum == signal.SIGINT:
+            interrupts.append(signum)
+        if proc.returncode is None:
+            try:
+                proc.send_signal(signum)
+            except OSError:  # it has just exited
+                pass
         asked.append(time.monotonic())
 
-    forwarded = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig]
+    # SIGINT too is handled, not raised as KeyboardInterrupt: one raised inside Popen.wait can
+    # leave its internal lock taken, after which no wait ever reaps the child (the wrapper then
+    # hangs). A terminal's Ctrl-C reaches the server through the process group as well.
+    names = ("SIGTERM", "SIGHUP", "SIGINT")
+    forwarded = [getattr(signal, n) for n in names if getattr(signal, n, None) is not None]
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
-    interrupted = False
     try:
         while True:
             try:
@@ -113,9 +122,6 @@ def serve(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 if asked and time.monotonic() - asked[0] > STOP_GRACE_S:
                     proc.kill()
-            except KeyboardInterrupt:  # the server got the same SIGINT from the terminal
-                interrupted = True
-                forward(signal.SIGINT, None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -126,4 +132,4 @@ def serve(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return 130 if interrupted else code
+    return 130 if interrupts else code
