@@ -28,9 +28,10 @@ Where the host work runs is the placement choice the simulator models the same w
   they leave none. Never a second team as large as the compute one: GNU OpenMP (torch's
   runtime on Linux) counts every team's threads, and once they outnumber the cores it cuts
   every idle thread's spin before sleeping from 300,000 to 100 iterations (the libgomp manual,
-  ``GOMP_SPINCOUNT``), so each of the main thread's small ops then waits for a futex wake. Measured on the 2-core CI VM: a worker with torch's default
-  team, idle between steps, made other runs' steps 1.2-1.5x slower for as long as it lived
-  (``scripts/drift_probe.py``; docs/validation.md).
+  ``GOMP_SPINCOUNT``), so each of the main thread's small ops then waits for a futex wake.
+  Measured on the 2-core CI VM: a worker with torch's default team, idle between steps, made
+  other runs' steps 1.2-1.5x slower for as long as it lived (``scripts/drift_probe.py``;
+  docs/validation.md).
 * **Prefetch off.** ``wait()`` runs the whole lookup on the calling thread and stream.
 
 Layers are fetched in ascending layer order, so the first Engram layer's rows come first.
@@ -214,13 +215,21 @@ def worker_threads(device: torch.device) -> int | None:
     own count: the worker's gathers are the host's main CPU work there)."""
     if device.type != "cpu":
         return None
-    return max(1, (os.cpu_count() or 1) - torch.get_num_threads())
+    return max(1, available_cpus() - torch.get_num_threads())
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else every CPU)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _worker(threads: int | None) -> ThreadPoolExecutor:
     """The one-thread prefetch executor, its thread started now with ``threads`` intra-op
     threads of its own (None: torch's). ``torch.set_num_threads`` sets the calling thread's
-    OpenMP team size and a process-wide default for threads not yet started; the caller's
+    OpenMP team size and a process-wide default for threads not yet initialised; the caller's
     count is put back at once, so only the worker keeps ``threads``."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
     if threads is not None:
