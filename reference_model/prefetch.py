@@ -215,15 +215,8 @@ def worker_threads(device: torch.device) -> int | None:
     own count: the worker's gathers are the host's main CPU work there)."""
     if device.type != "cpu":
         return None
-    return max(1, available_cpus() - torch.get_num_threads())
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else every CPU)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    # os.cpu_count(), as calibration records host.cores: the cost model's spare cores are the same
+    return max(1, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
 def _worker(threads: int | None) -> ThreadPoolExecutor:

@@ -152,9 +152,9 @@ def test_cpu_prefetch_worker_has_its_own_thread_count(tiny_spec, compute_threads
     """The worker's intra-op team is the cores the compute threads leave free (at least one
     thread: never a second full team, whose idle threads would stop the compute team's spinning
     under GNU OpenMP), and setting it leaves the caller's count alone."""
-    from reference_model.prefetch import available_cpus
+    import os
 
-    cores = available_cpus()
+    cores = os.cpu_count() or 1
     n = cores if compute_threads == "all" else 1
     before = torch.get_num_threads()
     torch.set_num_threads(n)
