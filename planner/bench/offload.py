@@ -189,7 +189,7 @@ def run(args) -> dict:
 
     from planner.accounting import engram_table_bytes, engram_table_rows
     from planner.specs.placement import EngramPlacement
-    from reference_model.instrument import SpanRecorder
+    from reference_model.instrument import SpanRecorder, frozen_heap
     from reference_model.model import EngramModel
     from reference_model.prefetch import RowProvider
     from reference_model.store import EngramTableStore, LayerStore
@@ -238,15 +238,16 @@ def run(args) -> dict:
     results: dict = {}
     trace = None
     with torch.no_grad():
-        for wname, workload in workloads.items():
-            results[wname] = {}
-            for tier, prefetch in configs:
-                rec = SpanRecorder() if (args.trace and wname == "prefill" and tier == "host" and prefetch) else None
-                with provider(tier, prefetch) as p:
-                    m = run_steps(model, p, workload, steps, trace=rec)
-                results[wname][f"{tier}{'_prefetch' if prefetch else ''}"] = m
-                if rec is not None:
-                    trace = rec
+        with frozen_heap():  # the sources below must stay collectable: frozen objects are not
+            for wname, workload in workloads.items():
+                results[wname] = {}
+                for tier, prefetch in configs:
+                    rec = SpanRecorder() if (args.trace and wname == "prefill" and tier == "host" and prefetch) else None
+                    with provider(tier, prefetch) as p:
+                        m = run_steps(model, p, workload, steps, trace=rec)
+                    results[wname][f"{tier}{'_prefetch' if prefetch else ''}"] = m
+                    if rec is not None:
+                        trace = rec
         g = torch.Generator().manual_seed(1)
         big_ids = torch.randint(0, rows, (4, 128, spec.engram.rows_per_token), generator=g)
         # Unmap before the cold-read measurement (the last provider still holds the source).

@@ -48,7 +48,7 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
     from planner.accounting import engram_table_rows
     from reference_model.compression import Compressor
     from reference_model.engine import Engine, default_evict_bytes
-    from reference_model.instrument import SpanRecorder
+    from reference_model.instrument import SpanRecorder, frozen_heap
     from reference_model.model import EngramModel
     from reference_model.prefetch import build_provider
     from reference_model.tokenizer import load_tokenizer
@@ -69,6 +69,7 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
             n = run["prompt_len"] + run["output_len"]
             ids = torch.randint(0, spec.vocab_size, (run["batch"], n), generator=g)
             prepared.append((run, spec, engine, provider, ids, []))
+        stack.enter_context(frozen_heap())  # the runs' steps as the validation grid times its own
         for r in range(repeats + 1):
             for run, spec, engine, provider, ids, reps in prepared:
                 gc.collect()

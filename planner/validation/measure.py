@@ -160,7 +160,7 @@ class Runner:
         repetitions sample different moments and the lower quartile finds its quiet ones."""
         from contextlib import ExitStack
 
-        from reference_model.instrument import SpanRecorder
+        from reference_model.instrument import SpanRecorder, frozen_heap
 
         threads_before = torch.get_num_threads()
         if self.threads:
@@ -168,6 +168,7 @@ class Runner:
         try:
             with ExitStack() as stack, torch.no_grad():
                 runs = [self._setup(cfg, stack) for cfg in configs]
+                stack.enter_context(frozen_heap())
                 for r in range(self.repeats + 1):
                     for run in runs:
                         t0 = time.perf_counter()
