@@ -382,10 +382,14 @@ class CostModel:
         """Where a table's random rows come from (``llc`` or ``dram``, page size)."""
         return self.eff.gather_regime(table_bytes, huge_pages)
 
-    def lookup_overhead(self, rows: Number) -> Number:
+    def lookup_overhead(self, rows: Number, cached: Number = False) -> Number:
         """Host seconds of one lookup of ``rows`` requested rows besides the gather itself
-        (plan, de-duplication, assembly): the profile's ``lookup:overhead`` curve, else 0."""
-        return self.eff.lookup_overhead_s(rows)
+        (plan, de-duplication, assembly): the profile's ``lookup:overhead`` curve, plus its
+        ``lookup:cache`` curve where ``cached`` (the layer has a hot-row cache), else 0."""
+        base = self.eff.lookup_overhead_s(rows)
+        if np.ndim(cached) == 0:
+            return base + self.eff.lookup_cache_s(rows) if cached else base
+        return base + np.where(cached, self.eff.lookup_cache_s(rows), 0.0)
 
     def gather(self, bytes_: Number, cores: Number, table_bytes: Number, huge_pages: bool = False) -> Number:
         """Time to gather ``bytes_`` of rows of a ``table_bytes`` table with ``cores`` cores,

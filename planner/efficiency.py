@@ -138,7 +138,12 @@ class Efficiency:
 
     def lookup_overhead_s(self, requested_rows: Number) -> Number:
         """Host seconds of one offloaded lookup besides gathering its rows (plan,
-        de-duplication, cache index, assembly). None here."""
+        de-duplication, assembly). None here."""
+        return 0.0 * requested_rows
+
+    def lookup_cache_s(self, requested_rows: Number) -> Number:
+        """Host seconds a hot-row cache adds to one lookup (index search, hit/miss split,
+        placing the hits). None here."""
         return 0.0 * requested_rows
 
     def hash_s(self, tokens: Number, indices_per_token: float, cores: Number) -> Number:
@@ -197,7 +202,8 @@ class CalibratedEfficiency(Efficiency):
       one core: rows of a table inside the LLC come from the cache, beyond it from DRAM, and
       beyond the TLB's reach each row also walks the page table. ``+thp`` curves were measured
       with transparent huge pages.
-    * ``lookup:overhead``: a lookup's host seconds besides its gather, by requested rows.
+    * ``lookup:overhead``: a lookup's host seconds besides its gather, by requested rows;
+      ``lookup:cache``: what a hot-row cache adds to it.
     * ``hash:call`` (form ``linear``): the hash call's fixed seconds, and ``hash:tokens`` its
       tokens/s at large calls (32 indices a token).
     * ``step:overhead`` (form ``linear`` in the step's tokens): the engine's per-step seconds not
@@ -297,6 +303,12 @@ class CalibratedEfficiency(Efficiency):
         fit = self.curves.get("lookup:overhead")
         if fit is None:
             return super().lookup_overhead_s(requested_rows)
+        return np.maximum(fit(np.asarray(requested_rows, float)), 0.0)
+
+    def lookup_cache_s(self, requested_rows: Number) -> Number:
+        fit = self.curves.get("lookup:cache")
+        if fit is None:
+            return super().lookup_cache_s(requested_rows)
         return np.maximum(fit(np.asarray(requested_rows, float)), 0.0)
 
     def hash_s(self, tokens: Number, indices_per_token: float, cores: Number) -> Number:

@@ -173,7 +173,8 @@ def layer_fetch(cost: CostModel, placement: EngramPlacement, traffic: NgramTraff
                       cost.host_dram_rate() / devices_sharing_dram)
     gather_s = 0.0 * rows if mode == "uva" else nbytes / rate
     copy_s = 0.0 * rows if mode == "none" else cost.transfer(nbytes, "h2d", "uva" if mode == "uva" else mode)
-    overhead = cost.lookup_overhead(lookups) if mode != "uva" else 0.0 * rows
+    cached = (np.asarray(f) > 0) & (tier != "device")  # the store builds a cache for offloaded tiers only
+    overhead = cost.lookup_overhead(lookups, cached) if mode != "uva" else 0.0 * rows
     return LayerFetch(layer, tier, rows, nbytes, disk_rows, lookups, float(np.max(table)), overhead, disk_s,
                       gather_s, rate, copy_s, mode, cost.gather_regime(float(np.max(table)), p.huge_pages))
 

@@ -118,6 +118,7 @@ PEAK = 2.0 * 1024**3 / (5e-6 + 2.0 * 1024**3 / 20e9)
 OP = {"fixed_s": 200e-6, "flop_fraction": 0.4, "byte_fraction": 0.5}
 HASH = (250e-6, 3e-9)
 LOOKUP = (300e-6, 100e-9)
+CACHE = (400e-6, 40e-9)  # what the cached run's hot-row cache adds to each lookup
 STEP_OVERHEAD = 500e-6
 
 
@@ -152,7 +153,8 @@ def _engine_samples():
             device = run["tier"] == "device"
             s = {"run": run["name"], "model": spec.name, "dtype": spec.dtype, "phase": phase, "batch": B,
                  "tokens": tokens, "context": context, "n_layers": spec.n_layers, "tier": run["tier"],
-                 "engram_layers": list(spec.engram_layer_ids), "spans": {}, "lookups": {}}
+                 "engram_layers": list(spec.engram_layer_ids), "spans": {}, "lookups": {},
+                 "cache_fraction": run.get("cache_fraction", 0.0)}
             shape = sample_shape(s)
             names = ["embed", "head"] + [f"{op}_L{i}" for i in range(spec.n_layers) for op in ("attn", "ffn")]
             names += [f"engram_L{i}" for i in spec.engram_layer_ids]
@@ -163,11 +165,14 @@ def _engine_samples():
                 s["spans"][name] = float(roofline_seconds(OP, w.flops, w.bytes, w.tokens, PEAK, 5e9, few_rows))
             requested = B * tokens * spec.engram.rows_per_token
             row = engram_row_bytes(spec)
+            cached = bool(s["cache_fraction"])
+            fetched = 0 if device else (requested // 2 if cached else requested)  # half the reads hit the cache
             for layer in spec.engram_layer_ids:
                 table = engram_table_bytes(spec)[layer]
                 s["spans"][f"wait_L{layer}"] = (s["spans"][f"gather_L{layer}"] if device else
-                                                LOOKUP[0] + LOOKUP[1] * requested + requested * gather_row_s(table, row))
-                s["lookups"][str(layer)] = {"requested": requested, "fetched": 0 if device else requested}
+                                                LOOKUP[0] + LOOKUP[1] * requested + fetched * gather_row_s(table, row)
+                                                + (CACHE[0] + CACHE[1] * requested if cached else 0.0))
+                s["lookups"][str(layer)] = {"requested": requested, "fetched": fetched}
             indices = B * tokens * spec.engram.rows_per_token * len(spec.engram_layer_ids)
             s["spans"]["hash"] = HASH[0] + HASH[1] * indices
             inside = {k: v for k, v in s["spans"].items() if not (device and k.startswith("gather_L"))}
@@ -216,7 +221,8 @@ def test_synthetic_profile_loads_and_every_curve_fits(synthetic_profile):
     hw = synthetic_profile
     assert hw.source == "calibrated" and hw.calibration.fingerprint.cpu == "Test CPU 9000"
     names = {c.name for c in hw.calibration.curves}
-    assert {"gemm:fp32", "dram:copy", "link:memcpy", "hash:tokens", "hash:call", "lookup:overhead", "step:overhead",
+    assert {"gemm:fp32", "dram:copy", "link:memcpy", "hash:tokens", "hash:call", "lookup:overhead", "lookup:cache",
+            "step:overhead",
             "op:attention:gqa:fp32", "op:attention:mla+hc:fp32", "op:engram:fp32", "op:head:fp32",
             "gather:ram:latency", "gather:ram:bandwidth"} <= names
     for c in hw.calibration.curves:
@@ -238,8 +244,38 @@ def test_fits_recover_the_machine_laws(synthetic_profile):
         assert params["fixed_s"] == pytest.approx(OP["fixed_s"], rel=0.05), kind
     lookup = curves["lookup:overhead"].params
     assert lookup["intercept"] == pytest.approx(LOOKUP[0], rel=0.02) and lookup["slope"] == pytest.approx(LOOKUP[1], rel=0.05)
+    cache = curves["lookup:cache"].params  # the cached run's waits less their gather and lookup:overhead
+    assert cache["intercept"] == pytest.approx(CACHE[0], rel=0.02) and cache["slope"] == pytest.approx(CACHE[1], rel=0.05)
     hash_call = curves["hash:call"].params
     assert hash_call["slope"] == pytest.approx(HASH[1], rel=0.01)
+
+
+def test_a_hot_row_cache_adds_its_calibrated_lookup_work(synthetic_profile):
+    """An offloaded layer with a cache pays ``lookup:cache`` on top of ``lookup:overhead``
+    (scalar and vectorised cache fractions alike); a device-tier layer, which has no cache,
+    and a profile without the curve pay nothing for it."""
+    from planner.ngram_model import ZipfTraffic
+    from planner.specs import EngramPlacement
+    from planner.stages import host_placement, layer_fetch
+
+    spec = load_model("tiny")
+    k, layer = spec.engram.rows_per_token, spec.engram.layer_ids[0]
+    traffic = ZipfTraffic(rows_per_head=1e5, rows_per_token=k)
+    tokens = 64.0
+    lookups = tokens * k
+
+    def overhead(hw, tier, f):
+        cost, p = CostModel(spec, hw), EngramPlacement(tier=tier, cache_fraction=0.0)
+        return layer_fetch(cost, p, traffic, layer, tokens, host_placement(cost, p), cache_fraction=f).overhead_s
+
+    plain = LOOKUP[0] + LOOKUP[1] * lookups
+    assert float(overhead(synthetic_profile, "host", 0.0)) == pytest.approx(plain, rel=0.02)
+    assert float(overhead(synthetic_profile, "host", 0.05)) == pytest.approx(plain + CACHE[0] + CACHE[1] * lookups, rel=0.02)
+    np.testing.assert_allclose(overhead(synthetic_profile, "host", np.array([0.0, 0.05])),
+                               [plain, plain + CACHE[0] + CACHE[1] * lookups], rtol=0.02)
+    assert float(overhead(synthetic_profile, "device", 0.05)) == float(overhead(synthetic_profile, "device", 0.0))
+    datasheet = load_hardware("cpu-workstation")
+    assert float(overhead(datasheet, "host", 0.05)) == float(overhead(datasheet, "host", 0.0)) == 0.0
 
 
 def test_profile_curves_api(synthetic_profile):

@@ -212,10 +212,18 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
 
     x, t = ef.lookup_samples(samples, specs, fetch_s)
     if len(x):
-        fit = ef.fit_positive_linear(x, t)
-        out.append(curve("lookup:overhead", fit, x, np.maximum(t, 1e-7), "rows", "seconds",
+        overhead = ef.fit_positive_linear(x, t)
+        out.append(curve("lookup:overhead", overhead, x, np.maximum(t, 1e-7), "rows", "seconds",
                          "each wait_L span of an on-demand lookup less its rows' gather at the table-gather rate: "
                          "plan, de-duplication, assembly (fixed + per requested row)"))
+        x, t = ef.lookup_samples(samples, specs, fetch_s, cached=True)
+        if len(x):
+            t = t - np.maximum(overhead(x), 0.0)
+            fit = ef.fit_positive_linear(x, t)
+            out.append(curve("lookup:cache", fit, x, np.maximum(t, 1e-7), "rows", "seconds",
+                             "each wait_L span of an on-demand lookup with a static hot-row cache less its fetched "
+                             "rows' gather and lookup:overhead: the cache's index search, hit/miss split and "
+                             "placing the hits (fixed + per requested row)"))
 
     def ops_s(s, spec):
         return ef.predicted_ops_s(s, spec, counting, ops, peaks, bandwidth, rows_fraction_of(spec.dtype))
@@ -355,7 +363,7 @@ def _notes() -> list[str]:
         "op curves (roofline): seconds = fixed_s + max(FLOPs / (flop_fraction x device peak), bytes / "
         "(byte_fraction x device.memory_bandwidth)), fitted to the reference model's spans timed inside the "
         "engine loop (caches evicted before each step, as a deployment's weights evict them)",
-        "hash:call, lookup:overhead, step:overhead: the engine's own host seconds, fitted to the same runs",
+        "hash:call, lookup:overhead, lookup:cache, step:overhead: the engine's own host seconds, fitted to the same runs",
         "the engine computes logits for each sequence's last position only (as the cost model's head counts)",
     ]
 

@@ -13,8 +13,11 @@ predicts other shapes from the same physical terms:
 * ``hash:call`` (``linear`` in indices hashed = tokens x indices per token): the engine thread's
   ``hash`` span (prefetch off: the whole call, compression and tensor hand-off included);
 * ``lookup:overhead`` (``linear`` in requested rows): each ``wait_L`` span (prefetch off: the
-  whole lookup) less its rows' gather at the calibrated table-gather rate (and, on CUDA, their
-  copy): planning, de-duplication, assembly, the hand-off;
+  whole lookup) of the runs without a hot-row cache, less its rows' gather at the calibrated
+  table-gather rate (and, on CUDA, their copy): planning, de-duplication, assembly, the hand-off;
+* ``lookup:cache`` (``linear`` in requested rows): the cached run's ``wait_L`` spans less the
+  same gather and ``lookup:overhead``: the cache's own work (the index search, splitting hits
+  from misses, placing the hits; about 0.4 ms a lookup on the CI VM);
 * ``step:overhead`` (``linear`` in the step's tokens): the step's span less everything above as
   the fitted curves predict it (ops) or as measured (hash, waits): the Python between spans and
   block 0's cold start (the intercept; on the CI VM block 0's attention takes about 1.5x and its
@@ -148,13 +151,17 @@ def fit_hash(samples: list[dict], specs: dict[str, ModelSpec]) -> tuple[Fit, np.
     return fit, x, t
 
 
-def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s) -> tuple[np.ndarray, np.ndarray]:
-    """(requested rows, seconds beyond the rows' own gather/copy) of every ``wait_L`` span;
+def lookup_samples(samples: list[dict], specs: dict[str, ModelSpec], fetch_s,
+                   cached: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(requested rows, seconds beyond the rows' own gather/copy) of every ``wait_L`` span of
+    the runs without a hot-row cache (``cached``: of those with one);
     ``fetch_s(spec, layer, fetched_rows)`` prices the gather (and copy) of the fetched rows."""
     x, t = [], []
     for s in samples:
         if s.get("tier", "host") == "device":
             continue  # no lookup: the in-layer gather is an op
+        if bool(s.get("cache_fraction", 0.0)) != cached:
+            continue
         spec = specs[s["model"]]
         for name, seconds in s["spans"].items():
             m = _WAIT.match(name)
