@@ -13,14 +13,17 @@ seconds, ``*_rate`` bytes or tokens per second.
 
 The op model (both implementations), per op kind (``Work.kind``)::
 
-    seconds = fixed_s + max(flops / flop_rate, bytes / byte_rate)
-    flop_rate <= peak FLOP/s x few-row ceiling(tokens),   byte_rate <= memory bandwidth
+    seconds = fixed_s + row_s x rows + max(flops / flop_rate, bytes / byte_rate)
+    flop_rate <= peak FLOP/s x few-row ceiling(rows),   byte_rate <= memory bandwidth
 
 the roofline of Williams et al. (2009) plus a fixed per-call cost (dispatch and kernel
-launches). A preset's fixed cost is its kernels times ``device.kernel_launch_overhead`` and its
-rates the constant fractions; a calibrated profile's three numbers per kind are fitted to the
-reference model's spans timed inside the engine (:mod:`planner.calibration.measure_engine`).
-Neither rate can exceed its ceiling, so no op is ever priced faster than the device's peak.
+launches) and a per-row cost (row-wise work around the GEMMs). A preset's fixed cost is its
+kernels times ``device.kernel_launch_overhead``, its per-row cost 0, its rates the constant
+fractions and its few-row ceiling the square-GEMM curve; a calibrated profile's five numbers per
+kind (fixed, per row, FLOP and byte fractions, the rows ``t_half`` at which the FLOP rate is
+half its fraction) are fitted to the reference model's spans timed inside the engine
+(:mod:`planner.calibration.measure_engine`). Neither rate can exceed its ceiling, so no op is
+ever priced faster than the device's peak.
 
 Torch-free; imports nothing of :mod:`planner.costmodel` (which imports this module).
 """
@@ -175,15 +178,19 @@ class Efficiency:
 
 @dataclass(frozen=True)
 class OpCurve:
-    """One op kind's fitted roofline: ``fixed_s`` plus FLOPs at ``flop_fraction`` of the
-    curve's dtype peak and bytes at ``byte_fraction`` of the memory bandwidth; ``ranges`` are
-    the (min, max) FLOPs, bytes and tokens of its samples."""
+    """One op kind's fitted roofline (:func:`planner.calibration.fit.roofline_seconds`):
+    ``fixed_s`` plus ``row_s`` a row, plus the larger of FLOPs at ``flop_fraction`` of the
+    curve's dtype peak (times ``rows / (rows + t_half)``: the few-row knee; profiles fitted
+    before it have none and take the ``gemm_rows`` ceiling) and bytes at ``byte_fraction`` of
+    the memory bandwidth; ``ranges`` are the (min, max) FLOPs, bytes and tokens of its samples."""
 
     fixed_s: float
     flop_fraction: float
     byte_fraction: float
     flop_scale: float  # peak of the curve's dtype / peak of the model's dtype (1 when equal)
     ranges: dict[str, tuple[float, float]]
+    row_s: float = 0.0
+    t_half: float | None = None
 
 
 class CalibratedEfficiency(Efficiency):
@@ -234,7 +241,7 @@ class CalibratedEfficiency(Efficiency):
                 if exact or kind not in self.ops:
                     scale = 1.0 if exact or emulated or c.dtype not in peaks or here is None else peaks[c.dtype] / here
                     self.ops[kind] = OpCurve(c.params["fixed_s"], c.params["flop_fraction"], c.params["byte_fraction"],
-                                             scale, _ranges(c))
+                                             scale, _ranges(c), c.params.get("row_s", 0.0), c.params.get("t_half"))
             elif c.name.startswith("gemm:") and (exact or self.gemm is None):
                 self.gemm = fit
             elif c.name.startswith("gemm_rows:") and (exact or self.gemm_rows is None):
@@ -273,8 +280,13 @@ class CalibratedEfficiency(Efficiency):
         op = self._op(work.kind) if work.kind else None
         if op is None:
             return super().op_terms(work, peak_flops, memory_bandwidth, launch_s)
-        rate = peak_flops * op.flop_scale * np.minimum(op.flop_fraction, self._rows(work))
-        return OpTerms(op.fixed_s + 0.0 * np.asarray(work.flops, float), work.flops / rate,
+        tokens = work.tokens if isinstance(work.tokens, (int, float)) else np.asarray(work.tokens, float)
+        if op.t_half is not None:
+            rows = np.maximum(tokens, 1.0)
+            rate = peak_flops * op.flop_scale * op.flop_fraction * rows / (rows + op.t_half)
+        else:
+            rate = peak_flops * op.flop_scale * np.minimum(op.flop_fraction, self._rows(work))
+        return OpTerms(op.fixed_s + op.row_s * tokens + 0.0 * np.asarray(work.flops, float), work.flops / rate,
                        work.bytes / (memory_bandwidth * op.byte_fraction))
 
     def extrapolation(self, work) -> Number:

@@ -175,22 +175,18 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
     peaks = {dt[len("peak_flops_"):]: v for dt, v in k.items() if dt.startswith("peak_flops_")}
     bandwidth = k["device_memory_bytes_per_s"]
 
-    def rows_fraction_of(dtype):
-        fit = by_name.get(f"gemm_rows:{dtype}")
-        return None if fit is None else (lambda t: np.minimum(fit(t), 1.0))
-
     out, ops = [], {}
     models = sorted({s["model"] for s in samples})
     for dtype in sorted({specs[s["model"]].dtype for s in samples}):
         mine = [s for s in samples if specs[s["model"]].dtype == dtype]
-        for (kind, dt), (fit, arr) in ef.fit_ops(mine, specs, counting, peaks, bandwidth,
-                                                 rows_fraction_of(dtype)).items():
+        for (kind, dt), (fit, arr) in ef.fit_ops(mine, specs, counting, peaks, bandwidth).items():
             ops[(kind, dt)] = (fit, arr)
             predicted = roofline_seconds(fit.params, arr[:, 0], arr[:, 1], arr[:, 2],
-                                         peaks.get(dt, max(peaks.values())), bandwidth, rows_fraction_of(dt))
+                                         peaks.get(dt, max(peaks.values())), bandwidth)
             out.append(curve(f"op:{kind}:{dt}", fit, arr[:, 0], arr[:, 3], "flops", "seconds",
                              f"reference-model {kind} spans timed in the engine loop ({len(arr)} steps of "
-                             f"{len(models)} backbones): fixed + max(FLOPs / rate, bytes / rate)", dt,
+                             f"{len(models)} backbones): fixed + per row + max(FLOPs / rate rising with rows to "
+                             "its ceiling, bytes / rate)", dt,
                              aux={"bytes": arr[:, 1], "tokens": arr[:, 2]}, predicted=predicted))
     fit, x, t = ef.fit_hash(samples, specs)
     out.append(curve("hash:call", fit, x, t, "indices", "seconds",
@@ -226,7 +222,7 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
                              "placing the hits (fixed + per requested row)"))
 
     def ops_s(s, spec):
-        return ef.predicted_ops_s(s, spec, counting, ops, peaks, bandwidth, rows_fraction_of(spec.dtype))
+        return ef.predicted_ops_s(s, spec, counting, ops, peaks, bandwidth)
 
     x, t = ef.step_residuals(samples, specs, ops_s)
     fit = ef.fit_positive_linear(x, t)
@@ -360,8 +356,8 @@ def _gather_sources(threads: list[int], fp: dict, base: HardwareSpec) -> list[st
 
 def _notes() -> list[str]:
     return [
-        "op curves (roofline): seconds = fixed_s + max(FLOPs / (flop_fraction x device peak), bytes / "
-        "(byte_fraction x device.memory_bandwidth)), fitted to the reference model's spans timed inside the "
+        "op curves (roofline): seconds = fixed_s + row_s x rows + max(FLOPs / (flop_fraction x device peak x "
+        "rows / (rows + t_half)), bytes / (byte_fraction x device.memory_bandwidth)), fitted to the reference model's spans timed inside the "
         "engine loop (caches evicted before each step, as a deployment's weights evict them)",
         "hash:call, lookup:overhead, lookup:cache, step:overhead: the engine's own host seconds, fitted to the same runs",
         "the engine computes logits for each sequence's last position only (as the cost model's head counts)",

@@ -98,7 +98,7 @@ def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardw
 
 
 def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec, peaks: dict[str, float],
-            bandwidth: float, rows_fraction) -> dict[tuple[str, str], tuple[Fit, np.ndarray]]:
+            bandwidth: float) -> dict[tuple[str, str], tuple[Fit, np.ndarray]]:
     """Roofline per (kind, dtype): ``{(kind, dtype): (fit, samples array [n, 4])}``."""
     out = {}
     for (kind, dtype), rows in sorted(op_samples(samples, specs, counting).items()):
@@ -108,13 +108,13 @@ def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardware
         groups = [r[5] for r in rows]
         weights = np.array([1.0 / groups.count(g) for g in groups])
         peak = peaks.get(dtype, max(peaks.values()))
-        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, rows_fraction, weights)
+        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, weights)
         out[(kind, dtype)] = (fit, arr)
     return out
 
 
 def predicted_ops_s(s: dict, spec: ModelSpec, counting: HardwareSpec, ops: dict, peaks: dict[str, float],
-                    bandwidth: float, rows_fraction, layer: int | None = None) -> float:
+                    bandwidth: float, layer: int | None = None) -> float:
     """The step's op seconds as the fitted rooflines price them (every block, block 0 too;
     ``layer``: that block's attention, FFN and Engram ops only)."""
     total = 0.0
@@ -125,8 +125,7 @@ def predicted_ops_s(s: dict, spec: ModelSpec, counting: HardwareSpec, ops: dict,
         if fit is None:
             continue
         peak = peaks.get(spec.dtype, max(peaks.values()))
-        total += float(roofline_seconds(fit[0].params, work.flops, work.bytes, work.tokens, peak, bandwidth,
-                                        rows_fraction))
+        total += float(roofline_seconds(fit[0].params, work.flops, work.bytes, work.tokens, peak, bandwidth))
     return total
 
 

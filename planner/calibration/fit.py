@@ -83,42 +83,65 @@ def piecewise_params(xs, ys) -> dict[str, float]:
 
 def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float,
                      rows_fraction=None) -> np.ndarray:
-    """Seconds of the ``roofline`` form: ``fixed_s + max(flops / rate, bytes / byte rate)`` with
-    ``rate = peak x min(flop_fraction, rows_fraction(tokens))`` (the few-row ceiling; none
-    without ``rows_fraction``) and ``byte rate = bandwidth x byte_fraction``."""
+    """Seconds of the ``roofline`` form: ``fixed_s + row_s x tokens + max(flops / rate, bytes /
+    byte rate)`` with ``byte rate = bandwidth x byte_fraction`` and
+
+    * ``rate = peak x flop_fraction x tokens / (tokens + t_half)`` where the fit has a few-row
+      knee ``t_half`` (a GEMM of few rows cannot fill the register tiles and threads that reach
+      the peak; half the fitted rate at ``t_half`` rows), or
+    * ``rate = peak x min(flop_fraction, rows_fraction(tokens))`` in profiles fitted before the
+      knee (the square-GEMM benchmark's few-row ceiling; none without ``rows_fraction``).
+
+    ``row_s`` (0 where absent): the per-row seconds outside the roofline, the row-wise work
+    around an op's GEMMs (norms, activations, the residual adds) that neither FLOPs at the GEMM
+    rate nor bytes at the bandwidth describe."""
     flops, bytes_ = np.asarray(flops, float), np.asarray(bytes_, float)
+    rows = np.maximum(np.asarray(tokens, float), 1.0)
     frac = params["flop_fraction"]
-    if rows_fraction is not None:
-        frac = np.minimum(frac, rows_fraction(np.maximum(np.asarray(tokens, float), 1.0)))
-    return params["fixed_s"] + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"]))
+    if "t_half" in params:
+        frac = frac * rows / (rows + params["t_half"])
+    elif rows_fraction is not None:
+        frac = np.minimum(frac, rows_fraction(rows))
+    return (params["fixed_s"] + params.get("row_s", 0.0) * np.asarray(tokens, float)
+            + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"])))
 
 
-def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, rows_fraction=None,
-                 weights=None) -> Fit:
-    """Weighted least squares of ``log seconds`` (relative error) over the three ``roofline``
-    numbers, each rate at most its ceiling (fractions in (1e-5, 1]) and the fixed cost in
-    [1e-8, 1] s. Several starts: the max() makes the objective piecewise smooth."""
+ROOFLINE_PARAMS = ("fixed_s", "flop_fraction", "byte_fraction", "row_s", "t_half")
+
+
+def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, weights=None) -> Fit:
+    """Weighted least squares of ``log seconds`` (relative error) over the five ``roofline``
+    numbers (:func:`roofline_seconds`), each rate at most its ceiling (fractions in (1e-5, 1]),
+    the fixed cost in [1e-8, 1] s, ``row_s`` in [1e-12, 1e-3] s and ``t_half`` in [1e-3, 1e4]
+    rows. The max() makes the objective piecewise smooth: several starts of the plain roofline
+    (no per-row cost, no knee), then the best one refined with both."""
     flops, bytes_, seconds = (np.asarray(v, float) for v in (flops, bytes_, seconds))
     tokens = np.asarray(tokens, float)
     w = np.sqrt(np.ones_like(seconds) if weights is None else np.asarray(weights, float))
     lt = np.log(seconds)
 
     def unpack(theta):
-        return {"fixed_s": float(np.exp(theta[0])), "flop_fraction": float(np.exp(theta[1])),
-                "byte_fraction": float(np.exp(theta[2]))}
+        return dict(zip(ROOFLINE_PARAMS, (float(v) for v in np.exp(theta))))
 
     def resid(theta):
-        return w * (np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth, rows_fraction)) - lt)
+        return w * (np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth)) - lt)
 
-    lower, upper = np.log([1e-8, 1e-5, 1e-5]), np.log([1.0, 1.0, 1.0])
+    lower, upper = np.log([1e-8, 1e-5, 1e-5, 1e-12, 1e-3]), np.log([1.0, 1.0, 1.0, 1e-3, 1e4])
+    solve = _least_squares()
     best = None
     for fixed0 in (0.1, 0.5, 0.9):
         for flop0 in (0.02, 0.2, 0.9):
             for byte0 in (0.05, 0.3, 0.9):
-                guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0])
-                sol = _least_squares()(resid, guess, bounds=(lower, upper), method="trf")
+                guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0, 1e-12, 1e-3])
+                sol = solve(resid, guess, bounds=(lower, upper), method="trf")
                 if best is None or sol.cost < best.cost:
                     best = sol
+    start = np.exp(best.x)
+    for row0 in (1e-9, 1e-7):
+        for knee0 in (4.0, 32.0):
+            sol = solve(resid, np.log([start[0], start[1], start[2], row0, knee0]), bounds=(lower, upper), method="trf")
+            if sol.cost < best.cost:
+                best = sol
     return Fit("roofline", unpack(best.x))
 
 

@@ -199,7 +199,8 @@ def _params(c: dict) -> str:
         return (f"lat {p['latency']:.3g}, bw {p['bw_small']:.3g} < {p['x_break']:.3g} B <= "
                 f"{p['bw_large']:.3g}")
     if c["form"] == "roofline":
-        return (f"fixed {p['fixed_s']:.3g} s, {100 * p['flop_fraction']:.3g}% of peak, "
+        knee = (f" (half at {p['t_half']:.3g} rows), {p['row_s'] * 1e6:.3g} µs/row" if "t_half" in p else "")
+        return (f"fixed {p['fixed_s']:.3g} s, {100 * p['flop_fraction']:.3g}% of peak{knee}, "
                 f"{100 * p['byte_fraction']:.3g}% of bandwidth")
     if c["form"] == "piecewise":
         k = len(p) // 2

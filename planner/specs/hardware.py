@@ -169,9 +169,11 @@ class CurveFit(Spec):
     ``y = intercept + slope * x``; ``two_regime`` is a copy rate ``x / (latency + x / bw)`` whose
     ``bw`` is ``bw_small`` below ``x_break`` bytes and ``bw_large`` from there on;
     ``piecewise`` is linear in ``log x`` between knots ``(x0, y0), (x1, y1), ...`` and flat
-    outside them; ``roofline`` is an op's seconds ``fixed_s + max(flops / (flop_fraction x
-    peak), bytes / (byte_fraction x memory bandwidth))`` (its samples carry ``bytes`` and
-    ``tokens`` in ``samples_aux``; ``y`` is then the measured seconds).
+    outside them; ``roofline`` is an op's seconds ``fixed_s + row_s x rows + max(flops /
+    (flop_fraction x peak x rows / (rows + t_half)), bytes / (byte_fraction x memory
+    bandwidth))`` (its samples carry ``bytes`` and ``tokens`` in ``samples_aux``; ``y`` is then
+    the measured seconds; profiles fitted before ``row_s`` and ``t_half`` have neither and take
+    the ``gemm_rows`` curve as the few-row ceiling).
     """
 
     name: str
@@ -185,7 +187,7 @@ class CurveFit(Spec):
     dtype: DType | None = Field(default=None, description="compute curves: the dtype measured")
     params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope; "
                                      "two_regime: latency, bw_small, bw_large, x_break; piecewise: x0, y0, "
-                                     "x1, y1, ...; roofline: fixed_s, flop_fraction, byte_fraction")
+                                     "x1, y1, ...; roofline: fixed_s, flop_fraction, byte_fraction[, row_s, t_half]")
     samples_x: list[float] = Field(min_length=1)
     samples_y: list[float] = Field(min_length=1)
     samples_aux: dict[str, list[float]] = Field(
@@ -213,6 +215,8 @@ class CurveFit(Spec):
             need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"},
                     "two_regime": {"latency", "bw_small", "bw_large", "x_break"},
                     "roofline": {"fixed_s", "flop_fraction", "byte_fraction"}}[self.form]
+        if self.form == "roofline" and set(self.params) == need | {"row_s", "t_half"}:
+            need = set(self.params)  # the per-row cost and the few-row knee (profiles of MEASURE_VERSION >= 9)
         if set(self.params) != need:
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
         if self.form == "roofline" and not {"bytes", "tokens"} <= set(self.samples_aux):
@@ -228,6 +232,10 @@ class CurveFit(Spec):
             if not self.params[key] > 0:
                 raise ValueError(f"curve {self.name!r}: params.{key} = {self.params[key]!r} must be > 0 "
                                  f"(a damaged profile? re-run `engram-planner calibrate`)")
+        if self.form == "roofline" and "t_half" in self.params and not (self.params["t_half"] > 0
+                                                                         and self.params["row_s"] >= 0):
+            raise ValueError(f"curve {self.name!r}: a roofline's t_half is > 0 and its row_s >= 0, got "
+                             f"{self.params['t_half']!r}, {self.params['row_s']!r}")
         if self.form == "roofline" and not all(self.params[k] <= 1 for k in ("flop_fraction", "byte_fraction")):
             raise ValueError(f"curve {self.name!r}: a roofline's fractions of the ceilings are at most 1, got "
                              f"{self.params['flop_fraction']!r}, {self.params['byte_fraction']!r}")
