@@ -81,28 +81,19 @@ def piecewise_params(xs, ys) -> dict[str, float]:
     return out
 
 
-def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float,
-                     rows_fraction=None) -> np.ndarray:
+def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float) -> np.ndarray:
     """Seconds of the ``roofline`` form: ``fixed_s + row_s x tokens + max(flops / rate, bytes /
-    byte rate)`` with ``byte rate = bandwidth x byte_fraction`` and
-
-    * ``rate = peak x flop_fraction x tokens / (tokens + t_half)`` where the fit has a few-row
-      knee ``t_half`` (a GEMM of few rows cannot fill the register tiles and threads that reach
-      the peak; half the fitted rate at ``t_half`` rows), or
-    * ``rate = peak x min(flop_fraction, rows_fraction(tokens))`` in profiles fitted before the
-      knee (the square-GEMM benchmark's few-row ceiling; none without ``rows_fraction``).
-
-    ``row_s`` (0 where absent): the per-row seconds outside the roofline, the row-wise work
-    around an op's GEMMs (norms, activations, the residual adds) that neither FLOPs at the GEMM
-    rate nor bytes at the bandwidth describe."""
+    byte rate)`` with ``byte rate = bandwidth x byte_fraction`` and ``rate = peak x
+    flop_fraction x tokens / (tokens + t_half)``: the few-row knee (a GEMM of few rows cannot
+    fill the register tiles and threads that reach the peak; half the fitted rate at ``t_half``
+    rows). ``row_s``: the per-row seconds outside the roofline, the row-wise work around an op's
+    GEMMs (norms, activations, the residual adds) that neither FLOPs at the GEMM rate nor bytes
+    at the bandwidth describe. Profiles fitted before the two (three numbers, priced with the
+    ``gemm_rows`` ceiling) are evaluated by :class:`planner.efficiency.CalibratedEfficiency`."""
     flops, bytes_ = np.asarray(flops, float), np.asarray(bytes_, float)
     rows = np.maximum(np.asarray(tokens, float), 1.0)
-    frac = params["flop_fraction"]
-    if "t_half" in params:
-        frac = frac * rows / (rows + params["t_half"])
-    elif rows_fraction is not None:
-        frac = np.minimum(frac, rows_fraction(rows))
-    return (params["fixed_s"] + params.get("row_s", 0.0) * np.asarray(tokens, float)
+    frac = params["flop_fraction"] * rows / (rows + params["t_half"])
+    return (params["fixed_s"] + params["row_s"] * np.asarray(tokens, float)
             + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"])))
 
 
