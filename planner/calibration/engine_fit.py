@@ -17,7 +17,7 @@ predicts other shapes from the same physical terms:
   table-gather rate (and, on CUDA, their copy): planning, de-duplication, assembly, the hand-off;
 * ``lookup:cache`` (``linear`` in requested rows): the cached run's ``wait_L`` spans less the
   same gather and ``lookup:overhead``: the cache's own work (the index search, splitting hits
-  from misses, placing the hits; about 0.4 ms a lookup on the CI VM);
+  from misses, placing the hits; about 0.3 ms a lookup on the CI VM);
 * ``step:overhead`` (``linear`` in the step's tokens): the step's span less everything above as
   the fitted curves predict it (ops) or as measured (hash, waits): the Python between spans and
   block 0's cold start (the intercept; on the CI VM block 0's attention takes about 1.5x and its
