@@ -455,3 +455,23 @@ def test_calibrate_says_when_other_work_shared_the_machine():
     drift = dict(quiet, probe_after=60e9)
     assert "100 then 60 GFLOP/s" in load_warning(drift, threads=2, cores=2, all_cached=False)
     assert load_warning(drift, threads=2, cores=2, all_cached=True) is None  # nothing was measured
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda p: p.update(t_half=0.0), "t_half is > 0"),
+    (lambda p: p.pop("row_s"), "a roofline curve has params"),
+    (lambda p: p.update(row_s=-1e-6), "row_s >= 0"),
+])
+def test_a_damaged_op_curve_is_refused_by_name(synthetic_profile, tmp_path, edit, says):
+    """A profile whose op curve lost or broke its per-row cost or knee is refused, naming the
+    curve (never priced with a silent default)."""
+    from planner.loading import SpecError
+
+    data = yaml.safe_load(open(write_profile(synthetic_profile, tmp_path / "p.yaml")))
+    curve = next(c for c in data["calibration"]["curves"] if c["name"] == "op:ffn:dense:fp32")
+    edit(curve["params"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_hardware(bad)
+    assert "op:ffn:dense:fp32" in str(err.value) and says in str(err.value)
