@@ -19,7 +19,7 @@ The op model (both implementations), per op kind (``Work.kind``)::
 the roofline of Williams et al. (2009) plus a fixed per-call cost (dispatch and kernel
 launches) and a per-row cost (row-wise work around the GEMMs). A preset's fixed cost is its
 kernels times ``device.kernel_launch_overhead``, its per-row cost 0, its rates the constant
-fractions and its few-row ceiling the square-GEMM curve; a calibrated profile's five numbers per
+fractions, with no few-row ceiling; a calibrated profile's five numbers per
 kind (fixed, per row, FLOP and byte fractions, the rows ``t_half`` at which the FLOP rate is
 half its fraction) are fitted to the reference model's spans timed inside the engine
 (:mod:`planner.calibration.measure_engine`). Neither rate can exceed its ceiling, so no op is
