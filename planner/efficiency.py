@@ -35,7 +35,7 @@ from typing import Union
 
 import numpy as np
 
-from planner.calibration.fit import Fit, bandwidth_of
+from planner.calibration.fit import Fit, bandwidth_of, few_row_knee
 from planner.specs import HardwareSpec
 
 Number = Union[float, np.ndarray]
@@ -284,8 +284,7 @@ class CalibratedEfficiency(Efficiency):
             return super().op_terms(work, peak_flops, memory_bandwidth, launch_s)
         tokens = work.tokens if isinstance(work.tokens, (int, float)) else np.asarray(work.tokens, float)
         if op.t_half is not None:
-            rows = np.maximum(tokens, 1.0)
-            rate = peak_flops * op.flop_scale * op.flop_fraction * rows / (rows + op.t_half)
+            rate = peak_flops * op.flop_scale * op.flop_fraction * few_row_knee(tokens, op.t_half)
         else:
             rate = peak_flops * op.flop_scale * np.minimum(op.flop_fraction, self._rows(work))
         return OpTerms(op.fixed_s + op.row_s * tokens + 0.0 * np.asarray(work.flops, float), work.flops / rate,

@@ -91,10 +91,20 @@ def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: floa
     at the bandwidth describe. Profiles fitted before the two (three numbers, priced with the
     ``gemm_rows`` ceiling) are evaluated by :class:`planner.efficiency.CalibratedEfficiency`."""
     flops, bytes_ = np.asarray(flops, float), np.asarray(bytes_, float)
-    rows = np.maximum(np.asarray(tokens, float), 1.0)
-    frac = params["flop_fraction"] * rows / (rows + params["t_half"])
-    return (params["fixed_s"] + params["row_s"] * np.asarray(tokens, float)
+    tokens = np.asarray(tokens, float)
+    frac = params["flop_fraction"] * few_row_knee(tokens, params["t_half"])
+    return (params["fixed_s"] + params["row_s"] * tokens
             + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"])))
+
+
+def few_row_knee(tokens, t_half: float):
+    """The share of a roofline's FLOP rate an op of ``tokens`` rows reaches: ``rows / (rows +
+    t_half)``, rows at least 1 (a float for a float: the simulator prices one op at a time)."""
+    if isinstance(tokens, (int, float)):
+        rows = max(float(tokens), 1.0)
+    else:
+        rows = np.maximum(np.asarray(tokens, float), 1.0)
+    return rows / (rows + t_half)
 
 
 ROOFLINE_PARAMS = ("fixed_s", "flop_fraction", "byte_fraction", "row_s", "t_half")
