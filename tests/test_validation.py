@@ -254,3 +254,17 @@ def test_a_point_prediction_reports_no_coverage():
     s = compare.summarise([r])
     assert s["bytes_to_device"]["coverage"] is None and s["bytes_to_device"]["median_abs_error"] == pytest.approx(0.04)
     assert s["step_time_s"]["coverage"] == 1.0
+
+
+def test_a_step_and_its_exposed_lookup_come_from_the_same_quiet_repetitions():
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from planner.validation.measure import quiet_mean
+
+    # 5 repetitions x 2 steps; the quiet repetitions (the 1st-3rd fastest of 5, around the
+    # lower quartile) are rows 3, 1, 4 for step 0 and rows 0, 4, 2 for step 1.
+    step = np.array([[5.0, 1.0], [2.0, 9.0], [4.0, 3.0], [1.0, 8.0], [3.0, 2.0]])
+    exposed = np.array([[50.0, 10.0], [20.0, 90.0], [40.0, 30.0], [10.0, 80.0], [30.0, 20.0]])
+    s, e = quiet_mean(step, exposed)
+    assert s.tolist() == [2.0, 2.0] and e.tolist() == [20.0, 20.0]

@@ -302,7 +302,7 @@ def build_profile(results: dict, base: HardwareSpec, fingerprint: dict, *, devic
 
 
 def engine_anchors(engine: dict | None) -> dict[str, float]:
-    """Mean step seconds of each engine run (its steps' lower-quartile spans averaged): what
+    """Mean step seconds of each engine run (each step over its quiet repetitions): what
     ``validate`` compares a re-measurement with (:func:`planner.validation.run.drift`)."""
     if not engine:
         return {}

@@ -16,9 +16,10 @@ tables in host RAM (real tensors of the spec's shapes), lookups on demand (prefe
 engine thread runs them inside the ``wait_L`` spans: hash, plan, gather, assembly all on the
 critical path and all timed), token ids compressed by the bundled tokenizer's compressor as a
 deployment's are (ENGRAM.md 2.1); one run keeps its tables in device memory (the baseline's
-in-layer gather, its ``gather_L`` span on the compute track). Repetitions of all runs are interleaved (as validation does) and
-each step's spans keep the lower quartile over repetitions
-(:func:`planner.calibration.measure.lower_quartile`).
+in-layer gather, its ``gather_L`` span on the compute track). Repetitions of all runs are
+interleaved (as validation does); each step keeps the repetitions ranked around its lower
+quartile and every span's mean over those same repetitions
+(:func:`planner.calibration.measure.quiet_repeats`), so the spans add up to the step.
 
 Returns the runs' model specs and, per (run, step), the step's shape and the seconds of every
 span name in it, plus the lookup counts per layer. :mod:`planner.calibration.build` pairs them with the cost model's work
@@ -35,7 +36,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from planner.calibration.measure import lower_quartile
+from planner.calibration.measure import quiet_repeats
 from planner.specs import EngramPlacement, ModelSpec
 
 
@@ -122,13 +123,15 @@ def _per_step(spans) -> list[dict[str, float]]:
 
 
 def _samples(run: dict, spec: ModelSpec, reps: list) -> list[dict]:
-    """One sample per step: its shape and the lower quartile of each span over repetitions."""
+    """One sample per step: its shape and each span's mean over the step's quiet repetitions
+    (:func:`quiet_repeats` of the step's seconds)."""
     P, B = run["prompt_len"], run["batch"]
     counts = reps[-1][1]  # identical in every repetition (same ids)
     out = []
     for k in range(len(reps[0][0])):
         names = set().union(*(rep[0][k] for rep in reps))
-        spans = {name: lower_quartile([rep[0][k].get(name, 0.0) for rep in reps]) for name in sorted(names)}
+        keep = quiet_repeats([rep[0][k]["step"] for rep in reps])
+        spans = {name: float(np.mean([reps[i][0][k].get(name, 0.0) for i in keep])) for name in sorted(names)}
         phase, tokens, context = ("prefill", P, 0) if k == 0 else ("decode", 1, P + k - 1)
         out.append({"run": run["name"], "model": spec.name, "dtype": spec.dtype, "phase": phase, "batch": B,
                     "tokens": tokens, "context": context, "n_layers": spec.n_layers,

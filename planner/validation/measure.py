@@ -18,15 +18,17 @@ CUDA.
 Metrics (docs/metrics.md definitions, per engine step):
 
 * ``step_time_s`` (``mean_step_time_s``): mean over the run's steps of each step's duration,
-  where each step's duration is the lower quartile over ``repeats`` timed repetitions of the
-  whole run (after one untimed warm-up run): on a shared machine a preemption only ever adds
-  time, so, as calibration does for single calls
-  (:func:`planner.calibration.measure.lower_quartile`), the lower quartile estimates the run's
-  own cost and the median would measure the neighbours' load;
+  where each step's duration is the mean of the repetitions ranked around its lower quartile
+  over ``repeats`` timed repetitions of the whole run (after one untimed warm-up run; with 9
+  repeats the 2nd-4th fastest): on a shared machine a preemption only ever adds time, so, as
+  calibration scores its engine steps (:func:`planner.calibration.measure.quiet_repeats`),
+  the quiet repetitions estimate the run's own cost and the median would measure the
+  neighbours' load;
 * ``throughput_tokens_per_s`` (``throughput_output_tokens_per_s``): ``batch x output_len`` /
   the sum of those step durations (every request arrives at t = 0, so that sum is the makespan);
 * ``exposed_lookup_s`` (``exposed_engram_s`` summed over offloaded layers / steps): the
-  ``wait_L{i}`` spans of offloaded layers, per step (lower quartile over repetitions per step);
+  ``wait_L{i}`` spans of offloaded layers, per step, over the same quiet repetitions as the
+  step's duration;
 * ``bytes_to_device`` (``bytes_requested.to_device`` / steps): rows after de-duplication and
   the device cache, times the row size (the store's counts; identical in every repetition).
 
@@ -157,7 +159,7 @@ class Runner:
     def measure_all(self, configs: list[RunConfig], progress=None) -> list[Measured]:
         """Measure ``configs`` with their repetitions **interleaved** (repetition r of every
         run, then r + 1): the load of a shared machine changes over seconds, so each run's
-        repetitions sample different moments and the lower quartile finds its quiet ones."""
+        repetitions sample different moments and the quiet ones can be found."""
         from contextlib import ExitStack
 
         from reference_model.instrument import SpanRecorder, frozen_heap
@@ -216,8 +218,7 @@ class Runner:
     @staticmethod
     def _result(run: "_Run") -> Measured:
         cfg = run.cfg
-        per_step = _lower_quartile(np.asarray(run.step_s))
-        per_exposed = _lower_quartile(np.asarray(run.exposed_s))
+        per_step, per_exposed = quiet_mean(np.asarray(run.step_s), np.asarray(run.exposed_s))
         metrics = {
             "step_time_s": float(per_step.mean()),
             "throughput_tokens_per_s": cfg.batch * cfg.output_len / float(per_step.sum()),
@@ -237,12 +238,14 @@ def _exposed_per_step(spans: list[Span], steps: list[Span], offloaded: list[int]
     return out
 
 
-def _lower_quartile(x_RS: np.ndarray) -> np.ndarray:
-    """Per step (column): the repeats' lower quartile, as
-    :func:`planner.calibration.measure.lower_quartile` picks it (an order statistic, not an
-    interpolation: with 5 repeats the 2nd smallest)."""
-    ordered = np.sort(x_RS, axis=0)
-    return ordered[(x_RS.shape[0] - 1) // 4]
+def quiet_mean(step_RS: np.ndarray, *others_RS: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per step (column): the mean over the repetitions (rows) that
+    :func:`planner.calibration.measure.quiet_repeats` keeps for the step's seconds, of the
+    step's seconds and of each of ``others_RS`` (per-step numbers of the same repetitions)."""
+    from planner.calibration.measure import quiet_repeats
+
+    keep = [quiet_repeats(step_RS[:, k]) for k in range(step_RS.shape[1])]
+    return tuple(np.array([x[idx, k].mean() for k, idx in enumerate(keep)]) for x in (step_RS, *others_RS))
 
 
 def speed_probe(device: str, threads: int | None, dtype: str = "fp32", n: int = 512) -> float:
