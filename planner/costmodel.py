@@ -78,18 +78,19 @@ class Work:
     # how many collectives (planner.parallel; 0 on one device).
     comm_bytes: Number = 0.0
     collectives: Number = 0.0
+    seqs: Number = 0.0  # sequences the op serves (a decode step: one a row; a prefill: one a prompt)
 
     def __add__(self, other: "Work") -> "Work":
         kind = self.kind if self.kind == other.kind else ""
-        tokens = self.tokens if kind else 0.0
+        tokens, seqs = (self.tokens, self.seqs) if kind else (0.0, 0.0)
         return Work(self.flops + other.flops, self.bytes + other.bytes, self.kernels + other.kernels, kind, tokens,
-                    self.comm_bytes + other.comm_bytes, self.collectives + other.collectives)
+                    self.comm_bytes + other.comm_bytes, self.collectives + other.collectives, seqs)
 
     def scaled(self, factor: float) -> "Work":
         if factor == 1.0:
             return self
         return Work(self.flops * factor, self.bytes * factor, self.kernels * factor, self.kind, self.tokens,
-                    self.comm_bytes * factor, self.collectives * factor)
+                    self.comm_bytes * factor, self.collectives * factor, self.seqs)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class CostModel:
             + b.tokens * m.d_model * self.width * 2 * m.hc_mult
         )
         return Work(flops, bytes_, KERNELS["attention"], f"attention:{att.kind}{self._hc_kind}", b.tokens,
-                    *self._all_reduce(b))
+                    *self._all_reduce(b), seqs=b.seqs)
 
     def ffn(self, layer_id: int, b: BatchShape) -> Work:
         """Dense SwiGLU FFN, or MoE (shared + top-k routed experts) on MoE layers.
@@ -262,7 +263,8 @@ class CostModel:
         if not m.is_moe_layer(layer_id):
             flops = 2 * b.tokens * self._dense_ffn_params + hc
             bytes_ = (self._dense_ffn_params + self._hc_params) * self.width + act
-            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense" + self._hc_kind, b.tokens, *self._all_reduce(b))
+            return Work(flops, bytes_, KERNELS["ffn"], "ffn:dense" + self._hc_kind, b.tokens, *self._all_reduce(b),
+                        seqs=b.seqs)
         moe = m.ffn.moe
         e = moe.n_routed_experts
         touched = e * (1.0 - (1.0 - moe.top_k / e) ** b.tokens)
@@ -273,7 +275,8 @@ class CostModel:
             + (moe.n_shared_experts * self._expert_params + d * e + self._hc_params) * self.width
             + act * (1 + moe.top_k)
         )
-        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens, *self._all_reduce(b))
+        return Work(flops, bytes_, KERNELS["moe"], "ffn:moe" + self._hc_kind, b.tokens, *self._all_reduce(b),
+                    seqs=b.seqs)
 
     def engram(self, b: BatchShape) -> Work:
         """Engram module compute of one block (ENGRAM.md section 3): value and M key
@@ -300,7 +303,7 @@ class CostModel:
         # (half an all-reduce's traffic) before the module runs (planner.parallel).
         gathered = (0.5 * b.tokens * e.rows_per_token * engram_row_bytes(m), 1.0 + 0.0 * b.tokens) \
             if self.ranks > 1 else (0.0, 0.0)
-        return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens, *gathered)
+        return Work(flops, bytes_, KERNELS["engram"], "engram", b.tokens, *gathered, seqs=b.seqs)
 
     def _all_reduce(self, b: BatchShape) -> tuple[Number, Number]:
         """(bytes, collectives) of the all-reduce that ends a sublayer under tensor parallelism:
@@ -315,7 +318,7 @@ class CostModel:
         e = self.model.engram
         assert e is not None
         nbytes = 2 * b.tokens * e.rows_per_token * self.row_bytes
-        return Work(0.0 * b.tokens, nbytes, KERNELS["gather"], "engram:gather", b.tokens)
+        return Work(0.0 * b.tokens, nbytes, KERNELS["gather"], "engram:gather", b.tokens, seqs=b.seqs)
 
     def embed(self, b: BatchShape) -> Work:
         """Input embedding: one row read per token and written to each of the ``hc_mult``

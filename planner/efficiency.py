@@ -13,15 +13,17 @@ seconds, ``*_rate`` bytes or tokens per second.
 
 The op model (both implementations), per op kind (``Work.kind``)::
 
-    seconds = fixed_s + row_s x rows + max(flops / flop_rate, bytes / byte_rate)
+    seconds = fixed_s + row_s x rows + seq_s x sequences + max(flops / flop_rate, bytes / byte_rate)
     flop_rate <= peak FLOP/s x few-row ceiling(rows),   byte_rate <= memory bandwidth
 
 the roofline of Williams et al. (2009) plus a fixed per-call cost (dispatch and kernel
-launches) and a per-row cost (row-wise work around the GEMMs). A preset's fixed cost is its
-kernels times ``device.kernel_launch_overhead``, its per-row cost 0, its rates the constant
-fractions, with no few-row ceiling; a calibrated profile's five numbers per
-kind (fixed, per row, FLOP and byte fractions, the rows ``t_half`` at which the FLOP rate is
-half its fraction) are fitted to the reference model's spans timed inside the engine
+launches), a per-row cost (row-wise work around the GEMMs) and a per-sequence cost (work
+scheduled once a sequence: a decode step's attention core is one small problem per sequence
+and head). A preset's fixed cost is its kernels times ``device.kernel_launch_overhead``, its
+per-row and per-sequence costs 0, its rates the constant fractions, with no few-row ceiling; a
+calibrated profile's six numbers per kind (fixed, per row, per sequence, FLOP and byte
+fractions, the rows ``t_half`` at which the FLOP rate is half its fraction) are fitted to the
+reference model's spans timed inside the engine
 (:mod:`planner.calibration.measure_engine`). Neither rate can exceed its ceiling, so no op is
 ever priced faster than the device's peak.
 
@@ -181,10 +183,11 @@ class Efficiency:
 @dataclass(frozen=True)
 class OpCurve:
     """One op kind's fitted roofline (:func:`planner.calibration.fit.roofline_seconds`):
-    ``fixed_s`` plus ``row_s`` a row, plus the larger of FLOPs at ``flop_fraction`` of the
+    ``fixed_s`` plus ``row_s`` a row and ``seq_s`` a sequence, plus the larger of FLOPs at ``flop_fraction`` of the
     curve's dtype peak (times ``rows / (rows + t_half)``: the few-row knee; profiles fitted
     before it have none and take the ``gemm_rows`` ceiling) and bytes at ``byte_fraction`` of
-    the memory bandwidth; ``ranges`` are the (min, max) FLOPs, bytes and tokens of its samples."""
+    the memory bandwidth; ``ranges`` are the (min, max) FLOPs, bytes, tokens (and sequences) of
+    its samples."""
 
     fixed_s: float
     flop_fraction: float
@@ -193,6 +196,7 @@ class OpCurve:
     ranges: dict[str, tuple[float, float]]
     row_s: float = 0.0
     t_half: float | None = None
+    seq_s: float = 0.0
 
 
 class CalibratedEfficiency(Efficiency):
@@ -243,7 +247,8 @@ class CalibratedEfficiency(Efficiency):
                 if exact or kind not in self.ops:
                     scale = 1.0 if exact or emulated or c.dtype not in peaks or here is None else peaks[c.dtype] / here
                     self.ops[kind] = OpCurve(c.params["fixed_s"], c.params["flop_fraction"], c.params["byte_fraction"],
-                                             scale, _ranges(c), c.params.get("row_s", 0.0), c.params.get("t_half"))
+                                             scale, _ranges(c), c.params.get("row_s", 0.0), c.params.get("t_half"),
+                                             c.params.get("seq_s", 0.0))
             elif c.name.startswith("gemm:") and (exact or self.gemm is None):
                 self.gemm = fit
             elif c.name.startswith("gemm_rows:") and (exact or self.gemm_rows is None):
@@ -287,7 +292,8 @@ class CalibratedEfficiency(Efficiency):
             rate = peak_flops * op.flop_scale * op.flop_fraction * few_row_knee(tokens, op.t_half)
         else:
             rate = peak_flops * op.flop_scale * np.minimum(op.flop_fraction, self._rows(work))
-        return OpTerms(op.fixed_s + op.row_s * tokens + 0.0 * np.asarray(work.flops, float), work.flops / rate,
+        per_call = op.fixed_s + op.row_s * tokens + op.seq_s * work.seqs
+        return OpTerms(per_call + 0.0 * np.asarray(work.flops, float), work.flops / rate,
                        work.bytes / (memory_bandwidth * op.byte_fraction))
 
     def extrapolation(self, work) -> Number:
@@ -295,7 +301,7 @@ class CalibratedEfficiency(Efficiency):
         if op is None:
             return super().extrapolation(work)
         ratio = 1.0 + 0.0 * np.asarray(work.flops, float)
-        for name, value in (("flops", work.flops), ("bytes", work.bytes), ("tokens", work.tokens)):
+        for name, value in (("flops", work.flops), ("bytes", work.bytes), ("tokens", work.tokens), ("seqs", work.seqs)):
             lo, hi = op.ranges.get(name, (0.0, np.inf))
             v = np.asarray(value, float)
             beyond = np.where(v > hi, v / max(hi, 1e-300), np.where((v < lo) & (v > 0), lo / np.maximum(v, 1e-300), 1.0))

@@ -1,8 +1,8 @@
 """Does each Engram layer cost the engine more than its own spans? One backbone and shape
 (Tiny-GQA x4, 4 blocks, batch 8, prompt 32, 8 tokens out, host tier, prefetch off) with 1, 2
 and 3 Engram layers, timed as ``calibrate`` times its engine runs
-(:func:`planner.calibration.measure_engine.measure_engine`, 9 repeats, lower quartile per
-span). Prints, per decode step (mean), the step, the time outside every span, and the spans by
+(:func:`planner.calibration.measure_engine.measure_engine`, 9 repeats, spans over each step's
+quiet repetitions). Prints, per decode step (mean), the step, the time outside every span, and the spans by
 kind: if the time outside the spans (or the blocks after a lookup) grew with the Engram layers,
 ``step:overhead`` would need a per-lookup term.
 

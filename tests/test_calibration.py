@@ -111,11 +111,12 @@ def test_hyper_connection_sublayers_are_their_own_op_kinds():
 
 # A machine with known laws: GEMMs at 20 GFLOP/s after 5 us, and of M rows at 1 / (1 + 16 / M)
 # of that; memory at 2.5 GB/s copies (5 GB/s read + write); every op kind costs 200 us + 0.5 us a
-# row + max(FLOPs / (40% of peak x rows / (rows + 16)), bytes / (50% of the memory bandwidth));
+# row + 3 us a sequence + max(FLOPs / (40% of peak x rows / (rows + 16)), bytes / (50% of the
+# memory bandwidth));
 # the engine's hash call 250 us + 3 ns an index; a lookup 300 us + 100 ns a requested row + its
 # rows' gather; every step 500 us beyond its spans.
 PEAK = 2.0 * 1024**3 / (5e-6 + 2.0 * 1024**3 / 20e9)
-OP = {"fixed_s": 200e-6, "flop_fraction": 0.4, "byte_fraction": 0.5, "row_s": 0.5e-6, "t_half": 16.0}
+OP = {"fixed_s": 200e-6, "flop_fraction": 0.4, "byte_fraction": 0.5, "row_s": 0.5e-6, "t_half": 16.0, "seq_s": 3e-6}
 HASH = (250e-6, 3e-9)
 LOOKUP = (300e-6, 100e-9)
 CACHE = (400e-6, 40e-9)  # what the cached run's hot-row cache adds to each lookup
@@ -162,7 +163,7 @@ def _engine_samples():
             for name in names:
                 m = _BLOCK.match(name)
                 w = _work(cost, m.group(1), int(m.group(2)), shape) if m else _work(cost, name, None, shape)
-                s["spans"][name] = float(roofline_seconds(OP, w.flops, w.bytes, w.tokens, PEAK, 5e9))
+                s["spans"][name] = float(roofline_seconds(OP, w.flops, w.bytes, w.tokens, PEAK, 5e9, w.seqs))
             requested = B * tokens * spec.engram.rows_per_token
             row = engram_row_bytes(spec)
             cached = bool(s["cache_fraction"])
@@ -243,6 +244,8 @@ def test_fits_recover_the_machine_laws(synthetic_profile):
         params = curves[f"op:{kind}:fp32"].params
         assert params["fixed_s"] == pytest.approx(OP["fixed_s"], rel=0.05), kind
         assert params["row_s"] == pytest.approx(OP["row_s"], rel=0.1), kind
+        if kind != "head":  # the head's rows are its sequences: one per-row cost
+            assert params["seq_s"] == pytest.approx(OP["seq_s"], rel=0.1), kind
     lookup = curves["lookup:overhead"].params
     assert lookup["intercept"] == pytest.approx(LOOKUP[0], rel=0.02) and lookup["slope"] == pytest.approx(LOOKUP[1], rel=0.05)
     cache = curves["lookup:cache"].params  # the cached run's waits less their gather and lookup:overhead
@@ -461,10 +464,11 @@ def test_calibrate_says_when_other_work_shared_the_machine():
     (lambda p: p.update(t_half=0.0), "t_half is > 0"),
     (lambda p: p.pop("row_s"), "a roofline curve has params"),
     (lambda p: p.update(row_s=-1e-6), "row_s >= 0"),
+    (lambda p: p.update(seq_s=-1e-6), "seq_s is >= 0"),
 ])
 def test_a_damaged_op_curve_is_refused_by_name(synthetic_profile, tmp_path, edit, says):
-    """A profile whose op curve lost or broke its per-row cost or knee is refused, naming the
-    curve (never priced with a silent default)."""
+    """A profile whose op curve lost or broke its per-row or per-sequence cost or its knee is
+    refused, naming the curve (never priced with a silent default)."""
     from planner.loading import SpecError
 
     data = yaml.safe_load(open(write_profile(synthetic_profile, tmp_path / "p.yaml")))

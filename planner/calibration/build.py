@@ -182,12 +182,12 @@ def _engine_curves(engine: dict, curves: list[CurveFit], k: dict, device: str) -
         for (kind, dt), (fit, arr) in ef.fit_ops(mine, specs, counting, peaks, bandwidth).items():
             ops[(kind, dt)] = (fit, arr)
             predicted = roofline_seconds(fit.params, arr[:, 0], arr[:, 1], arr[:, 2],
-                                         peaks.get(dt, max(peaks.values())), bandwidth)
+                                         peaks.get(dt, max(peaks.values())), bandwidth, arr[:, 4])
             out.append(curve(f"op:{kind}:{dt}", fit, arr[:, 0], arr[:, 3], "flops", "seconds",
                              f"reference-model {kind} spans timed in the engine loop ({len(arr)} steps of "
-                             f"{len(models)} backbones): fixed + per row + max(FLOPs / rate rising with rows to "
-                             "its ceiling, bytes / rate)", dt,
-                             aux={"bytes": arr[:, 1], "tokens": arr[:, 2]}, predicted=predicted))
+                             f"{len(models)} backbones): fixed + per row + per sequence + max(FLOPs / rate rising "
+                             "with rows to its ceiling, bytes / rate)", dt,
+                             aux={"bytes": arr[:, 1], "tokens": arr[:, 2], "seqs": arr[:, 4]}, predicted=predicted))
     fit, x, t = ef.fit_hash(samples, specs)
     out.append(curve("hash:call", fit, x, t, "indices", "seconds",
                      "the engine thread's hash span (compress, hash every Engram layer, hand the ids over): "
@@ -356,7 +356,7 @@ def _gather_sources(threads: list[int], fp: dict, base: HardwareSpec) -> list[st
 
 def _notes() -> list[str]:
     return [
-        "op curves (roofline): seconds = fixed_s + row_s x rows + max(FLOPs / (flop_fraction x device peak x "
+        "op curves (roofline): seconds = fixed_s + row_s x rows + seq_s x sequences + max(FLOPs / (flop_fraction x device peak x "
         "rows / (rows + t_half)), bytes / (byte_fraction x device.memory_bandwidth)), fitted to the reference model's spans timed inside the "
         "engine loop (caches evicted before each step, as a deployment's weights evict them)",
         "hash:call, lookup:overhead, lookup:cache, step:overhead: the engine's own host seconds, fitted to the same runs",

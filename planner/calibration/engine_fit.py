@@ -77,8 +77,8 @@ def op_spans(s: dict, cost: CostModel) -> list[tuple[object, float, int | None]]
 
 
 def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec) -> dict:
-    """``{(kind, dtype): [(flops, bytes, tokens, seconds, n_blocks)]}``, one entry per step and
-    kind: the mean over the step's blocks of that kind, block 0 left out."""
+    """``{(kind, dtype): [(flops, bytes, tokens, seconds, n_blocks, (run, phase), seqs)]}``, one
+    entry per step and kind: the mean over the step's blocks of that kind, block 0 left out."""
     groups: dict = defaultdict(list)
     for s in samples:
         spec = specs[s["model"]]
@@ -93,13 +93,14 @@ def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardw
             w = entries[0][0]
             groups[(kind, spec.dtype)].append((float(w.flops), float(w.bytes), float(w.tokens),
                                                float(np.mean([e[1] for e in entries])), len(entries),
-                                               (s["run"], s["phase"])))
+                                               (s["run"], s["phase"]), float(w.seqs)))
     return groups
 
 
 def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec, peaks: dict[str, float],
             bandwidth: float) -> dict[tuple[str, str], tuple[Fit, np.ndarray]]:
-    """Roofline per (kind, dtype): ``{(kind, dtype): (fit, samples array [n, 4])}``."""
+    """Roofline per (kind, dtype): ``{(kind, dtype): (fit, samples array [n, 5]: flops, bytes,
+    tokens, seconds, seqs)}``."""
     out = {}
     for (kind, dtype), rows in sorted(op_samples(samples, specs, counting).items()):
         arr = np.array([r[:4] for r in rows])
@@ -108,8 +109,9 @@ def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardware
         groups = [r[5] for r in rows]
         weights = np.array([1.0 / groups.count(g) for g in groups])
         peak = peaks.get(dtype, max(peaks.values()))
-        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, weights)
-        out[(kind, dtype)] = (fit, arr)
+        seqs = np.array([r[6] for r in rows])
+        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, weights, seqs)
+        out[(kind, dtype)] = (fit, np.column_stack([arr, seqs]))
     return out
 
 
@@ -125,7 +127,7 @@ def predicted_ops_s(s: dict, spec: ModelSpec, counting: HardwareSpec, ops: dict,
         if fit is None:
             continue
         peak = peaks.get(spec.dtype, max(peaks.values()))
-        total += float(roofline_seconds(fit[0].params, work.flops, work.bytes, work.tokens, peak, bandwidth))
+        total += float(roofline_seconds(fit[0].params, work.flops, work.bytes, work.tokens, peak, bandwidth, work.seqs))
     return total
 
 

@@ -81,19 +81,25 @@ def piecewise_params(xs, ys) -> dict[str, float]:
     return out
 
 
-def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float) -> np.ndarray:
-    """Seconds of the ``roofline`` form: ``fixed_s + row_s x tokens + max(flops / rate, bytes /
-    byte rate)`` with ``byte rate = bandwidth x byte_fraction`` and ``rate = peak x
+def roofline_seconds(params: dict[str, float], flops, bytes_, tokens, peak: float, bandwidth: float,
+                     seqs=0.0) -> np.ndarray:
+    """Seconds of the ``roofline`` form: ``fixed_s + row_s x tokens + seq_s x seqs + max(flops /
+    rate, bytes / byte rate)`` with ``byte rate = bandwidth x byte_fraction`` and ``rate = peak x
     flop_fraction x tokens / (tokens + t_half)``: the few-row knee (a GEMM of few rows cannot
     fill the register tiles and threads that reach the peak; half the fitted rate at ``t_half``
     rows). ``row_s``: the per-row seconds outside the roofline, the row-wise work around an op's
     GEMMs (norms, activations, the residual adds) that neither FLOPs at the GEMM rate nor bytes
-    at the bandwidth describe. Profiles fitted before the two (three numbers, priced with the
-    ``gemm_rows`` ceiling) are evaluated by :class:`planner.efficiency.CalibratedEfficiency`."""
+    at the bandwidth describe. ``seq_s``: the per-sequence seconds, work scheduled once per
+    sequence whatever its rows (a decode step's attention core is one small problem per sequence
+    and head; a prefill's one per prompt); a decode step has one row a sequence, so ``row_s +
+    seq_s`` is what a decode row costs beyond the roofline and ``row_s`` what a prefill row does.
+    Profiles fitted before ``seq_s`` (``MEASURE_VERSION`` < 10) have none; before ``row_s`` and
+    ``t_half`` (three numbers, priced with the ``gemm_rows`` ceiling) they are evaluated by
+    :class:`planner.efficiency.CalibratedEfficiency`."""
     flops, bytes_ = np.asarray(flops, float), np.asarray(bytes_, float)
     tokens = np.asarray(tokens, float)
     frac = params["flop_fraction"] * few_row_knee(tokens, params["t_half"])
-    return (params["fixed_s"] + params["row_s"] * tokens
+    return (params["fixed_s"] + params["row_s"] * tokens + params.get("seq_s", 0.0) * np.asarray(seqs, float)
             + np.maximum(flops / (peak * frac), bytes_ / (bandwidth * params["byte_fraction"])))
 
 
@@ -107,17 +113,19 @@ def few_row_knee(tokens, t_half: float):
     return rows / (rows + t_half)
 
 
-ROOFLINE_PARAMS = ("fixed_s", "flop_fraction", "byte_fraction", "row_s", "t_half")
+ROOFLINE_PARAMS = ("fixed_s", "flop_fraction", "byte_fraction", "row_s", "t_half", "seq_s")
 
 
-def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, weights=None) -> Fit:
-    """Weighted least squares of ``log seconds`` (relative error) over the five ``roofline``
+def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, weights=None, seqs=None) -> Fit:
+    """Weighted least squares of ``log seconds`` (relative error) over the six ``roofline``
     numbers (:func:`roofline_seconds`), each rate at most its ceiling (fractions in (1e-5, 1]),
-    the fixed cost in [1e-8, 1] s, ``row_s`` in [1e-12, 1e-3] s and ``t_half`` in [1e-3, 1e4]
-    rows. The max() makes the objective piecewise smooth: several starts of the plain roofline
-    (no per-row cost, no knee), then the best one refined with both."""
+    the fixed cost in [1e-8, 1] s, ``row_s`` in [1e-12, 1e-3] s, ``seq_s`` in [1e-12, 1e-2] s and
+    ``t_half`` in [1e-3, 1e4] rows. The max() makes the objective piecewise smooth: several
+    starts of the plain roofline (no per-row or per-sequence cost, no knee), then the best one
+    refined with all three. ``seqs`` None: one sequence a row (no prefill samples)."""
     flops, bytes_, seconds = (np.asarray(v, float) for v in (flops, bytes_, seconds))
     tokens = np.asarray(tokens, float)
+    seqs = tokens if seqs is None else np.asarray(seqs, float)
     w = np.sqrt(np.ones_like(seconds) if weights is None else np.asarray(weights, float))
     lt = np.log(seconds)
 
@@ -125,22 +133,24 @@ def fit_roofline(flops, bytes_, tokens, seconds, peak: float, bandwidth: float, 
         return dict(zip(ROOFLINE_PARAMS, (float(v) for v in np.exp(theta))))
 
     def resid(theta):
-        return w * (np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth)) - lt)
+        return w * (np.log(roofline_seconds(unpack(theta), flops, bytes_, tokens, peak, bandwidth, seqs)) - lt)
 
-    lower, upper = np.log([1e-8, 1e-5, 1e-5, 1e-12, 1e-3]), np.log([1.0, 1.0, 1.0, 1e-3, 1e4])
+    lower = np.log([1e-8, 1e-5, 1e-5, 1e-12, 1e-3, 1e-12])
+    upper = np.log([1.0, 1.0, 1.0, 1e-3, 1e4, 1e-2])
     solve = _least_squares()
     best = None
     for fixed0 in (0.1, 0.5, 0.9):
         for flop0 in (0.02, 0.2, 0.9):
             for byte0 in (0.05, 0.3, 0.9):
-                guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0, 1e-12, 1e-3])
+                guess = np.log([max(float(seconds.min()) * fixed0, 1e-8), flop0, byte0, 1e-12, 1e-3, 1e-12])
                 sol = solve(resid, guess, bounds=(lower, upper), method="trf")
                 if best is None or sol.cost < best.cost:
                     best = sol
     start = np.exp(best.x)
     for row0 in (1e-9, 1e-7):
         for knee0 in (4.0, 32.0):
-            sol = solve(resid, np.log([start[0], start[1], start[2], row0, knee0]), bounds=(lower, upper), method="trf")
+            sol = solve(resid, np.log([start[0], start[1], start[2], row0, knee0, row0]), bounds=(lower, upper),
+                        method="trf")
             if sol.cost < best.cost:
                 best = sol
     return Fit("roofline", unpack(best.x))

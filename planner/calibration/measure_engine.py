@@ -40,10 +40,13 @@ from planner.calibration.measure import quiet_repeats
 from planner.specs import EngramPlacement, ModelSpec
 
 
-def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0) -> dict:
+def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0,
+                   keep_repeats: bool = False) -> dict:
     """Span seconds of every step of every run in ``runs`` (``{"name", "spec", "batch",
     "prompt_len", "output_len"}``, ``spec`` a :class:`ModelSpec` dump): ``{"specs": {model
-    name: spec dump}, "steps": [one sample per step]}``."""
+    name: spec dump}, "steps": [one sample per step]}``; ``keep_repeats``: each sample also
+    holds ``"repeats"``, every timed repetition's spans (for studies of the statistic,
+    ``scripts/span_statistics.py``)."""
     from contextlib import ExitStack
 
     from planner.accounting import engram_table_rows
@@ -88,7 +91,8 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
                 engine.set_tracer(None)
                 if r:  # repetition 0 warms up (allocations, page faults, thread start)
                     reps.append((_per_step(rec.spans()), counts))
-        steps = [sample for run, spec, engine, provider, ids, reps in prepared for sample in _samples(run, spec, reps)]
+        steps = [sample for run, spec, engine, provider, ids, reps in prepared
+                 for sample in _samples(run, spec, reps, keep_repeats)]
         return {"specs": {spec.name: spec.model_dump(mode="json") for _, spec, *_ in prepared}, "steps": steps}
 
 
@@ -122,7 +126,7 @@ def _per_step(spans) -> list[dict[str, float]]:
     return out
 
 
-def _samples(run: dict, spec: ModelSpec, reps: list) -> list[dict]:
+def _samples(run: dict, spec: ModelSpec, reps: list, keep_repeats: bool = False) -> list[dict]:
     """One sample per step: its shape and each span's mean over the step's quiet repetitions
     (:func:`quiet_repeats` of the step's seconds)."""
     P, B = run["prompt_len"], run["batch"]
@@ -138,4 +142,6 @@ def _samples(run: dict, spec: ModelSpec, reps: list) -> list[dict]:
                     "engram_layers": list(spec.engram_layer_ids), "tier": run.get("tier", "host"),
                     "cache_fraction": run.get("cache_fraction", 0.0),
                     "spans": spans, "lookups": counts[k]})
+        if keep_repeats:
+            out[-1]["repeats"] = [dict(rep[0][k]) for rep in reps]
     return out

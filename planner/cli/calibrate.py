@@ -200,6 +200,7 @@ def _params(c: dict) -> str:
                 f"{p['bw_large']:.3g}")
     if c["form"] == "roofline":
         knee = (f" (half at {p['t_half']:.3g} rows), {p['row_s'] * 1e6:.3g} µs/row" if "t_half" in p else "")
+        knee += f", {p['seq_s'] * 1e6:.3g} µs/sequence" if "seq_s" in p else ""
         return (f"fixed {p['fixed_s']:.3g} s, {100 * p['flop_fraction']:.3g}% of peak{knee}, "
                 f"{100 * p['byte_fraction']:.3g}% of bandwidth")
     if c["form"] == "piecewise":

@@ -169,11 +169,12 @@ class CurveFit(Spec):
     ``y = intercept + slope * x``; ``two_regime`` is a copy rate ``x / (latency + x / bw)`` whose
     ``bw`` is ``bw_small`` below ``x_break`` bytes and ``bw_large`` from there on;
     ``piecewise`` is linear in ``log x`` between knots ``(x0, y0), (x1, y1), ...`` and flat
-    outside them; ``roofline`` is an op's seconds ``fixed_s + row_s x rows + max(flops /
-    (flop_fraction x peak x rows / (rows + t_half)), bytes / (byte_fraction x memory
-    bandwidth))`` (its samples carry ``bytes`` and ``tokens`` in ``samples_aux``; ``y`` is then
-    the measured seconds; profiles fitted before ``row_s`` and ``t_half`` have neither and take
-    the ``gemm_rows`` curve as the few-row ceiling).
+    outside them; ``roofline`` is an op's seconds ``fixed_s + row_s x rows + seq_s x sequences +
+    max(flops / (flop_fraction x peak x rows / (rows + t_half)), bytes / (byte_fraction x memory
+    bandwidth))`` (its samples carry ``bytes``, ``tokens`` and, with ``seq_s``, ``seqs`` in
+    ``samples_aux``; ``y`` is then the measured seconds; profiles fitted before ``seq_s`` have
+    none (no per-sequence cost), before ``row_s`` and ``t_half`` neither and take the
+    ``gemm_rows`` curve as the few-row ceiling).
     """
 
     name: str
@@ -187,11 +188,11 @@ class CurveFit(Spec):
     dtype: DType | None = Field(default=None, description="compute curves: the dtype measured")
     params: dict[str, float] = Field(description="saturating: y_max, x_half, p; linear: intercept, slope; "
                                      "two_regime: latency, bw_small, bw_large, x_break; piecewise: x0, y0, "
-                                     "x1, y1, ...; roofline: fixed_s, flop_fraction, byte_fraction[, row_s, t_half]")
+                                     "x1, y1, ...; roofline: fixed_s, flop_fraction, byte_fraction[, row_s, t_half[, seq_s]]")
     samples_x: list[float] = Field(min_length=1)
     samples_y: list[float] = Field(min_length=1)
     samples_aux: dict[str, list[float]] = Field(
-        default_factory=dict, description="further sample columns a multi-input form needs (roofline: bytes, tokens)")
+        default_factory=dict, description="further sample columns a multi-input form needs (roofline: bytes, tokens[, seqs])")
     residuals: list[float] = Field(description="(fitted - measured) / measured, one per sample")
     median_abs_rel_error: Annotated[float, Field(ge=0)]
 
@@ -215,12 +216,15 @@ class CurveFit(Spec):
             need = {"saturating": {"y_max", "x_half", "p"}, "linear": {"intercept", "slope"},
                     "two_regime": {"latency", "bw_small", "bw_large", "x_break"},
                     "roofline": {"fixed_s", "flop_fraction", "byte_fraction"}}[self.form]
-        if self.form == "roofline" and set(self.params) == need | {"row_s", "t_half"}:
-            need = set(self.params)  # the per-row cost and the few-row knee (profiles of MEASURE_VERSION >= 9)
+        if self.form == "roofline" and set(self.params) in (need | {"row_s", "t_half"}, need | {"row_s", "t_half", "seq_s"}):
+            # the per-row cost and the few-row knee (MEASURE_VERSION >= 9), the per-sequence cost (>= 10)
+            need = set(self.params)
         if set(self.params) != need:
             raise ValueError(f"curve {self.name!r}: a {self.form} curve has params {sorted(need)}, got {sorted(self.params)}")
         if self.form == "roofline" and not {"bytes", "tokens"} <= set(self.samples_aux):
             raise ValueError(f"curve {self.name!r}: a roofline curve needs samples_aux bytes and tokens")
+        if self.form == "roofline" and "seq_s" in self.params and "seqs" not in self.samples_aux:
+            raise ValueError(f"curve {self.name!r}: a roofline curve with seq_s needs samples_aux seqs")
         # Scales of the forms (a ceiling, a size, a latency, a bandwidth, a fraction) are
         # positive; a linear curve of seconds is never negative over its own samples.
         positive = {"saturating": ("y_max", "x_half"), "linear": (), "piecewise": (),
@@ -236,6 +240,8 @@ class CurveFit(Spec):
                                                                          and self.params["row_s"] >= 0):
             raise ValueError(f"curve {self.name!r}: a roofline's t_half is > 0 and its row_s >= 0, got "
                              f"{self.params['t_half']!r}, {self.params['row_s']!r}")
+        if self.form == "roofline" and not self.params.get("seq_s", 0.0) >= 0:
+            raise ValueError(f"curve {self.name!r}: a roofline's seq_s is >= 0, got {self.params['seq_s']!r}")
         if self.form == "roofline" and not all(self.params[k] <= 1 for k in ("flop_fraction", "byte_fraction")):
             raise ValueError(f"curve {self.name!r}: a roofline's fractions of the ceilings are at most 1, got "
                              f"{self.params['flop_fraction']!r}, {self.params['byte_fraction']!r}")
