@@ -238,6 +238,16 @@ def test_synthetic_profile_loads_and_every_curve_fits(synthetic_profile):
     assert hw.host.hash_tokens_per_s_per_core == pytest.approx(4096 / (50e-6 + 4096 / 5e6), rel=0.05)
 
 
+@pytest.mark.parametrize("probe, peak", [(1.3, 1.3), (0.7, 1.0)])
+def test_the_flop_ceiling_is_the_best_gemm_of_the_calibration(probe, peak):
+    """GEMMs timed between the engine's repetitions raise the peak when the machine ran them
+    faster than the GEMM task (measured at a slow moment); a slower probe changes nothing."""
+    results = synthetic_results()
+    results["engine"]["peak_probes"] = {"fp32": [0.5 * PEAK, probe * PEAK]}
+    hw = build_profile(results, load_hardware("cpu-workstation"), FINGERPRINT, device="cpu", quick=True, wall_s=1.0)
+    assert hw.device.flops["fp32"] == pytest.approx(peak * PEAK, rel=1e-6)
+
+
 def test_fits_recover_the_machine_laws(synthetic_profile):
     curves = {c.name: c for c in synthetic_profile.calibration.curves}
     for kind in ("attention:gqa", "ffn:dense", "engram", "head"):

@@ -55,8 +55,9 @@ def test_host_table_is_aligned_and_filled():
 def test_engine_measurement_times_every_span_of_every_step():
     spec = engine_spec("tiny-gqa", 1, 2, (1,), "fp32")
     runs = [{"name": "r", "spec": spec.model_dump(mode="json"), "batch": 2, "prompt_len": 8, "output_len": 3}]
-    result = measure_engine(runs, repeats=2)
+    result = measure_engine(runs, repeats=2, peak_sizes=(64,))
     assert set(result["specs"]) == {spec.name}
+    assert len(result["peak_probes"]["fp32"]) == 3 and min(result["peak_probes"]["fp32"]) > 0  # after every repetition
     samples = result["steps"]
     assert [(s["phase"], s["context"]) for s in samples] == [("prefill", 0), ("decode", 8), ("decode", 9)]
     for s in samples:

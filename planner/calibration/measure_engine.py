@@ -36,17 +36,21 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from planner.calibration.measure import quiet_repeats
+from planner.calibration.measure import measure_gemm, quiet_repeats
 from planner.specs import EngramPlacement, ModelSpec
 
 
 def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: int = 0,
-                   keep_repeats: bool = False) -> dict:
+                   keep_repeats: bool = False, peak_sizes: tuple[int, ...] = ()) -> dict:
     """Span seconds of every step of every run in ``runs`` (``{"name", "spec", "batch",
     "prompt_len", "output_len"}``, ``spec`` a :class:`ModelSpec` dump): ``{"specs": {model
-    name: spec dump}, "steps": [one sample per step]}``; ``keep_repeats``: each sample also
-    holds ``"repeats"``, every timed repetition's spans (for studies of the statistic,
-    ``scripts/span_statistics.py``)."""
+    name: spec dump}, "steps": [one sample per step], "peak_probes": {dtype: [FLOP/s]}}``;
+    ``keep_repeats``: each sample also holds ``"repeats"``, every timed repetition's spans (for
+    studies of the statistic, ``scripts/span_statistics.py``). ``peak_sizes``: square GEMMs of
+    the runs' dtypes timed after every repetition (``peak_probes``, the best of each): the
+    device's FLOP ceiling as it stood while the ops were timed. A shared VM's speed moves by up
+    to 1.7x over minutes, and a ceiling measured at a slow moment minutes earlier caps the op
+    fits' FLOP fractions at 1 (``planner.calibration.build.fit_all`` keeps the higher)."""
     from contextlib import ExitStack
 
     from planner.accounting import engram_table_rows
@@ -82,6 +86,8 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
             engine = Engine(model, provider, evict_bytes=default_evict_bytes(device))
             prepared.append((run, spec, engine, provider, ids, []))
         stack.enter_context(frozen_heap())  # the runs' steps as the validation grid times its own
+        dtypes = sorted({spec.dtype for _, spec, *_ in prepared})
+        probes: dict[str, list[float]] = {dt: [] for dt in dtypes} if peak_sizes else {}
         for r in range(repeats + 1):
             for run, spec, engine, provider, ids, reps in prepared:
                 gc.collect()
@@ -91,9 +97,12 @@ def measure_engine(runs: list[dict], repeats: int, device: str = "cpu", seed: in
                 engine.set_tracer(None)
                 if r:  # repetition 0 warms up (allocations, page faults, thread start)
                     reps.append((_per_step(rec.spans()), counts))
+            for dt in probes:
+                probes[dt].append(max(g["flops"] / g["seconds"] for g in measure_gemm(list(peak_sizes), dt, device, 3)))
         steps = [sample for run, spec, engine, provider, ids, reps in prepared
                  for sample in _samples(run, spec, reps, keep_repeats)]
-        return {"specs": {spec.name: spec.model_dump(mode="json") for _, spec, *_ in prepared}, "steps": steps}
+        return {"specs": {spec.name: spec.model_dump(mode="json") for _, spec, *_ in prepared}, "steps": steps,
+                "peak_probes": probes}
 
 
 def _teacher_forced(engine, provider, ids_BN: torch.Tensor, prompt_len: int) -> list[dict]:

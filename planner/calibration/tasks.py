@@ -154,7 +154,8 @@ def plan(device: str, quick: bool, engine_cores: int = 1, disk_dir: str | None =
     # engine's own loop (measure_engine): backbones 1x-8x the tiny models' widths, so the
     # planner's questions fall between the shapes, not beyond them.
     tasks.append(Task("engine", "measure_engine", {"runs": engine_runs(device, quick), "repeats": 9,
-                                                   "device": device}, module="measure_engine"))
+                                                   "device": device, "peak_sizes": gemm["fp32"][-2:]},
+                      module="measure_engine"))
     return tasks
 
 
