@@ -63,7 +63,7 @@ def fit_all(results: dict, device: str) -> tuple[list[CurveFit], dict[str, float
             dtype = name.split(":", 1)[1]
             x = np.array([s["flops"] for s in samples])
             rate = x / np.array([s["seconds"] for s in samples])
-            peaks[dtype] = float(max(rate.max(), *probes.get(dtype, [0.0])))
+            peaks[dtype] = float(max([rate.max(), *probes.get(dtype, [])]))
             curves.append(curve(name, fit_saturating(x, rate / peaks[dtype]), x, rate / peaks[dtype],
                                 "flops", "efficiency", f"square {dtype} GEMMs (n = "
                                 f"{min(s['n'] for s in samples)}..{max(s['n'] for s in samples)}) vs the best one",
