@@ -36,8 +36,14 @@ def main() -> None:
     p.add_argument("--samples", type=Path, help="engine samples saved by --save (skips the measurement)")
     p.add_argument("--save", type=Path, help="write the measured engine samples here")
     args = p.parse_args()
+    if args.save and not args.save.parent.is_dir():
+        p.error(f"--save {args.save}: no directory {args.save.parent}")
     if args.samples:
-        engine = json.loads(args.samples.read_text())
+        try:
+            engine = json.loads(args.samples.read_text())
+            engine["steps"], engine["peak_flops"], engine["bandwidth"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            p.error(f"--samples {args.samples}: not a file written by --save ({type(exc).__name__}: {exc})")
     else:
         from planner.calibration.measure import measure_copy, measure_gemm
         from planner.calibration.measure_engine import measure_engine
