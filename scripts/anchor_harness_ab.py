@@ -1,0 +1,60 @@
+"""Do calibration and validation time the same run alike? The drift anchors, A/B.
+
+``validate``'s drift is the anchors' step time in its runner
+(:class:`planner.validation.measure.Runner`) over their step time in ``calibrate``'s
+(:func:`planner.calibration.measure_engine.measure_engine`). That ratio is the machine's change
+of speed only if the two harnesses time the same run alike. They differ: calibration's runs
+read random token ids and keep tables of their own, while validation's read held-out corpus text
+and share one set of tables between runs of the same Engram geometry. This script times the four
+anchor runs in both harnesses, alternating (``--rounds`` times, 5 repeats each), in one process,
+and prints each run's mean step (ms) and the validation/calibration ratio per round. Ratios
+below 1 in every round, where the machine cannot have drifted the same way each time, mean the
+harnesses differ.
+
+Usage: ``.venv/bin/python scripts/anchor_harness_ab.py [--rounds 3]`` (about 40 s a round on 2
+cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from planner.calibration.measure_engine import measure_engine
+    from planner.calibration.tasks import anchor_runs
+    from planner.validation import grid
+    from planner.validation.measure import Runner
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="alternations of the two harnesses (1-20)")
+    args = p.parse_args()
+    if not 1 <= args.rounds <= 20:
+        p.error(f"--rounds must be 1-20, got {args.rounds}")
+    runs = anchor_runs("cpu")
+    configs = [grid.anchor_config(r) for r in runs]
+    with tempfile.TemporaryDirectory(prefix="anchor-ab-") as work:
+        runner = Runner(work, repeats=5)
+        try:
+            print("round  " + "  ".join(f"{r['name'][9:]:>22}" for r in runs) + "   (calibration / validation ms, ratio)")
+            for k in range(args.rounds):
+                steps: dict[str, list[float]] = {}
+                for s in measure_engine(runs, repeats=5)["steps"]:
+                    steps.setdefault(s["run"], []).append(s["spans"]["step"])
+                cal = [float(np.mean(steps[r["name"]])) for r in runs]
+                val = [m.metrics["step_time_s"] for m in runner.measure_all(configs)]
+                print(f"{k:>5}  " + "  ".join(f"{1e3 * c:6.2f} / {1e3 * v:6.2f} {v / c:4.2f}" for c, v in zip(cal, val)),
+                      flush=True)
+        finally:
+            runner.close()
+
+
+if __name__ == "__main__":
+    main()
