@@ -10,7 +10,7 @@
 #
 #   bash scripts/accuracy.sh [REPO (default .)] [OUT (default out/accuracy)]
 #
-# About 15 minutes on a 2-core machine. Run it on a quiet machine: calibrate warns when other
+# About 8-10 minutes on a 2-core machine. Run it on a quiet machine: calibrate warns when other
 # work shared the cores.
 set -euo pipefail
 REPO=$(cd "${1:-.}" && pwd)
