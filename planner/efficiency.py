@@ -53,8 +53,8 @@ BOUNDS = ("launch", "hbm", "compute", "interconnect")  # in the order ties go (m
 @dataclass(frozen=True)
 class OpTerms:
     """The three terms of one op's time (floats or arrays, seconds). ``fixed_s`` holds the
-    per-call cost and, for a calibrated op curve, its per-row cost (work paid regardless of the
-    roofline: the ``launch`` bound)."""
+    per-call cost and, for a calibrated op curve, its per-row and per-sequence costs (work paid
+    regardless of the roofline: the ``launch`` bound)."""
 
     fixed_s: Number
     compute_s: Number

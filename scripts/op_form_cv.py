@@ -69,8 +69,7 @@ def main() -> None:
         seqs = np.array([r[6] for r in rows])
         runs = np.array([r[5][0] for r in rows])
         phases = np.array([r[5][1] for r in rows])
-        keys = [r[5] for r in rows]
-        weights = np.array([1.0 / keys.count(k) for k in keys])
+        weights = ef.phase_weights(rows)  # as calibrate weighs them
         print(f"{kind}: {len(rows)} steps of {len(set(runs))} runs, each left out in turn")
         for label, s in (("per row only", np.zeros_like(seqs)), ("per row + per sequence", seqs)):
             err = np.zeros(len(rows))

@@ -97,6 +97,14 @@ def op_samples(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardw
     return groups
 
 
+def phase_weights(rows: list[tuple]) -> np.ndarray:
+    """Fit weights of :func:`op_samples` rows: each run's prefill and its decode steps weigh
+    alike (a run has one prefill step and several decode steps; the prefill is the
+    compute-bound end of the op)."""
+    groups = [r[5] for r in rows]
+    return np.array([1.0 / groups.count(g) for g in groups])
+
+
 def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: HardwareSpec, peaks: dict[str, float],
             bandwidth: float) -> dict[tuple[str, str], tuple[Fit, np.ndarray]]:
     """Roofline per (kind, dtype): ``{(kind, dtype): (fit, samples array [n, 5]: flops, bytes,
@@ -104,13 +112,9 @@ def fit_ops(samples: list[dict], specs: dict[str, ModelSpec], counting: Hardware
     out = {}
     for (kind, dtype), rows in sorted(op_samples(samples, specs, counting).items()):
         arr = np.array([r[:4] for r in rows])
-        # Each run's prefill and its decode steps weigh alike (a run has one prefill step and
-        # several decode steps; the prefill is the compute-bound end of the op).
-        groups = [r[5] for r in rows]
-        weights = np.array([1.0 / groups.count(g) for g in groups])
         peak = peaks.get(dtype, max(peaks.values()))
         seqs = np.array([r[6] for r in rows])
-        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, weights, seqs)
+        fit = fit_roofline(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], peak, bandwidth, phase_weights(rows), seqs)
         out[(kind, dtype)] = (fit, np.column_stack([arr, seqs]))
     return out
 
