@@ -27,7 +27,7 @@ REFERENCE_ROW_BYTES = 160
 REFERENCE_HASH_TOKENS = 4096
 HASH_MODEL = "engram-27b"
 # Bumped whenever what a measurement does changes, so cached results of older code are not reused.
-MEASURE_VERSION = 10  # 10: engine spans averaged over the step's quiet repetitions (9: frozen heap, a cached run)
+MEASURE_VERSION = 11  # 11: malloc keeps freed memory in timed runs; 10: engine spans averaged over the step's quiet repetitions (9: frozen heap, a cached run)
 # Fingerprint fields that change measurements (the date does not).
 _KEY_FIELDS = ("cpu", "cpu_count", "threads", "torch", "cuda", "gpu", "driver", "package_version")
 
