@@ -56,8 +56,8 @@ def keep_freed_memory() -> bool:
     once its free top exceeds twice the largest block freed so far) and fault them in again,
     zeroed, the next step: how often depends on what the process did before (the largest block
     it happened to free), not on the model. Measured on the 2-vCPU Zen 5 VM, calibration's engine
-    steps took 150-260 minor page faults each in a fresh process and 42 inside ``calibrate``,
-    validation's 10, and 14 and 9 with this (``tests/test_instrument.py`` checks a loop of
+    steps took 150-390 minor page faults each in a fresh process and 42 inside ``calibrate``,
+    validation's 10; with this, 11-14 and 8-9 (``tests/test_instrument.py`` checks a loop of
     freed activations stops faulting). A long-running server reaches this state on its own
     (or runs jemalloc or tcmalloc, which keep freed memory). True where applied; False off
     glibc (macOS, musl), where nothing changes. Idempotent."""
