@@ -176,6 +176,37 @@ def test_validation_scatter_band_and_error_table(monkeypatch):
     assert layout["title"]["text"].startswith("TPOT p50") and layout["xaxis"]["title"]["text"].endswith("(ms)")
 
 
+def test_validation_opens_on_the_newest_measurement(monkeypatch, tmp_path):
+    """Folders sort by name, measurements by date: the page's default file is the one measured
+    last, then older ones, then files it cannot date (a broken file among them)."""
+    base = json.loads((FIXTURES / "validation_synthetic.json").read_text())
+    for folder, date in (("a-box", "2026-11-01T10:00:00+0000"), ("b-box", "2026-12-02T06:50:17+0000"),
+                         ("c-box", "2026-11-20T08:00:00+0000")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "validation.json").write_text(json.dumps({**base, "fingerprint": {"date": date}}))
+    (tmp_path / "0-broken").mkdir()
+    (tmp_path / "0-broken" / "validation.json").write_text("{not json")
+    monkeypatch.setenv("ENGRAM_VALIDATION_DIR", str(tmp_path))
+    at = _app("pages/validation.py")
+    box = at.selectbox(key="va.file")
+    order = [o.split("/")[1] for o in box.options]
+    assert order == ["b-box", "c-box", "a-box", "0-broken"]
+    assert box.value.split("/")[1] == "b-box" and not at.error
+
+
+def test_validation_says_how_far_the_machine_drifted(monkeypatch, tmp_path):
+    base = json.loads((FIXTURES / "validation_synthetic.json").read_text())
+    drift = {"ratio": 1.15, "runs": {}, "controlled": {"median_abs_error": 0.033, "p90_abs_error": 0.04, "runs": 6}}
+    (tmp_path / "validation.json").write_text(json.dumps({**base, "drift": drift}))
+    monkeypatch.setenv("ENGRAM_VALIDATION_DIR", str(tmp_path))
+    at = _app("pages/validation.py")
+    text = " ".join(m.value for m in at.markdown)
+    assert "Machine drift since calibration: 1.15x" in text and "3.3% median, 4% p90" in text
+    (tmp_path / "validation.json").write_text(json.dumps(base))  # no drift recorded: no line
+    at = _app("pages/validation.py")
+    assert not any("Machine drift" in m.value for m in at.markdown)
+
+
 # ----------------------------------------------------------------------------- command
 
 

@@ -20,6 +20,9 @@ P = "va"
 
 
 def result_files() -> dict[str, Path]:
+    """``{label: path}`` of every result file, the most recently measured first (the date its
+    measuring machine's fingerprint records; files without one, unreadable ones included, after
+    those, by path): the page opens on the newest measurement, not the first folder by name."""
     env = os.environ.get("ENGRAM_VALIDATION_DIR")
     folders = [Path(p) for p in env.split(os.pathsep) if p] if env else [ROOT / "validation_results"]
     files: dict[str, Path] = {}
@@ -29,7 +32,38 @@ def result_files() -> dict[str, Path]:
             for path in sorted(folder.rglob("validation*.json")):
                 if not any(part.startswith(".") for part in path.relative_to(folder).parts):
                     files[str(path.relative_to(folder.parent))] = path
-    return files
+    dates = {label: measured_on(path) for label, path in files.items()}
+    dated = sorted((label for label in files if dates[label]), key=lambda label: dates[label], reverse=True)
+    return {label: files[label] for label in dated + [label for label in files if not dates[label]]}
+
+
+def drift_caption(data: dict) -> str | None:
+    """One line on the machine's drift between calibration and validation (``validate``'s
+    anchors: calibration's own runs timed again beside the grid) and the step-time error with
+    it taken out; None when the result has no drift measurement (older files, uploads)."""
+    drift = data.get("drift")
+    ratio = drift.get("ratio") if isinstance(drift, dict) else None
+    if not isinstance(ratio, (int, float)) or not ratio > 0:
+        return None
+    line = (f"**Machine drift since calibration: {ratio:.2f}x.** Calibration's own runs, timed again beside "
+            f"these, took {ratio:.2f}x their calibrated time")
+    controlled = drift.get("controlled") if isinstance(drift.get("controlled"), dict) else {}
+    med, p90 = controlled.get("median_abs_error"), controlled.get("p90_abs_error")
+    if isinstance(med, (int, float)) and isinstance(p90, (int, float)):
+        line += (f"; with every prediction scaled by that, the step-time error is "
+                 f"{units.format_quantity(med, '%')} median, {units.format_quantity(p90, '%')} p90 "
+                 "(the model's own error; the table above includes the machine's change of speed)")
+    return line + "."
+
+
+def measured_on(path: Path) -> str:
+    """The ISO date in a result's ``fingerprint.date``; "" when the file has none or cannot be
+    read (the page reports what is wrong with it when it is chosen)."""
+    try:
+        date = json.loads(path.read_text()).get("fingerprint", {}).get("date")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return date if isinstance(date, str) else ""
 
 
 def check(data, where: str) -> dict:
@@ -93,6 +127,9 @@ if summary:
                   for m, s in summary.items()], hide_index=True, key=f"{P}.summary")
     st.caption("As written by `engram-planner validate` (errors relative to the measured value unless "
                "the result file says otherwise); coverage = share of runs whose measurement lies in the band.")
+    drift_line = drift_caption(data)
+    if drift_line:
+        st.markdown(drift_line)
 
 metric = st.selectbox("Metric", metrics, format_func=units.metric_label, key=f"{P}.metric")
 fig = figures.validation_scatter(runs, metric)
