@@ -52,21 +52,20 @@ def test_frozen_heap_unfreezes_on_error():
 
 
 _FAULTS = """
-import resource, sys
+import contextlib, resource, sys
 import numpy as np
-if sys.argv[1] == "steady":
-    from reference_model.instrument import frozen_heap
-    frozen_heap().__enter__()
+from reference_model.instrument import frozen_heap
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():  # a small model's step: 60 activations of 64-256 KiB alive at once, then freed
     xs = [np.ones((64 << 10 >> 3) << (k % 3)) for k in range(60)]
     del xs
-for _ in range(3):
-    step()
-before = faults()
-for _ in range(20):
-    step()
+with frozen_heap() if sys.argv[1] == "steady" else contextlib.nullcontext():
+    for _ in range(3):
+        step()
+    before = faults()
+    for _ in range(20):
+        step()
 print((faults() - before) / 20)
 """
 
