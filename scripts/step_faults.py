@@ -99,8 +99,9 @@ def main() -> int:
         return out
 
     engine.Engine.step = counted
-    atexit.register(lambda: print(f"engine steps: {total['steps']}, minor page faults per step: "
-                                  f"{total['faults'] / max(total['steps'], 1):.1f}", file=sys.stderr))
+    atexit.register(lambda: total["steps"] and print(
+        f"engine steps: {total['steps']}, minor page faults per step: {total['faults'] / total['steps']:.1f}",
+        file=sys.stderr))
     return cli(args)
 
 
