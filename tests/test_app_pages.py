@@ -195,16 +195,32 @@ def test_validation_opens_on_the_newest_measurement(monkeypatch, tmp_path):
 
 
 def test_validation_says_how_far_the_machine_drifted(monkeypatch, tmp_path):
-    base = json.loads((FIXTURES / "validation_synthetic.json").read_text())
-    drift = {"ratio": 1.15, "runs": {}, "controlled": {"median_abs_error": 0.033, "p90_abs_error": 0.04, "runs": 6}}
+    """The drift line under the error table, and the runs table's step-time error with the
+    drift taken out, where validate recorded them; neither for a result without a drift."""
+    def run(name, meas, pred):
+        return {"name": name, "config": {}, "measured": {"step_time_s": meas}, "predicted": {"step_time_s": pred},
+                "band": {"step_time_s": [0.9 * pred, 1.1 * pred]}}
+
+    base = {"profile": "p.yaml", "runs": [run("host-a", 0.010, 0.0087), run("host-b", 0.020, 0.0150)],
+            "summary": {"step_time_s": {"median_abs_error": 0.19, "p90_abs_error": 0.24, "coverage": 0.5}}}
+    drift = {"ratio": 1.15, "runs": {}, "controlled": {"median_abs_error": 0.033, "p90_abs_error": 0.04, "runs": 2,
+                                                       "per_run": {"host-a": 0.0005}}}
     (tmp_path / "validation.json").write_text(json.dumps({**base, "drift": drift}))
     monkeypatch.setenv("ENGRAM_VALIDATION_DIR", str(tmp_path))
     at = _app("pages/validation.py")
+    assert not at.error
     text = " ".join(m.value for m in at.markdown)
     assert "Machine drift since calibration: 1.15x" in text and "3.3% median, 4% p90" in text
-    (tmp_path / "validation.json").write_text(json.dumps(base))  # no drift recorded: no line
+    rows = at.dataframe[1].value
+    assert list(rows["error"]) == ["-13%", "-25%"] and list(rows["error, drift out"]) == ["+0.05%", "—"]
+    del drift["controlled"]["per_run"]  # a file written before validate kept it: the file's own numbers
+    (tmp_path / "validation.json").write_text(json.dumps({**base, "drift": drift}))
+    at = _app("pages/validation.py")
+    assert list(at.dataframe[1].value["error, drift out"]) == ["+0.05%", "-13.8%"]  # 15 ms x 1.15 = 17.25 ms
+    (tmp_path / "validation.json").write_text(json.dumps(base))  # no drift recorded: neither
     at = _app("pages/validation.py")
     assert not any("Machine drift" in m.value for m in at.markdown)
+    assert "error, drift out" not in at.dataframe[1].value.columns
 
 
 # ----------------------------------------------------------------------------- command

@@ -118,7 +118,11 @@ def test_report_format_plot_and_traces(tmp_path):
         assert set(loaded["summary"][metric]) >= {"median_abs_error", "p90_abs_error", "coverage"}
         assert len(run["band"][metric]) == 2
     assert loaded["passed"] is False  # median |error| 12.5% > 10%
-    assert "FAIL" in report.format_text(loaded)
+    assert "FAIL" in report.format_text(loaded) and "drift out" not in report.format_text(loaded)
+    drifted = {**loaded, "drift": {"ratio": 1.25, "runs": {}, "controlled": compare.controlled(results, 1.25)}}
+    rows = {line.split()[0]: line for line in report.format_text(drifted).splitlines() if line[:2] in ("a ", "b ")}
+    assert "drift out" in report.format_text(drifted)
+    assert "+31.2%" in rows["a"] and "0.0%" in rows["b"]  # 1.05 x 1.25 = 1.3125; 0.8 x 1.25 = 1.0
     html = report.write_plot(tmp_path / "validation.html", loaded).read_text()
     assert len(html) > 1_000_000 and 'src="https://cdn' not in html  # plotly.js embedded: opens offline
     measured = [Span("step", "engine", 5.0, 1.0), Span("attn_L0", "compute", 5.1, 0.5)]
@@ -224,6 +228,9 @@ def test_drift_is_the_anchors_now_over_then():
     results = [_result("a", 1.0, 0.8), _result("b", 2.0, 1.6)]  # 20% low: the machine ran 1.25x slower
     assert compare.controlled(results, 1.25)["median_abs_error"] == pytest.approx(0.0)
     assert compare.controlled(results, None) is None
+    # Per run, signed: which runs the model itself gets wrong once the drift is out.
+    per_run = compare.controlled(results + [_result("c", 1.0, 0.88)], 1.25)["per_run"]
+    assert per_run == pytest.approx({"a": 0.0, "b": 0.0, "c": 0.1})
 
 
 def test_anchors_replay_calibration_runs_exactly():

@@ -56,6 +56,24 @@ def drift_caption(data: dict) -> str | None:
     return line + "."
 
 
+def drift_out(data: dict) -> dict:
+    """``{run name: step-time error with the machine's drift taken out}``: as ``validate`` wrote
+    it (``drift.controlled.per_run``), or, for results written before it did, from the file's
+    own drift ratio and step times (the same arithmetic); {} for results without a drift."""
+    from planner.validation.compare import drift_out_errors
+
+    drift = data.get("drift") if isinstance(data.get("drift"), dict) else {}
+    controlled = drift.get("controlled") if isinstance(drift.get("controlled"), dict) else {}
+    if isinstance(controlled.get("per_run"), dict):
+        return controlled["per_run"]
+    ratio = drift.get("ratio")
+    if not isinstance(ratio, (int, float)) or not ratio > 0:
+        return {}
+    return drift_out_errors([(r["name"], float(r["predicted"]["step_time_s"]), float(r["measured"]["step_time_s"]))
+                             for r in data["runs"] if "step_time_s" in r["measured"] and "step_time_s" in r["predicted"]],
+                            ratio)
+
+
 def measured_on(path: Path) -> str:
     """The ISO date in a result's ``fingerprint.date``; "" when the file has none or cannot be
     read (the page reports what is wrong with it when it is chosen)."""
@@ -136,6 +154,8 @@ fig = figures.validation_scatter(runs, metric)
 st.plotly_chart(fig, key=f"{P}.fig")
 
 unit = units.describe_metric(metric)[1]
+# Step time only: the drift is measured on step times (validate's anchors).
+controlled = drift_out(data) if metric == "step_time_s" else {}
 rows = []
 for r in runs:
     if metric not in r["measured"] or metric not in r["predicted"]:
@@ -146,6 +166,8 @@ for r in runs:
                  "predicted": units.format_quantity(pred, unit),
                  "band": f"{units.format_quantity(lo, unit)} – {units.format_quantity(hi, unit)}",
                  "error": units.format_percent((pred - meas) / meas, signed=True) if meas else "—",
+                 **({"error, drift out": units.format_percent(controlled[r["name"]], signed=True)
+                     if isinstance(controlled.get(r["name"]), (int, float)) else "—"} if controlled else {}),
                  "in band": "yes" if lo <= meas <= hi else "no",
                  "config": json.dumps(r.get("config", {}), separators=(",", ":"))[:120]})
 st.dataframe(rows, hide_index=True, key=f"{P}.runs")

@@ -186,17 +186,26 @@ class RunResult:
                 "predicted": self.predicted, "band": self.band, "error": errors}
 
 
+def drift_out_errors(runs: list[tuple[str, float, float]], ratio: float) -> dict[str, float]:
+    """``{name: error}`` of each ``(name, predicted, measured)`` step time with the prediction
+    scaled by the machine's drift ``ratio`` (runs measured as 0 left out)."""
+    return {name: relative_error(pred * ratio, meas) for name, pred, meas in runs if meas > 0}
+
+
 def controlled(results: list[RunResult], ratio: float | None) -> dict[str, float | None] | None:
     """Step-time errors with every prediction scaled by the machine's drift (``ratio``): the
     model's transfer from calibration's shapes to the grid's, the machine's change of speed
-    since calibration taken out. ``median_abs_error``, ``p90_abs_error``, ``runs``; None
+    since calibration taken out. ``median_abs_error``, ``p90_abs_error``, ``runs`` and
+    ``per_run`` (``{run name: signed error}``: which runs the model itself gets wrong); None
     without a drift measurement."""
     if ratio is None:
         return None
-    errs = [abs(relative_error(r.predicted["step_time_s"] * ratio, r.measured["step_time_s"]))
-            for r in results if r.measured["step_time_s"] > 0]
+    per_run = drift_out_errors([(r.name, r.predicted["step_time_s"], r.measured["step_time_s"]) for r in results],
+                               ratio)
+    errs = [abs(e) for e in per_run.values()]
     return {"median_abs_error": float(np.median(errs)) if errs else None,
-            "p90_abs_error": float(np.percentile(errs, 90)) if errs else None, "runs": len(errs)}
+            "p90_abs_error": float(np.percentile(errs, 90)) if errs else None, "runs": len(errs),
+            "per_run": per_run}
 
 
 def summarise(results: list[RunResult]) -> dict[str, dict[str, float | None]]:

@@ -69,14 +69,17 @@ def format_text(data: dict) -> str:
     """The CLI table: one row per run (step time measured / predicted / error and band), then
     the per-metric summary and the regimes."""
     lines = [f"profile: {data['profile']}", ""]
-    head = f"{'run':<24}{'step ms meas':>13}{'pred':>8}{'err':>8}{'band':>17}{'exposed ms m/p':>17}{'KB/step m/p':>15}"
+    # The error with the machine's drift taken out, per run, where validate measured the drift.
+    ctl = ((data.get("drift") or {}).get("controlled") or {}).get("per_run")
+    head = (f"{'run':<24}{'step ms meas':>13}{'pred':>8}{'err':>8}" + (f"{'drift out':>10}" if ctl else "")
+            + f"{'band':>17}{'exposed ms m/p':>17}{'KB/step m/p':>15}")
     lines += [head, "-" * len(head)]
     for r in data["runs"]:
         m, p, b, e = r["measured"], r["predicted"], r["band"], r["error"]
         band = f"[{_fmt('step_time_s', b['step_time_s'][0])}, {_fmt('step_time_s', b['step_time_s'][1])}]"
         lines.append(
             f"{r['name']:<24}{_fmt('step_time_s', m['step_time_s']):>13}{_fmt('step_time_s', p['step_time_s']):>8}"
-            f"{_pct(e['step_time_s']):>8}{band:>17}"
+            f"{_pct(e['step_time_s']):>8}" + (f"{_pct(ctl.get(r['name'])):>10}" if ctl else "") + f"{band:>17}"
             f"{_fmt('exposed_lookup_s', m['exposed_lookup_s']) + '/' + _fmt('exposed_lookup_s', p['exposed_lookup_s']):>17}"
             f"{_fmt('bytes_to_device', m['bytes_to_device']) + '/' + _fmt('bytes_to_device', p['bytes_to_device']):>15}")
     lines += ["", f"{'metric':<32}{'median |err|':>13}{'p90 |err|':>11}{'coverage':>10}{'band +-':>9}{'runs':>6}"]
