@@ -62,7 +62,7 @@ def _fmt(metric: str, value: float | None) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.1%}" if x < 0 or x > 0 else "0.0%"
+    return "-" if x is None else f"{x:+.1%}" if abs(x) >= 0.0005 else "0.0%"  # no "-0.0%"
 
 
 def format_text(data: dict) -> str:
