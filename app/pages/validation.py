@@ -32,22 +32,29 @@ def result_files() -> dict[str, Path]:
             for path in sorted(folder.rglob("validation*.json")):
                 if not any(part.startswith(".") for part in path.relative_to(folder).parts):
                     files[str(path.relative_to(folder.parent))] = path
-    dates = {label: measured_on(path) for label, path in files.items()}
+    dates = {label: measured_on(str(path), path.stat().st_mtime_ns) for label, path in files.items()}
     dated = sorted((label for label in files if dates[label]), key=lambda label: dates[label], reverse=True)
     return {label: files[label] for label in dated + [label for label in files if not dates[label]]}
+
+
+def _drift(data: dict) -> tuple[float | None, dict]:
+    """The result's drift ratio (None unless a positive number) and its ``drift.controlled``
+    mapping ({} without one)."""
+    drift = data.get("drift") if isinstance(data.get("drift"), dict) else {}
+    ratio = drift.get("ratio")
+    controlled = drift.get("controlled") if isinstance(drift.get("controlled"), dict) else {}
+    return (ratio if isinstance(ratio, (int, float)) and ratio > 0 else None), controlled
 
 
 def drift_caption(data: dict) -> str | None:
     """One line on the machine's drift between calibration and validation (``validate``'s
     anchors: calibration's own runs timed again beside the grid) and the step-time error with
     it taken out; None when the result has no drift measurement (older files, uploads)."""
-    drift = data.get("drift")
-    ratio = drift.get("ratio") if isinstance(drift, dict) else None
-    if not isinstance(ratio, (int, float)) or not ratio > 0:
+    ratio, controlled = _drift(data)
+    if ratio is None:
         return None
     line = (f"**Machine drift since calibration: {ratio:.2f}x.** Calibration's own runs, timed again beside "
             f"these, took {ratio:.2f}x their calibrated time")
-    controlled = drift.get("controlled") if isinstance(drift.get("controlled"), dict) else {}
     med, p90 = controlled.get("median_abs_error"), controlled.get("p90_abs_error")
     if isinstance(med, (int, float)) and isinstance(p90, (int, float)):
         line += (f"; with every prediction scaled by that, the step-time error is "
@@ -62,23 +69,23 @@ def drift_out(data: dict) -> dict:
     own drift ratio and step times (the same arithmetic); {} for results without a drift."""
     from planner.validation.compare import drift_out_errors
 
-    drift = data.get("drift") if isinstance(data.get("drift"), dict) else {}
-    controlled = drift.get("controlled") if isinstance(drift.get("controlled"), dict) else {}
+    ratio, controlled = _drift(data)
     if isinstance(controlled.get("per_run"), dict):
         return controlled["per_run"]
-    ratio = drift.get("ratio")
-    if not isinstance(ratio, (int, float)) or not ratio > 0:
+    if ratio is None:
         return {}
     return drift_out_errors([(r["name"], float(r["predicted"]["step_time_s"]), float(r["measured"]["step_time_s"]))
                              for r in data["runs"] if "step_time_s" in r["measured"] and "step_time_s" in r["predicted"]],
                             ratio)
 
 
-def measured_on(path: Path) -> str:
+@st.cache_data(show_spinner=False)
+def measured_on(path: str, mtime_ns: int) -> str:
     """The ISO date in a result's ``fingerprint.date``; "" when the file has none or cannot be
-    read (the page reports what is wrong with it when it is chosen)."""
+    read (the page reports what is wrong with it when it is chosen). Cached per file version
+    (``mtime_ns``): the page reruns on every widget change and need not reread every file."""
     try:
-        date = json.loads(path.read_text()).get("fingerprint", {}).get("date")
+        date = json.loads(Path(path).read_text()).get("fingerprint", {}).get("date")
     except (OSError, ValueError, AttributeError):
         return ""
     return date if isinstance(date, str) else ""
