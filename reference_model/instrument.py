@@ -55,9 +55,9 @@ def keep_freed_memory() -> bool:
     otherwise each step of a small model can hand its activations back (glibc trims the heap
     once its free top exceeds twice the largest mmapped block freed so far, 128 KiB at start)
     and fault them in again, zeroed, the next step: how often depends on what the process did
-    before (the largest block it happened to free), not on the model. Measured on the 2-vCPU Zen 5 VM, calibration's engine
-    steps took 32-42 minor page faults each inside ``calibrate --quick``, validation's 9-10;
-    with this, 11 and 9, at 2.3-2.7 µs a fault (``tests/test_instrument.py`` checks a loop of
+    before (the largest block it happened to free), not on the model. Measured on the 2-vCPU
+    Zen 5 VM, calibration's engine steps took 32-42 minor page faults each inside
+    ``calibrate --quick``, validation's 9-10; with this, 11 and 9, at 2.3-2.7 µs a fault (``tests/test_instrument.py`` checks a loop of
     freed activations stops faulting). A long-running server reaches this state on its own
     (or runs jemalloc or tcmalloc, which keep freed memory). True where applied; False off
     glibc (macOS, musl), where nothing changes. Idempotent."""
