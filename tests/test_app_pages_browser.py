@@ -163,10 +163,30 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+def click_until(what: str, target, done, timeout_s: float, again_after_s: float) -> None:
+    """Click ``target`` until ``done()``: a Streamlit rerun that replaces the element as the
+    click lands loses the click (seen under a loaded make test), so click again, but only once
+    the last click has had ``again_after_s`` to take (a slow expander is never toggled shut);
+    fails with ``what`` after ``timeout_s``."""
+    target.click()
+    clicked = [time.monotonic()]
+
+    def finished() -> bool:
+        if done():
+            return True
+        if time.monotonic() - clicked[0] > again_after_s:
+            target.click()
+            clicked[0] = time.monotonic()
+        return False
+
+    poll(what, finished, timeout_s)
+
+
 def go(page, link: str, title: str) -> None:
     """Click the sidebar's link to page ``link`` and wait for its title and the end of its run."""
-    page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=link).first.click()
-    page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+    heading = page.get_by_role("heading", name=title).first
+    click_until(f"page {title!r} to open", page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=link).first,
+                heading.is_visible, 60, 10)
     wait_idle(page)
 
 
@@ -192,21 +212,7 @@ def expand(page, title: str, within=None) -> None:
     summary.wait_for()
     if summary.evaluate("s => s.parentElement.open"):
         return
-    summary.click()
-    clicked = [time.monotonic()]
-
-    def opened() -> bool:
-        if summary.evaluate("s => s.parentElement.open"):
-            return True
-        # A rerun that replaced the expander while the click landed loses the click (seen under
-        # a loaded make test): click again, but only once the last click has had 2 s to take,
-        # so a slow open is never toggled shut.
-        if time.monotonic() - clicked[0] > 2.0:
-            summary.click()
-            clicked[0] = time.monotonic()
-        return False
-
-    poll(f"expander {title!r} to open", opened, 10)
+    click_until(f"expander {title!r} to open", summary, lambda: summary.evaluate("s => s.parentElement.open"), 10, 2.0)
 
 
 def expander(page, title: str):
